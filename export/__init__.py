@@ -1,0 +1,1 @@
+"""vimc.export: deployment routes (installed from the export/ folder)."""

@@ -1,0 +1,8 @@
+"""The selective scan (Mamba's S6 recurrence) as a torch.library op: ``vimc::selective_scan_fwd``
+and ``vimc::selective_scan_bwd``, with a float64-capable reference beside it."""
+
+from ._alloc import poison_outputs
+from .op import MAX_D_STATE, selective_scan
+from .reference import selective_scan_reference
+
+__all__ = ["MAX_D_STATE", "poison_outputs", "selective_scan", "selective_scan_reference"]

@@ -1,0 +1,206 @@
+"""Registration of the selective scan in the ``vimc`` torch.library namespace.
+
+Two ops, ``vimc::selective_scan_fwd`` and ``vimc::selective_scan_bwd``, each with a fake (meta)
+kernel, joined by ``register_autograd``: forward and backward both trace into graphs with
+``fullgraph=True``, ``torch.export`` keeps one node per scan, and AOTInductor calls back into
+these kernels. The kernel behind an op is picked by device: the fused CPU kernel (cpu.py) or the
+Triton kernels (triton.py) on CUDA. On CUDA the public function routes to the ``triton_op``
+twins registered in triton.py, which Inductor can see into and AOTInductor can embed; on a
+machine without a GPU driver Inductor cannot compile a ``triton_op`` at all, so CPU tensors
+always take the opaque ``custom_op``.
+
+``selective_scan`` validates its arguments before anything is traced or launched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import cpu
+
+MAX_D_STATE = 256  # the state of one channel lives in registers / on-chip; past this it won't fit
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _state_dtype(u: torch.Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0)
+
+
+def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    if u.device.type == "cuda":
+        from .triton import selective_scan_fwd_triton
+
+        return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return cpu.selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    if u.device.type == "cuda":
+        from .triton import selective_scan_bwd_triton
+
+        return selective_scan_bwd_triton(dout, dlast, u, delta, A, B, C, D, z, delta_bias,
+                                         delta_softplus, reverse)
+    return cpu.selective_scan_bwd_cpu(dout, dlast, u, delta, A, B, C, D, z, delta_bias,
+                                      delta_softplus, reverse)
+
+
+@torch.library.custom_op("vimc::selective_scan_fwd", mutates_args=())
+def selective_scan_fwd(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    delta_softplus: bool, reverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); D, delta_bias (E,).
+    Returns (out in u's dtype, last state (Bt, E, N) in float32, float64 for float64 u)."""
+    out, last = _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    # the fake kernel promises contiguous outputs; compiled graphs assert those strides
+    return out.contiguous(), last.contiguous()
+
+
+@selective_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1],
+                                            dtype=_state_dtype(u))
+
+
+@torch.library.custom_op("vimc::selective_scan_bwd", mutates_args=())
+def selective_scan_bwd(
+    dout: torch.Tensor, dlast: torch.Tensor | None,
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    delta_softplus: bool, reverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each shaped and typed like its
+    input; an absent optional input gets an empty tensor (ops cannot return None)."""
+    grads = _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return tuple(g.contiguous() if g is not None else _empty(u) for g in grads)
+
+
+@selective_scan_bwd.register_fake
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    like = (u, delta, A, B, C, D, z, delta_bias)
+    return tuple(torch.empty_like(t) if t is not None else _empty(u) for t in like)
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    ctx.delta_softplus, ctx.reverse = delta_softplus, reverse
+
+
+def _backward(ctx, dout, dlast):
+    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+    grads = torch.ops.vimc.selective_scan_bwd(
+        dout.contiguous(), dlast, u, delta, A, B, C, D, z, delta_bias,
+        ctx.delta_softplus, ctx.reverse)
+    present = (u, delta, A, B, C, D, z, delta_bias)
+    return (*(g if t is not None else None for g, t in zip(grads, present)), None, None)
+
+
+torch.library.register_autograd("vimc::selective_scan_fwd", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# the public function
+# ---------------------------------------------------------------------------------------------
+
+def _check_tensor(name: str, t, ndim: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"selective_scan: {name} must be a floating tensor "
+                        f"(float16, bfloat16, float32 or float64), got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"selective_scan: {name} must have {ndim} dimensions, "
+                         f"got shape {tuple(t.shape)}")
+
+
+def _check_shape(name: str, t: torch.Tensor, expected: tuple, what: str) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"selective_scan: {name} must have shape {what} = {tuple(expected)}, "
+                         f"got {tuple(t.shape)}")
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias):
+    _check_tensor("u", u, 3)
+    Bt, E, L = u.shape
+    _check_tensor("delta", delta, 3)
+    _check_shape("delta", delta, (Bt, E, L), "(Bt, E, L) like u")
+    _check_tensor("A", A, 2)
+    if A.shape[0] != E:
+        raise ValueError(f"selective_scan: A must have shape (E, N) with E = {E} (u.shape[1]), "
+                         f"got {tuple(A.shape)}")
+    N = A.shape[1]
+    if not 1 <= N <= MAX_D_STATE:
+        raise ValueError(f"selective_scan: the state size N = A.shape[1] must be in "
+                         f"[1, {MAX_D_STATE}] for the kernels, got {N}")
+    for name, M in (("B", B), ("C", C)):
+        _check_tensor(name, M)
+        if M.dim() == 3:
+            _check_shape(name, M, (Bt, N, L), "(Bt, N, L)")
+        elif M.dim() == 4:
+            G = M.shape[1]
+            if G < 1 or E % G:
+                raise ValueError(f"selective_scan: {name} of shape (Bt, G, N, L) needs G to divide "
+                                 f"E = {E}, got G = {G}")
+            _check_shape(name, M, (Bt, G, N, L), "(Bt, G, N, L)")
+        else:
+            raise ValueError(f"selective_scan: {name} must have shape (Bt, N, L) = {(Bt, N, L)} or "
+                             f"(Bt, G, N, L); got {tuple(M.shape)} (time-invariant (E, N) B/C "
+                             f"is not supported)")
+    if B.dim() != C.dim() or B.shape != C.shape:
+        raise ValueError(f"selective_scan: B and C must have the same shape, got {tuple(B.shape)} "
+                         f"and {tuple(C.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            _check_tensor(name, t, 1)
+            _check_shape(name, t, (E,), "(E,)")
+    if z is not None:
+        _check_tensor("z", z, 3)
+        _check_shape("z", z, (Bt, E, L), "(Bt, E, L) like u")
+    named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    devices = {n: t.device for n, t in named.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"selective_scan: all tensors must be on one device, got {listing}")
+    if u.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"selective_scan: u.device must be cpu or cuda, got {u.device}")
+
+
+def _use_triton_op(u: torch.Tensor) -> bool:
+    if u.device.type != "cuda":
+        return False
+    from . import triton as _triton
+
+    return _triton.triton_op_available()
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, reverse=False):
+    """The selective scan of Mamba, as mamba_ssm's ``selective_scan_fn`` computes it.
+
+    Shapes: u, delta, z (Bt, E, L); A (E, N); B, C (Bt, N, L) or grouped (Bt, G, N, L) with G
+    dividing E; D, delta_bias (E,). ``reverse=True`` runs the recurrence from t = L-1 down to 0
+    (Vim's backward direction without flip copies). Arithmetic and state are float32 (float64
+    for float64 inputs); ``out`` has u's dtype. With ``return_last_state`` returns
+    ``(out, last_state)``, the state after the last step taken, shape (Bt, E, N).
+    Differentiable in every tensor argument; compiles with ``fullgraph=True``.
+    """
+    _validate(u, delta, A, B, C, D, z, delta_bias)
+    B4 = B if B.dim() == 4 else B.unsqueeze(1)
+    C4 = C if C.dim() == 4 else C.unsqueeze(1)
+    args = (u.contiguous(), delta.contiguous(), A.contiguous(), B4.contiguous(), C4.contiguous(),
+            None if D is None else D.contiguous(), None if z is None else z.contiguous(),
+            None if delta_bias is None else delta_bias.contiguous(),
+            bool(delta_softplus), bool(reverse))
+    if _use_triton_op(u):
+        out, last = torch.ops.vimc.selective_scan_fwd_cuda(*args)
+    else:
+        out, last = torch.ops.vimc.selective_scan_fwd(*args)
+    return (out, last) if return_last_state else out
