@@ -12,6 +12,7 @@ The torch path is chunked: within a chunk of ``CHUNK`` steps the state is a mask
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -36,20 +37,22 @@ CHUNK = 16
 _SRC = Path(__file__).with_name("cpu_kernel.c")
 _FLAGS = [
     "-O3", "-fPIC", "-shared", "-pthread", "-std=c11",
-    # vectorize the sum over the state dimension, keep IEEE inf/NaN semantics
-    "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math",
-    "-ffp-contract=fast",
+    # IEEE semantics kept (no -ffast-math: exp's reduction relies on exact rounding steps)
+    "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast",
 ]
 
 
 LANES = 8  # must match cpu_kernel.c
+_SCRATCH_ROWS = 12  # (L, 8) staging rows per thread, must match cpu_kernel.c
 
 
 class _ScanArgs(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int64) for n in ("Bt", "G", "L", "N", "Egp", "reverse", "nthreads")] + [
+    _fields_ = [(n, ctypes.c_int64) for n in
+                ("Bt", "E", "L", "N", "G", "delta_softplus", "reverse", "nthreads")] + [
         (n, ctypes.c_void_p) for n in
-        ("u", "delta", "A", "B", "C", "y", "last_state", "dy", "dlast", "du", "ddelta",
-         "dA_part", "dB_part", "dC_part", "h_scratch")]
+        ("u", "delta", "A", "B", "C", "D", "z", "bias", "out", "last_state",
+         "dout", "dlast", "du", "ddelta", "dz", "dA_part", "dD_part", "dbias_part",
+         "dB_part", "dC_part", "scratch")] + [("scratch_floats", ctypes.c_int64)]
 
 
 _lib = None
@@ -88,8 +91,10 @@ def _build() -> ctypes.CDLL:
         os.close(fd)
         try:
             errors = []
-            for arch in (["-march=native"], []):  # -march=native is not known to every compiler
-                proc = subprocess.run([cc, *_FLAGS, *arch, str(_SRC), "-o", tmp, "-lm"],
+            # -march=native is not known to every compiler; OpenMP lets the kernel share
+            # torch's thread pool (see run_parallel in the C file), pthreads otherwise
+            for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
+                proc = subprocess.run([cc, *_FLAGS, *extra, str(_SRC), "-o", tmp, "-lm"],
                                       capture_output=True, text=True)
                 if proc.returncode == 0:
                     break
@@ -129,122 +134,69 @@ def c_kernel_error() -> str | None:
     return _lib_error
 
 
-class _Layout:
-    """Moves (Bt, E, L) and (E, N) tensors into the kernel's lane layout and back: channels
-    of one group padded to a multiple of 8 (``Egp``) and made the fastest axis."""
-
-    def __init__(self, Bt: int, E: int, L: int, N: int, G: int):
-        self.Bt, self.E, self.L, self.N, self.G = Bt, E, L, N, G
-        self.Eg = E // G
-        self.Egp = -(-self.Eg // LANES) * LANES
-
-    def _pad(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, self.Egp - self.Eg)) if self.Egp != self.Eg else t
-
-    def seq(self, t: torch.Tensor) -> torch.Tensor:  # (Bt, E, L) -> (Bt, G, L, Egp)
-        t = t.to(torch.float32).reshape(self.Bt, self.G, self.Eg, self.L).transpose(-1, -2)
-        return self._pad(t).contiguous()
-
-    def seq_back(self, t: torch.Tensor) -> torch.Tensor:  # (Bt, G, L, Egp) -> (Bt, E, L)
-        return t[..., : self.Eg].transpose(-1, -2).reshape(self.Bt, self.E, self.L)
-
-    def chan(self, A: torch.Tensor) -> torch.Tensor:  # (E, N) -> (G, N, Egp)
-        t = A.to(torch.float32).reshape(self.G, self.Eg, self.N).transpose(-1, -2)
-        return self._pad(t).contiguous()
-
-    def chan_back(self, t: torch.Tensor) -> torch.Tensor:  # (G, N, Egp) -> (E, N)
-        return t[..., : self.Eg].transpose(-1, -2).reshape(self.E, self.N)
-
-    def state(self, h: torch.Tensor) -> torch.Tensor:  # (Bt, E, N) -> (Bt, G, Egp/8, N, 8)
-        t = self._pad(h.to(torch.float32).reshape(self.Bt, self.G, self.Eg, self.N).transpose(-1, -2))
-        t = t.reshape(self.Bt, self.G, self.N, self.Egp // LANES, LANES).transpose(2, 3)
-        return t.contiguous()
-
-    def state_back(self, t: torch.Tensor) -> torch.Tensor:  # inverse of state()
-        t = t.transpose(2, 3).reshape(self.Bt, self.G, self.N, self.Egp)[..., : self.Eg]
-        return t.transpose(-1, -2).reshape(self.Bt, self.E, self.N)
-
-    def args(self, nthreads: int, reverse: bool, **bufs) -> _ScanArgs:
-        a = _ScanArgs(Bt=self.Bt, G=self.G, L=self.L, N=self.N, Egp=self.Egp,
-                      reverse=int(reverse), nthreads=nthreads)
-        for name, t in bufs.items():
-            setattr(a, name, None if t is None else t.data_ptr())
-        return a
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
 
 
-def _time_major(M: torch.Tensor) -> torch.Tensor:
-    """(Bt, G, N, L) -> contiguous float32 (Bt, G, L, N): one state vector per time step."""
-    return M.to(torch.float32).transpose(-1, -2).contiguous()
+def _threads(items: int) -> int:
+    return max(1, min(torch.get_num_threads(), items, 64))
 
 
-def _final_delta(delta, delta_bias, delta_softplus):
-    x = delta.to(torch.float32)
-    if delta_bias is not None:
-        x = x + delta_bias.to(torch.float32)[:, None]
-    return x, (softplus(x) if delta_softplus else x)
+def _call(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, nthreads, **bufs):
+    Bt, E, L = u.shape
+    N, G = A.shape[1], B.shape[1]
+    per_thread = _SCRATCH_ROWS * L * LANES
+    scratch = torch.empty(nthreads, per_thread, dtype=torch.float32)
+    args = _ScanArgs(Bt=Bt, E=E, L=L, N=N, G=G, delta_softplus=int(delta_softplus),
+                     reverse=int(reverse), nthreads=nthreads, scratch_floats=per_thread)
+    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, bias=delta_bias,
+                   scratch=scratch, **bufs)
+    for name, t in tensors.items():
+        setattr(args, name, None if t is None else t.data_ptr())
+    fn(ctypes.byref(args))
+
+
+def _items(u: torch.Tensor, B: torch.Tensor) -> int:
+    Bt, E, _ = u.shape
+    G = B.shape[1]
+    return Bt * G * (-(-(E // G) // LANES))
 
 
 def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     Bt, E, L = u.shape
-    lay = _Layout(Bt, E, L, A.shape[1], B.shape[1])
-    _, d = _final_delta(delta, delta_bias, delta_softplus)
-    y = new_output((Bt, lay.G, L, lay.Egp), torch.float32, u.device)
-    last = new_output((Bt, lay.G, lay.Egp // LANES, lay.N, LANES), torch.float32, u.device)
-    bufs = dict(u=lay.seq(u), delta=lay.seq(d), A=lay.chan(A), B=_time_major(B),
-                C=_time_major(C), y=y, last_state=last)
-    _lib.vimc_scan_fwd(ctypes.byref(lay.args(torch.get_num_threads(), reverse, **bufs)))
-    out = lay.seq_back(y)
-    if D is not None:
-        out = out + u.to(torch.float32) * D.to(torch.float32)[:, None]
-    if z is not None:
-        out = out * torch.nn.functional.silu(z.to(torch.float32))
-    return out.to(u.dtype), lay.state_back(last)
+    N = A.shape[1]
+    ins = [_f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    out = new_output((Bt, E, L), torch.float32, u.device)
+    last = new_output((Bt, E, N), torch.float32, u.device)
+    _call(_lib.vimc_scan_fwd, *ins, delta_softplus, reverse, _threads(_items(u, B)),
+          out=out, last_state=last)
+    return out.to(u.dtype), last
 
 
 def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     Bt, E, L = u.shape
-    lay = _Layout(Bt, E, L, A.shape[1], B.shape[1])
-    G, N, Egp = lay.G, lay.N, lay.Egp
-    T = max(1, min(torch.get_num_threads(), Bt * G * (Egp // LANES), 64))
+    N, G = A.shape[1], B.shape[1]
+    T = _threads(_items(u, B))
     f32, dev = torch.float32, u.device
-    x, d = _final_delta(delta, delta_bias, delta_softplus)
-    u32, dout32 = u.to(f32), dout.to(f32)
-    if z is not None:
-        z32 = z.to(f32)
-        sg = torch.sigmoid(z32)
-        dy = dout32 * z32 * sg
-    else:
-        dy = dout32
-    y = new_output((Bt, G, L, Egp), f32, dev)
-    du_scan = new_output((Bt, G, L, Egp), f32, dev)
-    dd = new_output((Bt, G, L, Egp), f32, dev)
-    # per-thread partial sums, written by one thread each and added up below
-    dA_p = torch.zeros(T, G, N, Egp, dtype=f32)
-    dB_p = torch.zeros(T, Bt, G, L, N, LANES, dtype=f32)
-    dC_p = torch.zeros(T, Bt, G, L, N, LANES, dtype=f32)
-    scratch = torch.empty(T, L, N, LANES, dtype=f32)
-    bufs = dict(u=lay.seq(u32), delta=lay.seq(d), A=lay.chan(A), B=_time_major(B),
-                C=_time_major(C), y=y, dy=lay.seq(dy),
-                dlast=None if dlast is None else lay.state(dlast), du=du_scan, ddelta=dd,
-                dA_part=dA_p, dB_part=dB_p, dC_part=dC_p, h_scratch=scratch)
-    _lib.vimc_scan_bwd(ctypes.byref(lay.args(T, reverse, **bufs)))
-
-    du = lay.seq_back(du_scan)
-    gd = lay.seq_back(dd)
-    dD = dz = None
-    if D is not None:
-        du = du + dy * D.to(f32)[:, None]
-        dD = (dy * u32).sum((0, 2)).to(D.dtype)
-    if z is not None:
-        y_full = lay.seq_back(y) if D is None else lay.seq_back(y) + u32 * D.to(f32)[:, None]
-        dz = (dout32 * y_full * sg * (1.0 + z32 * (1.0 - sg))).to(z.dtype)
-    if delta_softplus:
-        gd = torch.where(x <= 20.0, gd * torch.sigmoid(x), gd)
-    dbias = None if delta_bias is None else gd.sum((0, 2)).to(delta_bias.dtype)
-    dB = dB_p.sum((0, -1)).transpose(-1, -2)
-    dC = dC_p.sum((0, -1)).transpose(-1, -2)
-    return (du.to(u.dtype), gd.to(delta.dtype), lay.chan_back(dA_p.sum(0)).to(A.dtype),
-            dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias)
+    ins = [_f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    du = new_output((Bt, E, L), f32, dev)
+    ddelta = new_output((Bt, E, L), f32, dev)
+    dz = new_output((Bt, E, L), f32, dev) if z is not None else None
+    # partial sums, one slice per thread, added up below
+    dA_p = torch.zeros(T, E, N, dtype=f32)
+    dD_p = torch.zeros(T, E, dtype=f32)
+    db_p = torch.zeros(T, E, dtype=f32)
+    dB_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
+    dC_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
+    _call(_lib.vimc_scan_bwd, *ins, delta_softplus, reverse, T,
+          dout=_f32(dout), dlast=_f32(dlast), du=du, ddelta=ddelta, dz=dz,
+          dA_part=dA_p, dD_part=dD_p, dbias_part=db_p, dB_part=dB_p, dC_part=dC_p)
+    dB, dC = dB_p.sum((0, -1)), dC_p.sum((0, -1))
+    return (du.to(u.dtype), ddelta.to(delta.dtype), dA_p.sum(0).to(A.dtype),
+            dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD_p.sum(0).to(D.dtype),
+            None if z is None else dz.to(z.dtype),
+            None if delta_bias is None else db_p.sum(0).to(delta_bias.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,10 +250,26 @@ def _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     return out.to(u.dtype), h.to(torch.float32 if ct == torch.float32 else ct)
 
 
+@contextlib.contextmanager
+def _autograd_inside_kernel():
+    """Op kernels run below the Autograd dispatch key; the torch path's backward differentiates
+    its own forward, so it lets autograd record again for the duration."""
+    keys = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.ADInplaceOrView)
+    was = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in keys]
+    try:
+        for k in keys:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for k, w in zip(keys, was):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, w)
+
+
 def _bwd_torch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     inputs = [t if t is None else t.detach().requires_grad_(True)
               for t in (u, delta, A, B, C, D, z, delta_bias)]
-    with torch.enable_grad():
+    with _autograd_inside_kernel():
         out, last = _fwd_torch(*inputs, delta_softplus, reverse)
         wrt = [t for t in inputs if t is not None]
         grads = torch.autograd.grad((out, last), wrt, (dout, dlast), allow_unused=True)

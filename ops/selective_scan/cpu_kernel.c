@@ -1,43 +1,58 @@
-// Selective-scan core for CPUs: h_t = exp(d_t A) h_{t-1} + d_t u_t B_t,  y_t = <h_t, C_t>.
+// Fused selective scan for CPUs (forward and backward), 8 channels per vector.
+//
+//   d_t = softplus(delta_t + bias)            (both optional)
+//   h_t = exp(d_t A) h_{t-1} + d_t u_t B_t    (t = 0..L-1, or L-1..0 with reverse)
+//   out = (<h_t, C_t> + D u_t) * silu(z_t)    (D and z optional)
 //
 // Built at first use by cpu.py with the system C compiler (the one torch.compile needs on a
 // CPU) and called through ctypes: no build step at install, no torch headers, ~1 s to build.
-// cpu.py does the cheap per-(channel, step) work in vectorized torch around it (bias,
-// softplus, D skip, silu gate and their derivatives); this file does the O(Bt*E*L*N) part.
 //
-// Vectorization: one 8-wide vector holds 8 channels of one group (cpu.py pads each group's
-// channels to a multiple of 8 with d = 0, which keeps padded states at 0). B_t and C_t are
-// shared by a group, so they broadcast: no shuffles, no horizontal sums in the forward.
-// A work item is (batch, group, 8-channel block); threads take contiguous ranges of items.
-// Backward recomputes the states of one item into a per-thread scratch (L*N vectors), then
-// sweeps time backwards. dB and dC get lane-wide per-thread partials that cpu.py sums, so
-// threads never write the same memory.
+// Work item = (batch, group, block of 8 channels of that group). One vector lane per channel:
+// B_t and C_t are shared by a group, so they broadcast, and the forward needs no horizontal
+// sums. Each item first stages its rows of u, delta, z into a per-thread (L, 8) scratch
+// (a transposing copy), so the time loop reads one vector per step, and writes its outputs
+// back the same way. Lanes past the group's last channel run with d = 0 and A = 0, which
+// keeps their state at 0, and are never written out.
+//
+// Backward recomputes one state component at a time into a per-thread (L, 8) scratch, then
+// sweeps time backwards with its adjoint. Sums over channels (dB, dC) and over batch (dA, dD, dbias) go to
+// per-thread partials that cpu.py adds up, so no two threads write the same memory.
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
-typedef float v8f __attribute__((vector_size(32), aligned(4)));
-typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+// for memory access only: any float address, and allowed to alias float data
+typedef float v8f_mem __attribute__((vector_size(32), aligned(4), may_alias));
 #define LANES 8
 
 typedef struct {
-    int64_t Bt, G, L, N, Egp;      // Egp: channels per group, padded to a multiple of 8
-    int64_t reverse, nthreads;
-    const float *u;         // (Bt, G, L, Egp)
-    const float *delta;     // (Bt, G, L, Egp)   final delta (bias and softplus applied)
-    const float *A;         // (G, N, Egp)
-    const float *B;         // (Bt, G, L, N)
-    const float *C;         // (Bt, G, L, N)
-    float *y;               // (Bt, G, L, Egp)   <h_t, C_t>; backward writes it too (for dz)
-    float *last_state;      // (Bt, G, Egp/8, N, 8)   fwd only
-    const float *dy;        // (Bt, G, L, Egp)   d loss / d y
-    const float *dlast;     // (Bt, G, Egp/8, N, 8) or NULL
-    float *du;              // (Bt, G, L, Egp)   scan part only (cpu.py adds D * dy)
-    float *ddelta;          // (Bt, G, L, Egp)   w.r.t. the final delta
-    float *dA_part;         // (nthreads, G, N, Egp)
-    float *dB_part;         // (nthreads, Bt, G, L, N, 8)   summed over threads and lanes
-    float *dC_part;         // (nthreads, Bt, G, L, N, 8)
-    float *h_scratch;       // (nthreads, L, N, 8)
+    int64_t Bt, E, L, N, G;
+    int64_t delta_softplus, reverse, nthreads;
+    const float *u;          // (Bt, E, L)
+    const float *delta;      // (Bt, E, L)   before bias and softplus
+    const float *A;          // (E, N)
+    const float *B;          // (Bt, G, N, L)
+    const float *C;          // (Bt, G, N, L)
+    const float *D;          // (E,) or NULL
+    const float *z;          // (Bt, E, L) or NULL
+    const float *bias;       // (E,) or NULL
+    float *out;              // (Bt, E, L)
+    float *last_state;       // (Bt, E, N)
+    // backward
+    const float *dout;       // (Bt, E, L)
+    const float *dlast;      // (Bt, E, N) or NULL
+    float *du;               // (Bt, E, L)
+    float *ddelta;           // (Bt, E, L)
+    float *dz;               // (Bt, E, L) or NULL
+    float *dA_part;          // (nthreads, E, N)
+    float *dD_part;          // (nthreads, E)
+    float *dbias_part;       // (nthreads, E)
+    float *dB_part;          // (nthreads, Bt, G, N, L, 8)   summed over threads and lanes
+    float *dC_part;          // (nthreads, Bt, G, N, L, 8)
+    float *scratch;          // (nthreads, scratch_floats)
+    int64_t scratch_floats;  // per thread: >= 12 * L * 8
 } ScanArgs;
 
 typedef struct {
@@ -45,147 +60,330 @@ typedef struct {
     int64_t tid, item_begin, item_end;
 } Work;
 
+// ---------------------------------------------------------------------------------------------
+// 8-lane math
+// ---------------------------------------------------------------------------------------------
+
 static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
-static inline v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
-static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
-static inline v8f select8(v8i mask, v8f a, v8f b) {  // mask ? a : b, lane-wise
+static inline v8f load8(const float *p) { return *(const v8f_mem *)p; }
+static inline void store8(float *p, v8f v) { *(v8f_mem *)p = v; }
+static inline v8f select8(v8i mask, v8f a, v8f b) {  // mask ? a : b, lane by lane
     return (v8f)((mask & (v8i)a) | (~mask & (v8i)b));
 }
 
-// exp on 8 lanes: Cody-Waite reduction by ln 2 and a degree-6 polynomial (about 1 ulp);
-// lanes below -87 flush to 0 (the decay of a long-gone state), above 88 saturate.
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+static inline v8f vmax8(v8f a, v8f b) { return (v8f)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline v8f vmin8(v8f a, v8f b) { return (v8f)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline v8f vround8(v8f a) {
+    return (v8f)_mm256_round_ps((__m256)a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+#else  // portable: the compiler lowers these to whatever vectors the target has
+static inline v8f vmax8(v8f a, v8f b) { return select8(a > b, a, b); }
+static inline v8f vmin8(v8f a, v8f b) { return select8(a < b, a, b); }
+static inline v8f vround8(v8f a) {
+    return __builtin_convertvector(__builtin_convertvector(
+        a + select8(a < splat(0.0f), splat(-0.5f), splat(0.5f)), v8i), v8f);
+}
+#endif
+
+// exp: Cody-Waite reduction by ln 2, then exp(r) on |r| <= ln2/2 by its degree-6 Taylor
+// polynomial (truncation error r^7/7! < 1.3e-7, about 1 ulp). Inputs are clamped to
+// [-87.3, 88.7]: exp(-87.3) ~ 1e-38 stands in for anything smaller (a long-decayed state).
 static inline v8f vexp8(v8f x) {
-    const v8f lo = splat(-87.0f), hi = splat(88.0f);
-    v8f xc = select8(x < lo, lo, select8(x > hi, hi, x));
-    v8f t = xc * splat(1.44269504088896341f);
-    v8i ki = __builtin_convertvector(t + select8(t < splat(0.0f), splat(-0.5f), splat(0.5f)), v8i);
-    v8f k = __builtin_convertvector(ki, v8f);
-    v8f r = xc - k * splat(0.693359375f);
+    x = vmin8(vmax8(x, splat(-87.3f)), splat(88.7f));
+    const v8f k = vround8(x * splat(1.44269504088896341f));
+    v8f r = x - k * splat(0.693359375f);
     r = r + k * splat(2.12194440e-4f);
-    v8f p = splat(1.9875691500e-4f);
-    p = p * r + splat(1.3981999507e-3f);
-    p = p * r + splat(8.3334519073e-3f);
-    p = p * r + splat(4.1665795894e-2f);
-    p = p * r + splat(1.6666665459e-1f);
-    p = p * r + splat(5.0000001201e-1f);
-    p = p * (r * r) + r + splat(1.0f);
-    v8f scale = (v8f)((ki + 127) << 23);
-    return select8(x < lo, splat(0.0f), p * scale);
+    v8f p = splat(1.0f / 720.0f);
+    p = p * r + splat(1.0f / 120.0f);
+    p = p * r + splat(1.0f / 24.0f);
+    p = p * r + splat(1.0f / 6.0f);
+    p = p * r + splat(0.5f);
+    p = p * r + splat(1.0f);
+    p = p * r + splat(1.0f);
+    const v8i ki = __builtin_convertvector(k, v8i);
+    return p * (v8f)((ki + 127) << 23);
 }
 
-// item -> (b, g, j) and the base offsets every loop below uses
-typedef struct { int64_t bg, j, lane0; } Item;
-static inline Item item_of(const ScanArgs *a, int64_t it) {
-    const int64_t blocks = a->Egp / LANES;
-    Item r = {it / blocks, it % blocks, (it % blocks) * LANES};
-    return r;
+// log(x) for x in [1, 2]: one halving above sqrt(2), then the Cephes logf polynomial.
+static inline v8f vlog_1_2(v8f x) {
+    v8i big = x > splat(1.41421356f);
+    v8f e = select8(big, splat(1.0f), splat(0.0f));
+    v8f f = select8(big, x * splat(0.5f), x) - splat(1.0f);
+    v8f z = f * f;
+    v8f p = splat(7.0376836292e-2f);
+    p = p * f + splat(-1.1514610310e-1f);
+    p = p * f + splat(1.1676998740e-1f);
+    p = p * f + splat(-1.2420140846e-1f);
+    p = p * f + splat(1.4249322787e-1f);
+    p = p * f + splat(-1.6668057665e-1f);
+    p = p * f + splat(2.0000714765e-1f);
+    p = p * f + splat(-2.4999993993e-1f);
+    p = p * f + splat(3.3333331174e-1f);
+    v8f y = p * f * z - e * splat(2.12194440e-4f) - splat(0.5f) * z;
+    return f + y + e * splat(0.693359375f);
 }
+
+// softplus as the official kernels define it: log1p(exp(x)) for x <= 20, else x; computed as
+// max(x, 0) + log1p(exp(-|x|)), with log1p(w) = log(1 + w) * w / ((1 + w) - 1) so that tiny w
+// keep their relative accuracy.
+static inline v8f vsoftplus8(v8f x) {
+    v8f ax = select8(x < splat(0.0f), -x, x);
+    v8f w = vexp8(-ax);
+    v8f onep = splat(1.0f) + w;
+    v8f den = onep - splat(1.0f);
+    v8f l1p = select8(den == splat(0.0f), w, vlog_1_2(onep) * w / select8(den == splat(0.0f), splat(1.0f), den));
+    v8f sp = select8(x > splat(0.0f), x, splat(0.0f)) + l1p;
+    return select8(x > splat(20.0f), x, sp);
+}
+
+static inline v8f vsigmoid8(v8f x) { return splat(1.0f) / (splat(1.0f) + vexp8(-x)); }
+
+// ---------------------------------------------------------------------------------------------
+// staging between the (Bt, E, L) rows of 8 channels and (L, 8) lane-major scratch
+// ---------------------------------------------------------------------------------------------
+
+static void stage_in(float *dst, const float *src, int64_t L, int64_t lanes) {
+    if (lanes < LANES) memset(dst, 0, sizeof(float) * L * LANES);
+    for (int64_t k = 0; k < lanes; ++k) {
+        const float *row = src + k * L;
+        for (int64_t t = 0; t < L; ++t) dst[t * LANES + k] = row[t];
+    }
+}
+
+static void stage_out(float *dst, const float *src, int64_t L, int64_t lanes) {
+    for (int64_t k = 0; k < lanes; ++k) {
+        float *row = dst + k * L;
+        for (int64_t t = 0; t < L; ++t) row[t] = src[t * LANES + k];
+    }
+}
+
+typedef struct {
+    int64_t b, g, e0, lanes;
+    v8i valid;  // lane < lanes
+} Item;
+
+static Item item_of(const ScanArgs *a, int64_t it) {
+    const int64_t Eg = a->E / a->G, blocks = (Eg + LANES - 1) / LANES;
+    const int64_t bg = it / blocks, j = it % blocks;
+    Item m;
+    m.b = bg / a->G;
+    m.g = bg % a->G;
+    m.e0 = m.g * Eg + j * LANES;
+    m.lanes = Eg - j * LANES < LANES ? Eg - j * LANES : LANES;
+    for (int k = 0; k < LANES; ++k) m.valid[k] = k < m.lanes ? -1 : 0;
+    return m;
+}
+
+static v8f gather_chan(const float *p, const Item *m, int64_t stride) {  // p[(e0 + k) * stride]
+    v8f v = splat(0.0f);
+    for (int64_t k = 0; k < m->lanes; ++k) v[k] = p[(m->e0 + k) * stride];
+    return v;
+}
+
+// stage u and the final delta (bias, softplus; 0 on padding lanes) of one item
+static void stage_u_delta(const ScanArgs *a, const Item *m, float *su, float *sd, float *sx) {
+    const int64_t L = a->L, row = (m->b * a->E + m->e0) * L;
+    stage_in(su, a->u + row, L, m->lanes);
+    stage_in(sd, a->delta + row, L, m->lanes);
+    const v8f bias = a->bias ? gather_chan(a->bias, m, 1) : splat(0.0f);
+    for (int64_t t = 0; t < L; ++t) {
+        v8f x = load8(sd + t * LANES) + bias;
+        if (sx) store8(sx + t * LANES, x);
+        v8f d = a->delta_softplus ? vsoftplus8(x) : x;
+        store8(sd + t * LANES, select8(m->valid, d, splat(0.0f)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward: the N state components of a channel never interact, so the loop runs state by
+// state with time innermost; exp's constants then stay in registers for a whole row.
+// ---------------------------------------------------------------------------------------------
 
 static void fwd_items(const Work *w) {
     const ScanArgs *a = w->a;
-    const int64_t L = a->L, N = a->N, Egp = a->Egp;
-    v8f h[N], An[N];
+    const int64_t L = a->L, N = a->N, E = a->E;
+    float *sc = a->scratch + w->tid * a->scratch_floats;
+    float *su = sc, *sd = sc + L * LANES, *sz = sc + 2 * L * LANES, *sy = sc + 3 * L * LANES;
+    float *sdu = sc + 4 * L * LANES;
+    const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
-        const int64_t g = m.bg % a->G;
-        const float *u = a->u + m.bg * L * Egp + m.lane0, *dl = a->delta + m.bg * L * Egp + m.lane0;
-        const float *Bp = a->B + m.bg * L * N, *Cp = a->C + m.bg * L * N;
-        float *y = a->y + m.bg * L * Egp + m.lane0;
-        for (int64_t n = 0; n < N; ++n) {
-            h[n] = splat(0.0f);
-            An[n] = load8(a->A + (g * N + n) * Egp + m.lane0);
+        const int64_t row = (m.b * E + m.e0) * L;
+        const float *Bp = a->B + (m.b * a->G + m.g) * N * L, *Cp = a->C + (m.b * a->G + m.g) * N * L;
+        stage_u_delta(a, &m, su, sd, NULL);
+        const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
+        for (int64_t t = 0; t < L; ++t) {
+            const v8f ut = load8(su + t * LANES);
+            store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
+            store8(sy + t * LANES, Dv * ut);
         }
-        for (int64_t s = 0; s < L; ++s) {
-            const int64_t t = a->reverse ? L - 1 - s : s;
-            const v8f d = load8(dl + t * Egp), du = d * load8(u + t * Egp);
-            const float *Bt = Bp + t * N, *Ct = Cp + t * N;
-            v8f acc = splat(0.0f);
-            for (int64_t n = 0; n < N; ++n) {
-                h[n] = vexp8(d * An[n]) * h[n] + du * splat(Bt[n]);
-                acc += h[n] * splat(Ct[n]);
+        int64_t n = 0;
+        for (; n + 1 < N; n += 2) {  // two components per pass: d, d*u and y loaded once
+            const v8f A0 = gather_chan(a->A + n, &m, N), A1 = gather_chan(a->A + n + 1, &m, N);
+            const float *B0 = Bp + n * L, *C0 = Cp + n * L, *B1 = B0 + L, *C1 = C0 + L;
+            v8f h0 = splat(0.0f), h1 = splat(0.0f);
+            for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
+                const v8f d = load8(sd + t * LANES), du = load8(sdu + t * LANES);
+                h0 = vexp8(d * A0) * h0 + du * splat(B0[t]);
+                h1 = vexp8(d * A1) * h1 + du * splat(B1[t]);
+                store8(sy + t * LANES, load8(sy + t * LANES) + h0 * splat(C0[t]) + h1 * splat(C1[t]));
             }
-            store8(y + t * Egp, acc);
+            for (int64_t k = 0; k < m.lanes; ++k) {
+                a->last_state[(m.b * E + m.e0 + k) * N + n] = h0[k];
+                a->last_state[(m.b * E + m.e0 + k) * N + n + 1] = h1[k];
+            }
         }
-        float *last = a->last_state + (m.bg * (Egp / LANES) + m.j) * N * LANES;
-        for (int64_t n = 0; n < N; ++n) store8(last + n * LANES, h[n]);
+        for (; n < N; ++n) {
+            const v8f An = gather_chan(a->A + n, &m, N);
+            const float *Bn = Bp + n * L, *Cn = Cp + n * L;
+            v8f h = splat(0.0f);
+            for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
+                h = vexp8(load8(sd + t * LANES) * An) * h + load8(sdu + t * LANES) * splat(Bn[t]);
+                store8(sy + t * LANES, load8(sy + t * LANES) + h * splat(Cn[t]));
+            }
+            for (int64_t k = 0; k < m.lanes; ++k) a->last_state[(m.b * E + m.e0 + k) * N + n] = h[k];
+        }
+        if (a->z) {
+            stage_in(sz, a->z + row, L, m.lanes);
+            for (int64_t t = 0; t < L; ++t) {
+                const v8f zt = load8(sz + t * LANES);
+                store8(sy + t * LANES, load8(sy + t * LANES) * zt * vsigmoid8(zt));
+            }
+        }
+        stage_out(a->out + row, sy, L, m.lanes);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// backward: state by state, a forward pass stores that component's h_t and decay, then a
+// backward pass carries its adjoint dh; per-step sums (d delta, d u, y) accumulate over states.
+// ---------------------------------------------------------------------------------------------
 
 static void bwd_items(const Work *w) {
     const ScanArgs *a = w->a;
-    const int64_t L = a->L, N = a->N, Egp = a->Egp, G = a->G;
-    float *hs = a->h_scratch + w->tid * L * N * LANES;
-    float *dA_acc = a->dA_part + w->tid * G * N * Egp;
-    v8f dh[N], An[N], dAn[N];
+    const int64_t L = a->L, N = a->N, E = a->E, G = a->G;
+    float *sc = a->scratch + w->tid * a->scratch_floats;
+    float *su = sc, *sd = sc + L * LANES, *sx = sc + 2 * L * LANES, *sz = sc + 3 * L * LANES;
+    float *sdy = sc + 4 * L * LANES, *sgo = sc + 5 * L * LANES, *sgu = sc + 6 * L * LANES;
+    float *sgd = sc + 7 * L * LANES, *sy = sc + 8 * L * LANES, *sdu = sc + 9 * L * LANES;
+    float *sh = sc + 10 * L * LANES, *sdecay = sc + 11 * L * LANES;  // one state component
+    float *dA_acc = a->dA_part + w->tid * E * N;
+    float *dD_acc = a->dD_part + w->tid * E, *db_acc = a->dbias_part + w->tid * E;
+    const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
-        const int64_t g = m.bg % G, off = m.bg * L * Egp + m.lane0;
-        const float *u = a->u + off, *dl = a->delta + off, *dyp = a->dy + off;
-        float *y = a->y + off, *gu = a->du + off, *gd = a->ddelta + off;
-        const float *Bp = a->B + m.bg * L * N, *Cp = a->C + m.bg * L * N;
-        float *dBp = a->dB_part + (w->tid * a->Bt * G + m.bg) * L * N * LANES;
-        float *dCp = a->dC_part + (w->tid * a->Bt * G + m.bg) * L * N * LANES;
-        for (int64_t n = 0; n < N; ++n) {
-            An[n] = load8(a->A + (g * N + n) * Egp + m.lane0);
-            dAn[n] = splat(0.0f);
-        }
-
-        // 1) recompute h_t (slot s = visiting order) and y_t
-        for (int64_t s = 0; s < L; ++s) {
-            const int64_t t = a->reverse ? L - 1 - s : s;
-            const v8f d = load8(dl + t * Egp), du = d * load8(u + t * Egp);
-            const float *Bt = Bp + t * N, *Ct = Cp + t * N;
-            float *hc = hs + s * N * LANES;
-            const float *hp = hs + (s - 1) * N * LANES;
-            v8f acc = splat(0.0f);
-            for (int64_t n = 0; n < N; ++n) {
-                v8f prev = s > 0 ? load8(hp + n * LANES) : splat(0.0f);
-                v8f hn = vexp8(d * An[n]) * prev + du * splat(Bt[n]);
-                store8(hc + n * LANES, hn);
-                acc += hn * splat(Ct[n]);
+        const int64_t row = (m.b * E + m.e0) * L, bg = m.b * G + m.g;
+        const float *Bp = a->B + bg * N * L, *Cp = a->C + bg * N * L;
+        float *dBp = a->dB_part + (w->tid * a->Bt * G + bg) * N * L * LANES;
+        float *dCp = a->dC_part + (w->tid * a->Bt * G + bg) * N * L * LANES;
+        stage_u_delta(a, &m, su, sd, sx);
+        stage_in(sgo, a->dout + row, L, m.lanes);
+        if (a->z) stage_in(sz, a->z + row, L, m.lanes);
+        const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
+        for (int64_t t = 0; t < L; ++t) {
+            v8f go = load8(sgo + t * LANES);
+            if (a->z) {
+                const v8f zt = load8(sz + t * LANES);
+                go = go * zt * vsigmoid8(zt);  // the gate's share taken out
             }
-            store8(y + t * Egp, acc);
-        }
-
-        // 2) sweep back through time
-        const float *dlast = a->dlast ? a->dlast + (m.bg * (Egp / LANES) + m.j) * N * LANES : NULL;
-        for (int64_t n = 0; n < N; ++n) dh[n] = dlast ? load8(dlast + n * LANES) : splat(0.0f);
-        for (int64_t s = L - 1; s >= 0; --s) {
-            const int64_t t = a->reverse ? L - 1 - s : s;
-            const v8f d = load8(dl + t * Egp), ut = load8(u + t * Egp), dy = load8(dyp + t * Egp);
-            const v8f du_ = d * ut;
-            const float *Bt = Bp + t * N, *Ct = Cp + t * N;
-            const float *hc = hs + s * N * LANES, *hp = hs + (s - 1) * N * LANES;
-            float *dBt = dBp + t * N * LANES, *dCt = dCp + t * N * LANES;
-            v8f dd = splat(0.0f), gu_ = splat(0.0f);
-            for (int64_t n = 0; n < N; ++n) {
-                const v8f Bn = splat(Bt[n]);
-                const v8f hprev = s > 0 ? load8(hp + n * LANES) : splat(0.0f);
-                const v8f decay = vexp8(d * An[n]);
-                const v8f dhn = dh[n] + dy * splat(Ct[n]);
-                store8(dCt + n * LANES, load8(dCt + n * LANES) + dy * load8(hc + n * LANES));
-                const v8f gh = dhn * decay * hprev;   // d loss / d (d * A_n)
-                dd += gh * An[n] + dhn * ut * Bn;
-                dAn[n] += gh * d;
-                gu_ += dhn * d * Bn;
-                store8(dBt + n * LANES, load8(dBt + n * LANES) + dhn * du_);
-                dh[n] = dhn * decay;
-            }
-            store8(gd + t * Egp, dd);
-            store8(gu + t * Egp, gu_);
+            const v8f ut = load8(su + t * LANES);
+            store8(sdy + t * LANES, go);
+            store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
+            store8(sy + t * LANES, Dv * ut);
+            store8(sgu + t * LANES, go * Dv);
+            store8(sgd + t * LANES, splat(0.0f));
         }
         for (int64_t n = 0; n < N; ++n) {
-            float *p = dA_acc + (g * N + n) * Egp + m.lane0;
-            store8(p, load8(p) + dAn[n]);
+            const v8f An = gather_chan(a->A + n, &m, N);
+            const float *Bn = Bp + n * L, *Cn = Cp + n * L;
+            float *dBn = dBp + n * L * LANES, *dCn = dCp + n * L * LANES;
+            v8f h = splat(0.0f);
+            for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
+                const v8f decay = vexp8(load8(sd + t * LANES) * An);
+                h = decay * h + load8(sdu + t * LANES) * splat(Bn[t]);
+                store8(sh + t * LANES, h);
+                store8(sdecay + t * LANES, decay);
+                store8(sy + t * LANES, load8(sy + t * LANES) + h * splat(Cn[t]));
+            }
+            v8f dh = splat(0.0f), dAn = splat(0.0f);
+            if (a->dlast)
+                for (int64_t k = 0; k < m.lanes; ++k) dh[k] = a->dlast[(m.b * E + m.e0 + k) * N + n];
+            for (int64_t s = L - 1, t = t0 + (L - 1) * dt; s >= 0; --s, t -= dt) {
+                const v8f dy = load8(sdy + t * LANES), d = load8(sd + t * LANES);
+                const v8f Bt = splat(Bn[t]);
+                const v8f hprev = s > 0 ? load8(sh + (t - dt) * LANES) : splat(0.0f);
+                const v8f decay = load8(sdecay + t * LANES);
+                const v8f dhn = dh + dy * splat(Cn[t]);
+                store8(dCn + t * LANES, load8(dCn + t * LANES) + dy * load8(sh + t * LANES));
+                store8(dBn + t * LANES, load8(dBn + t * LANES) + dhn * load8(sdu + t * LANES));
+                const v8f gh = dhn * decay * hprev;  // d loss / d (d * A_n)
+                store8(sgd + t * LANES, load8(sgd + t * LANES) + gh * An + dhn * load8(su + t * LANES) * Bt);
+                store8(sgu + t * LANES, load8(sgu + t * LANES) + dhn * d * Bt);
+                dAn += gh * d;
+                dh = dhn * decay;
+            }
+            for (int64_t k = 0; k < m.lanes; ++k) dA_acc[(m.e0 + k) * N + n] += dAn[k];
+        }
+        v8f dD = splat(0.0f), dbias = splat(0.0f);
+        for (int64_t t = 0; t < L; ++t) {
+            const v8f ut = load8(su + t * LANES);
+            v8f dd = load8(sgd + t * LANES);
+            if (a->delta_softplus) {
+                const v8f x = load8(sx + t * LANES);
+                dd = select8(x > splat(20.0f), dd, dd * vsigmoid8(x));
+            }
+            dd = select8(m.valid, dd, splat(0.0f));
+            store8(sgd + t * LANES, dd);
+            dbias += dd;
+            dD += load8(sdy + t * LANES) * ut;
+            if (a->z) {  // dz reuses the dy slot: dy is not read after this step
+                const v8f zt = load8(sz + t * LANES), sg = vsigmoid8(zt);
+                store8(sdy + t * LANES, load8(sgo + t * LANES) * load8(sy + t * LANES) * sg *
+                                        (splat(1.0f) + zt * (splat(1.0f) - sg)));
+            }
+        }
+        stage_out(a->du + row, sgu, L, m.lanes);
+        stage_out(a->ddelta + row, sgd, L, m.lanes);
+        if (a->z) stage_out(a->dz + row, sdy, L, m.lanes);
+        for (int64_t k = 0; k < m.lanes; ++k) {
+            dD_acc[m.e0 + k] += dD[k];
+            db_acc[m.e0 + k] += dbias[k];
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// threads
+// ---------------------------------------------------------------------------------------------
 
 static void *fwd_entry(void *p) { fwd_items((const Work *)p); return NULL; }
 static void *bwd_entry(void *p) { bwd_items((const Work *)p); return NULL; }
 
+int64_t vimc_scan_items(const ScanArgs *a) {
+    return a->Bt * a->G * ((a->E / a->G + LANES - 1) / LANES);
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+// OpenMP build: cpu.py loads this library after torch, so "libgomp.so.1" resolves to the
+// runtime torch already uses, and the scan runs on torch's warm thread pool. Starting fresh
+// threads per call costs ~70 us on small VMs, more than a Vim-sized scan gains from them.
 static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
-    const int64_t items = a->Bt * a->G * (a->Egp / LANES);
+    const int64_t items = vimc_scan_items(a);
+    int64_t T = a->nthreads < 1 ? 1 : a->nthreads;
+    if (T > items) T = items > 0 ? items : 1;
+#pragma omp parallel num_threads((int)T)
+    {
+        const int64_t i = omp_get_thread_num(), n = omp_get_num_threads();
+        Work w = {a, i, items * i / n, items * (i + 1) / n};
+        fn(&w);
+    }
+}
+#else
+static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
+    const int64_t items = vimc_scan_items(a);
     int64_t T = a->nthreads < 1 ? 1 : a->nthreads;
     if (T > 64) T = 64;
     if (T > items) T = items > 0 ? items : 1;
@@ -206,6 +404,8 @@ static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
     for (int64_t i = 1; i < T; ++i)
         if (started[i]) pthread_join(th[i], NULL);
 }
+
+#endif
 
 int vimc_scan_fwd(const ScanArgs *a) { run_parallel(a, fwd_entry); return 0; }
 int vimc_scan_bwd(const ScanArgs *a) { run_parallel(a, bwd_entry); return 0; }

@@ -1,0 +1,93 @@
+"""Input builders and error measures shared by the selective-scan tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+# (dtype, forward rel. error, gradient rel. error) against a float64 reference.
+# float32: the issue's bounds. Half types: inputs are rounded to 8 (bf16) or 11 (fp16) bits,
+# and out is rounded again on return, so the bound is a few units of the type's epsilon.
+TOLERANCES = {
+    torch.float32: (2e-5, 1e-4),
+    torch.bfloat16: (2e-2, None),
+    torch.float16: (4e-3, None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    Bt: int = 2
+    E: int = 12
+    L: int = 33
+    N: int = 5
+    G: int = 0  # 0: B, C as (Bt, N, L); G >= 1: grouped (Bt, G, N, L)
+    D: bool = True
+    z: bool = True
+    bias: bool = True
+    softplus: bool = True
+    reverse: bool = False
+
+    @property
+    def id(self) -> str:
+        flags = "".join(f for f, on in (("-D", self.D), ("-z", self.z), ("-bias", self.bias),
+                                         ("-sp", self.softplus), ("-rev", self.reverse)) if on)
+        g = f"-G{self.G}" if self.G else ""
+        return f"B{self.Bt}-E{self.E}-L{self.L}-N{self.N}{g}{flags}"
+
+
+def make_inputs(c: Case, dtype=torch.float32, seed: int = 0) -> dict:
+    """Inputs in the ranges Vim sees: delta around softplus(-4..0), A = -exp(A_log) with A_log
+    around log(1..N), unit-scale u, z, B, C."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift)
+
+    bc_shape = (c.Bt, c.N, c.L) if not c.G else (c.Bt, c.G, c.N, c.L)
+    A_log = torch.log(torch.arange(1, c.N + 1, dtype=torch.float64)).repeat(c.E, 1)
+    ins = dict(
+        u=rn(c.Bt, c.E, c.L),
+        delta=rn(c.Bt, c.E, c.L, scale=0.5, shift=-2.0 if c.softplus else 0.0)
+        if c.softplus else torch.rand(c.Bt, c.E, c.L, generator=g, dtype=torch.float64) * 0.2,
+        A=-torch.exp(A_log + rn(c.E, c.N, scale=0.1)),
+        B=rn(*bc_shape),
+        C=rn(*bc_shape),
+        D=rn(c.E) if c.D else None,
+        z=rn(c.Bt, c.E, c.L) if c.z else None,
+        # without softplus, delta + bias must stay >= 0 or the state grows past float32's range
+        delta_bias=(rn(c.E, scale=0.3) if c.softplus else rn(c.E).abs() * 0.05) if c.bias else None,
+    )
+    # A, D and delta_bias are float32 parameters in Vim whatever the activation dtype
+    keep32 = {"A", "D", "delta_bias"}
+    return {k: None if v is None else v.to(torch.float32 if (k in keep32 and dtype != torch.float64)
+                                           else dtype)
+            for k, v in ins.items()}
+
+
+def flags(c: Case) -> dict:
+    return dict(delta_softplus=c.softplus, reverse=c.reverse)
+
+
+def to64(ins: dict) -> dict:
+    return {k: None if v is None else v.detach().to(torch.float64) for k, v in ins.items()}
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """||got - ref|| / ||ref||, computed in float64; NaN or inf anywhere gives inf."""
+    got, ref = got.detach().to(torch.float64), ref.detach().to(torch.float64)
+    if not torch.isfinite(got).all():
+        return float("inf")
+    denom = ref.norm().item()
+    return (got - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def describe_mismatch(got: torch.Tensor, ref: torch.Tensor, tol: float) -> str:
+    got, ref = got.detach().to(torch.float64), ref.detach().to(torch.float64)
+    nan = (~torch.isfinite(got)).sum().item()
+    diff = (got - ref).abs()
+    bad = (diff > tol * ref.abs().max().clamp_min(1e-30)).nonzero()
+    first = bad[:3].tolist()
+    return (f"rel_err={rel_err(got, ref):.3e} (tol {tol:.1e}), max_abs={diff.max().item():.3e}, "
+            f"non-finite={nan}, mismatches={len(bad)} first at {first}")

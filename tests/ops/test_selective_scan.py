@@ -1,0 +1,311 @@
+"""The selective-scan op against a float64 recurrence: forward, gradients, registration,
+compilation, bad input. The CPU kernel here; the Triton kernels in test_triton.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vimc.ops import selective_scan, selective_scan_reference
+from vimc.ops.selective_scan import cpu
+
+from ._scan_cases import TOLERANCES, Case, describe_mismatch, flags, make_inputs, rel_err, to64
+
+IMPLS = ["c_kernel", "torch_chunked"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request, monkeypatch):
+    """Runs a test once per CPU implementation behind the op."""
+    if request.param == "c_kernel":
+        if not cpu.c_kernel_available():
+            pytest.skip(f"no C compiler for the fused CPU kernel: {cpu.c_kernel_error()}")
+    else:
+        monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
+    return request.param
+
+
+def run(ins: dict, c: Case, **kw):
+    return selective_scan(**ins, **flags(c), **kw)
+
+
+def reference64(ins: dict, c: Case, **kw):
+    return selective_scan_reference(**to64(ins), **flags(c), **kw)
+
+
+CASES = [
+    Case(),
+    Case(L=1),
+    Case(L=2, N=1),
+    Case(Bt=1, E=7, L=31, N=16, reverse=True),
+    Case(E=9, L=13, N=64, D=False, z=False, bias=False),
+    Case(E=12, L=17, N=3, G=3),
+    Case(E=8, L=40, N=16, G=1, softplus=False, bias=False, reverse=True),
+    Case(Bt=3, E=17, L=64, N=2, z=False),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=lambda d: str(d).removeprefix("torch."))
+def test_forward_matches_float64_reference(impl, c, dtype):
+    ins = make_inputs(c, dtype)
+    out, last = run(ins, c, return_last_state=True)
+    ref, ref_last = reference64(ins, c, return_last_state=True)
+    tol = TOLERANCES[dtype][0]
+    assert out.dtype == dtype and out.shape == (c.Bt, c.E, c.L)
+    assert last.dtype == torch.float32 and last.shape == (c.Bt, c.E, c.N)
+    assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
+    assert rel_err(last, ref_last) <= tol, describe_mismatch(last, ref_last, tol)
+
+
+@given(
+    Bt=st.integers(1, 3), E=st.integers(1, 20), L=st.sampled_from([1, 2, 3, 7, 13, 31, 64, 101]),
+    N=st.sampled_from([1, 2, 5, 8, 16, 64]), grouped=st.booleans(),
+    D=st.booleans(), z=st.booleans(), bias=st.booleans(), softplus=st.booleans(),
+    reverse=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_forward_property(Bt, E, L, N, grouped, D, z, bias, softplus, reverse, seed):
+    G = next(g for g in (3, 2, 1) if E % g == 0) if grouped else 0
+    c = Case(Bt, E, L, N, G, D, z, bias, softplus, reverse)
+    ins = make_inputs(c, torch.float32, seed)
+    out, last = run(ins, c, return_last_state=True)
+    ref, ref_last = reference64(ins, c, return_last_state=True)
+    assert rel_err(out, ref) <= 2e-5, f"{c.id}: " + describe_mismatch(out, ref, 2e-5)
+    assert rel_err(last, ref_last) <= 2e-5, f"{c.id}: " + describe_mismatch(last, ref_last, 2e-5)
+
+
+def test_reverse_equals_flipped_forward():
+    c = Case(E=10, L=29, N=4)
+    ins = make_inputs(c)
+    rev = run(ins, dataclasses.replace(c, reverse=True))
+    flipped = {k: (v.flip(-1) if k in ("u", "delta", "z", "B", "C") and v is not None else v)
+               for k, v in ins.items()}
+    fwd = run(flipped, c).flip(-1)
+    torch.testing.assert_close(rev, fwd, rtol=1e-5, atol=1e-6)
+
+
+def test_non_contiguous_inputs():
+    c = Case(E=12, L=21, N=4)
+    ins = make_inputs(c)
+    # the same values through transposed / strided storage
+    strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() >= 2
+                   else v) for k, v in ins.items()}
+    wide = torch.randn(c.Bt, c.E, 2 * c.L)
+    wide[..., ::2] = ins["u"]
+    strided["u"] = wide[..., ::2]
+    assert not strided["u"].is_contiguous() and not strided["B"].is_contiguous()
+    torch.testing.assert_close(run(strided, c), run(ins, c), rtol=0, atol=0)
+
+
+def test_last_state_is_state_after_last_step_taken():
+    c = Case(E=6, L=9, N=3, D=False, z=False)
+    ins = make_inputs(c)
+    for reverse in (False, True):
+        cc = dataclasses.replace(c, reverse=reverse)
+        _, last = run(ins, cc, return_last_state=True)
+        _, ref = reference64(ins, cc, return_last_state=True)
+        assert rel_err(last, ref) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("L, tol", [(4099, 1e-4), (16384, 1e-4)])
+def test_long_sequences_stay_finite_and_accurate(L, tol):
+    c = Case(Bt=1, E=8, L=L, N=16, reverse=L == 16384)
+    ins = make_inputs(c)
+    out, last = run(ins, c, return_last_state=True)
+    ref, ref_last = reference64(ins, c, return_last_state=True)
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
+    assert rel_err(last, ref_last) <= tol, describe_mismatch(last, ref_last, tol)
+
+
+def test_torch_path_long_sequence_is_stable(monkeypatch):
+    """The chunked torch path never forms exp of a long cumulative sum: large decays over many
+    steps must not overflow to inf/NaN."""
+    monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
+    c = Case(Bt=1, E=4, L=1000, N=4, softplus=False, bias=False)
+    ins = make_inputs(c)
+    ins["delta"] = torch.full_like(ins["delta"], 3.0)  # exp(3 * A) per step: fast decay
+    out, last = run(ins, c, return_last_state=True)
+    ref, ref_last = reference64(ins, c, return_last_state=True)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= 2e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------------
+
+GRAD_CASES = [
+    Case(),
+    Case(Bt=1, E=9, L=1, N=3),
+    Case(E=8, L=23, N=16, reverse=True),
+    Case(E=6, L=19, N=4, G=2, softplus=False, bias=False),
+    Case(E=5, L=11, N=2, D=False, z=False, bias=False),
+]
+GRAD_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def _grads(fn, ins: dict, c: Case, g_out, g_last):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items() if v is not None}
+    full = {k: leaves.get(k) for k in ins}
+    out, last = fn(**full, **flags(c), return_last_state=True)
+    torch.autograd.backward((out, last), (g_out.to(out.dtype), g_last.to(last.dtype)))
+    return {k: t.grad for k, t in leaves.items()}
+
+
+@pytest.mark.parametrize("c", GRAD_CASES, ids=lambda c: c.id)
+def test_gradients_match_autograd_through_reference(impl, c):
+    ins = make_inputs(c)
+    g_out = torch.randn(c.Bt, c.E, c.L, dtype=torch.float64)
+    g_last = torch.randn(c.Bt, c.E, c.N, dtype=torch.float64)
+    got = _grads(selective_scan, ins, c, g_out, g_last)
+    ref = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
+    assert set(got) == set(ref)
+    for name in got:
+        assert got[name].dtype == ins[name].dtype, name
+        err = rel_err(got[name], ref[name])
+        assert err <= 1e-4, f"d{name}: " + describe_mismatch(got[name], ref[name], 1e-4)
+
+
+@given(E=st.integers(1, 12), L=st.sampled_from([1, 4, 17, 40]), N=st.sampled_from([1, 3, 16]),
+       z=st.booleans(), softplus=st.booleans(), reverse=st.booleans(), seed=st.integers(0, 999))
+def test_gradients_property(E, L, N, z, softplus, reverse, seed):
+    c = Case(Bt=2, E=E, L=L, N=N, z=z, softplus=softplus, bias=softplus, reverse=reverse)
+    ins = make_inputs(c, seed=seed)
+    g_out = torch.randn(c.Bt, c.E, c.L, dtype=torch.float64)
+    g_last = torch.randn(c.Bt, c.E, c.N, dtype=torch.float64)
+    got = _grads(selective_scan, ins, c, g_out, g_last)
+    ref = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
+    for name in got:
+        assert rel_err(got[name], ref[name]) <= 1e-4, f"{c.id} d{name}: " + describe_mismatch(
+            got[name], ref[name], 1e-4)
+
+
+def test_only_out_used_gives_same_grads_as_zero_state_cotangent():
+    c = Case(E=6, L=10, N=4)
+    ins = make_inputs(c)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items() if v is not None}
+    run(leaves, c).sum().backward()
+    g1 = {k: v.grad.clone() for k, v in leaves.items()}
+    for v in leaves.values():
+        v.grad = None
+    out, last = run(leaves, c, return_last_state=True)
+    (out.sum() + 0 * last.sum()).backward()
+    for k, v in leaves.items():
+        torch.testing.assert_close(v.grad, g1[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# registration and compilation
+# ---------------------------------------------------------------------------------------------
+
+def _op_args(c: Case, requires_grad=True):
+    ins = make_inputs(c)
+    B, C = ins["B"], ins["C"]
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    args = [ins["u"], ins["delta"], ins["A"], B, C, ins["D"], ins["z"], ins["delta_bias"]]
+    args = [a.requires_grad_(requires_grad) if a is not None else None for a in args]
+    return (*args, c.softplus, c.reverse)
+
+
+@pytest.mark.parametrize("c", [Case(E=8, L=7, N=4), Case(E=6, L=5, N=3, G=2, D=False, z=False,
+                                                           bias=False, reverse=True)],
+                         ids=lambda c: c.id)
+def test_opcheck(c):
+    torch.library.opcheck(torch.ops.vimc.selective_scan_fwd.default, _op_args(c))
+
+
+def test_opcheck_backward_op():
+    c = Case(E=8, L=7, N=4)
+    args = _op_args(c, requires_grad=False)
+    dout = torch.randn(c.Bt, c.E, c.L)
+    dlast = torch.randn(c.Bt, c.E, c.N)
+    torch.library.opcheck(torch.ops.vimc.selective_scan_bwd.default, (dout, dlast, *args),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_compile_fullgraph_forward_and_backward():
+    c = Case(E=12, L=20, N=8)
+    ins = make_inputs(c)
+
+    def bidirectional(u, delta, A, B, C, D, z, delta_bias):
+        f = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+        b = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, reverse=True)
+        return f + b
+
+    torch._dynamo.reset()
+    compiled = torch.compile(bidirectional, fullgraph=True, dynamic=False)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
+    eager = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
+    out = compiled(**leaves)
+    ref = bidirectional(**eager)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    for k in leaves:
+        torch.testing.assert_close(leaves[k].grad, eager[k].grad, rtol=1e-4, atol=1e-5)
+
+
+def test_export_keeps_one_node_per_scan():
+    c = Case(E=8, L=9, N=4)
+    ins = make_inputs(c)
+
+    class M(torch.nn.Module):
+        def forward(self, u, delta, A, B, C):
+            return selective_scan(u, delta, A, B, C, delta_softplus=True, reverse=True)
+
+    ep = torch.export.export(M(), (ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]))
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.vimc.selective_scan_fwd.default) == 1
+    torch.testing.assert_close(ep.module()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]),
+                               M()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]))
+
+
+def test_poisoned_outputs_are_nan():
+    """The autouse fixture poisons kernel outputs: anything a kernel does not write stays NaN."""
+    from vimc.ops.selective_scan._alloc import new_output
+
+    assert torch.isnan(new_output((3,), torch.float32, "cpu")).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+
+def _good():
+    return make_inputs(Case(Bt=2, E=4, L=5, N=3))
+
+
+@pytest.mark.parametrize("mutate, exc, words", [
+    (lambda a: a.update(delta=a["delta"][..., :4]), ValueError, ["delta", "(Bt, E, L)"]),
+    (lambda a: a.update(A=a["A"][:3]), ValueError, ["A", "(E, N)"]),
+    (lambda a: a.update(B=a["B"][:1]), ValueError, ["B", "(Bt, N, L)"]),
+    (lambda a: a.update(C=a["C"][..., :4]), ValueError, ["C"]),
+    (lambda a: a.update(u=a["u"].to(torch.int64)), TypeError, ["u", "floating"]),
+    (lambda a: a.update(D=a["D"][:2]), ValueError, ["D", "(E,)"]),
+    (lambda a: a.update(z=a["z"][:1]), ValueError, ["z"]),
+    (lambda a: a.update(delta_bias=a["delta_bias"].to(torch.int32)), TypeError, ["delta_bias"]),
+    (lambda a: a.update(u=a["u"][0]), ValueError, ["u", "3 dimensions"]),
+    (lambda a: a.update(A=torch.zeros(4, 300)), ValueError, ["N", "256"]),
+    (lambda a: a.update(B=a["B"].reshape(2, 1, 3, 5).expand(2, 3, 3, 5)), ValueError, ["G"]),
+    (lambda a: a.update(u=a["u"].to("meta")), ValueError, ["one device", "u on meta"]),
+    (lambda a: a.update(B=[1, 2]), TypeError, ["B", "torch.Tensor"]),
+])
+def test_bad_input_is_named(mutate, exc, words):
+    args = _good()
+    mutate(args)
+    with pytest.raises(exc) as info:
+        selective_scan(**args)
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"
