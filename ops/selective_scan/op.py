@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import cpu
+from ._autograd import backward_with, setup_context
 
 MAX_D_STATE = 256  # the state of one channel lives in registers / on-chip; past this it won't fit
 
@@ -35,7 +36,9 @@ def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     if u.device.type == "cuda":
         from .triton import selective_scan_fwd_triton
 
-        return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        out, last = selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias,
+                                              delta_softplus, reverse)
+        return out, last.to(_state_dtype(u))  # float64 inputs: computed in float32 on CUDA
     return cpu.selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
@@ -88,22 +91,9 @@ def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     return tuple(torch.empty_like(t) if t is not None else _empty(u) for t in like)
 
 
-def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
-    ctx.delta_softplus, ctx.reverse = delta_softplus, reverse
-
-
-def _backward(ctx, dout, dlast):
-    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-    grads = torch.ops.vimc.selective_scan_bwd(
-        dout.contiguous(), dlast, u, delta, A, B, C, D, z, delta_bias,
-        ctx.delta_softplus, ctx.reverse)
-    present = (u, delta, A, B, C, D, z, delta_bias)
-    return (*(g if t is not None else None for g, t in zip(grads, present)), None, None)
-
-
-torch.library.register_autograd("vimc::selective_scan_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("vimc::selective_scan_fwd",
+                               backward_with(torch.ops.vimc.selective_scan_bwd),
+                               setup_context=setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +164,8 @@ def _validate(u, delta, A, B, C, D, z, delta_bias):
 
 
 def _use_triton_op(u: torch.Tensor) -> bool:
-    if u.device.type != "cuda":
+    # float64 keeps the custom_op, whose contract returns a float64 state
+    if u.device.type != "cuda" or u.dtype == torch.float64:
         return False
     from . import triton as _triton
 
@@ -204,3 +195,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     else:
         out, last = torch.ops.vimc.selective_scan_fwd(*args)
     return (out, last) if return_last_state else out
+
+
+if torch.cuda.is_available():  # register the triton_op twins, so saved CUDA graphs load
+    from . import triton as _triton  # noqa: F401
