@@ -144,18 +144,66 @@ static inline v8f vsigmoid8(v8f x) { return splat(1.0f) / (splat(1.0f) + vexp8(-
 // staging between the (Bt, E, L) rows of 8 channels and (L, 8) lane-major scratch
 // ---------------------------------------------------------------------------------------------
 
+#if defined(__AVX2__) && defined(__FMA__)
+// r[k] holds row k of an 8x8 tile; afterwards r[k] holds column k
+static inline void transpose8x8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+#define TILE_T 8  // time steps moved per 8x8 tile
+#else
+#define TILE_T 0
+#endif
+
+// dst (L, 8) <- the rows src[k * L + t] of `lanes` channels; lanes past them are 0
 static void stage_in(float *dst, const float *src, int64_t L, int64_t lanes) {
-    if (lanes < LANES) memset(dst, 0, sizeof(float) * L * LANES);
+    int64_t t0 = 0;
+#if TILE_T
+    if (lanes == LANES) {
+        for (; t0 + TILE_T <= L; t0 += TILE_T) {
+            __m256 r[8];
+            for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * L + t0);
+            transpose8x8(r);
+            for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (t0 + t) * LANES, r[t]);
+        }
+    }
+#endif
+    if (lanes < LANES) memset(dst + t0 * LANES, 0, sizeof(float) * (L - t0) * LANES);
     for (int64_t k = 0; k < lanes; ++k) {
         const float *row = src + k * L;
-        for (int64_t t = 0; t < L; ++t) dst[t * LANES + k] = row[t];
+        for (int64_t t = t0; t < L; ++t) dst[t * LANES + k] = row[t];
     }
 }
 
+// the inverse: rows dst[k * L + t] of `lanes` channels <- src (L, 8)
 static void stage_out(float *dst, const float *src, int64_t L, int64_t lanes) {
+    int64_t t0 = 0;
+#if TILE_T
+    if (lanes == LANES) {
+        for (; t0 + TILE_T <= L; t0 += TILE_T) {
+            __m256 r[8];
+            for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(src + (t0 + t) * LANES);
+            transpose8x8(r);
+            for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + k * L + t0, r[k]);
+        }
+    }
+#endif
     for (int64_t k = 0; k < lanes; ++k) {
         float *row = dst + k * L;
-        for (int64_t t = 0; t < L; ++t) row[t] = src[t * LANES + k];
+        for (int64_t t = t0; t < L; ++t) row[t] = src[t * LANES + k];
     }
 }
 
