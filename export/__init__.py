@@ -1,1 +1,24 @@
-"""vimc.export: deployment routes (installed from the export/ folder)."""
+"""vimc.export: deployment routes (installed from the export/ folder), one file per route.
+
+- ``to_exported_program`` (program.py): the torch.export graph every route starts from.
+- ``to_aoti`` / ``load_aoti`` (aoti.py): an AOTInductor ``.pt2`` package.
+- ``to_onnx`` (onnx.py): an ONNX file of standard operators only (the scan as a ``Scan``
+  subgraph); ``onnxruntime_session`` runs it.
+- ``to_tensorrt`` / ``trtexec_command`` (tensorrt.py): torch-tensorrt with the scan as a plugin.
+- ``compare`` (parity.py): parity of backends against float32 eager.
+- cli.py: ``vimc export`` and ``vimc parity`` (``add_export_parser``, ``add_parity_parser``).
+
+Heavy imports (onnx, onnxscript, onnxruntime, torch_tensorrt) happen inside the functions.
+"""
+
+from .aoti import load_aoti, to_aoti
+from .onnx import onnxruntime_session, to_onnx
+from .parity import BACKENDS, ParityReport, ParityRow, compare, metrics
+from .program import to_exported_program
+from .tensorrt import tensorrt_unavailable_reason, to_tensorrt, trtexec_command
+
+__all__ = [
+    "BACKENDS", "ParityReport", "ParityRow", "compare", "load_aoti", "metrics",
+    "onnxruntime_session", "tensorrt_unavailable_reason", "to_aoti", "to_exported_program",
+    "to_onnx", "to_tensorrt", "trtexec_command",
+]

@@ -1,7 +1,17 @@
 """vimc: Vision Mamba (Vim), compiler-first."""
 
-from vimc.ops import selective_scan, selective_scan_reference
-
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "selective_scan", "selective_scan_reference"]
+from vimc.model import VimConfig, VisionMamba, create_model, list_models, register_variant  # noqa: E402
+from vimc.ops import selective_scan, selective_scan_reference  # noqa: E402
+
+__all__ = [
+    "VimConfig",
+    "VisionMamba",
+    "__version__",
+    "create_model",
+    "list_models",
+    "register_variant",
+    "selective_scan",
+    "selective_scan_reference",
+]

@@ -1,0 +1,154 @@
+"""Deployment benchmark: eager, torch.compile, AOTInductor and ONNX Runtime side by side.
+
+    python benchmarks/export.py                      # Vim-Ti 224, batch 1 and 8
+    python benchmarks/export.py --batches 1 --repeats 5 --backends eager,onnxruntime
+
+One run: export/compile time and file size per backend, then latency per batch with the
+backends interleaved round-robin (so load from other processes hits all of them alike),
+p50 with p20/p80, and the ratio to the compiled model. Results go to
+benchmarks/results/export_<machine>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from vimc.export import load_aoti, onnxruntime_session, to_aoti, to_onnx
+from vimc.export._common import cpu_name, versions
+from vimc.export.onnx import run_onnxruntime
+
+import vimc
+
+BACKENDS = ("eager", "compiled", "aoti", "onnxruntime")
+
+
+def machine_header() -> dict:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "loadavg_at_start": load, **versions()}
+
+
+def machine_slug() -> str:
+    return re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")[:48] or "cpu"
+
+
+def prepare(name, model, example, workdir):
+    """-> (run callable, seconds to export/compile, file size in bytes or None)."""
+    t0 = time.perf_counter()
+    size = None
+    if name == "eager":
+        run = model
+    elif name == "compiled":
+        run = torch.compile(model)
+    elif name == "aoti":
+        path = to_aoti(model, Path(workdir) / "m.pt2", example=example)
+        size, run = path.stat().st_size, load_aoti(path)
+    elif name == "onnxruntime":
+        path = to_onnx(model, Path(workdir) / "m.onnx", example=example)
+        size = path.stat().st_size
+        sess = onnxruntime_session(path, threads=torch.get_num_threads())
+        run = lambda x: run_onnxruntime(sess, x)  # noqa: E731
+    else:
+        raise ValueError(f"--backends: unknown {name!r}; choose from {', '.join(BACKENDS)}")
+    return run, time.perf_counter() - t0, size
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vim_tiny")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out-dir", default=str(Path(__file__).with_name("results")))
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    batches = [int(b) for b in args.batches.split(",")]
+    torch.manual_seed(0)
+    model = vimc.create_model(args.model, img_size=args.img_size).eval()
+    header = machine_header()
+    print(f"# {args.model} {args.img_size}px on {header['cpu']} ({header['cores']} cores, "
+          f"{header['torch_threads']} torch threads, load {header['loadavg_at_start']})",
+          flush=True)
+    runs, setup = {}, {}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        example = torch.randn(2, 3, args.img_size, args.img_size)
+        for b in backends:
+            runs[b], secs, size = prepare(b, model, example, tmp)
+            setup[b] = {"export_s": secs, "file_mb": None if size is None else size / 1e6}
+            print(f"prepared {b}: {secs:.1f} s" + (f", {size / 1e6:.1f} MB" if size else ""),
+                  flush=True)
+        for batch in batches:
+            x = torch.randn(batch, 3, args.img_size, args.img_size)
+            ref = model(x)
+            times = {b: [] for b in backends}
+            for b in backends:  # warm-up (compiled: compiles for this batch size)
+                t0 = time.perf_counter()
+                out = runs[b](x)
+                first = time.perf_counter() - t0
+                for _ in range(args.warmup - 1):
+                    runs[b](x)
+                setup[b][f"first_call_s_b{batch}"] = first
+                setup[b][f"max_abs_b{batch}"] = (out.float() - ref).abs().max().item()
+            for _ in range(args.repeats):
+                for b in backends:
+                    t0 = time.perf_counter()
+                    runs[b](x)
+                    times[b].append(time.perf_counter() - t0)
+            base = statistics.median(times["compiled"]) if "compiled" in times else None
+            for b in backends:
+                q = statistics.quantiles(times[b], n=5) if len(times[b]) > 1 else times[b] * 4
+                p50 = statistics.median(times[b])
+                results.append({"backend": b, "batch": batch, "p50_ms": p50 * 1e3,
+                                "p20_ms": q[0] * 1e3, "p80_ms": q[-1] * 1e3,
+                                "img_per_s": batch / p50,
+                                "vs_compiled": p50 / base if base else None})
+    header["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    md = [f"# Export benchmark: {args.model} {args.img_size}px",
+          "", f"Machine: {header['cpu']}, {header['cores']} cores, {header['torch_threads']} "
+          f"torch threads; load average {header['loadavg_at_start']} at start, "
+          f"{header['loadavg_at_end']} at end. " + ", ".join(
+              f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt")), "",
+          "| backend | batch | p50 ms | p20 ms | p80 ms | img/s | x compiled |",
+          "|---|---|---|---|---|---|---|"]
+    for r in results:
+        ratio = f"{r['vs_compiled']:.2f}" if r["vs_compiled"] else "-"
+        md.append(f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p20_ms']:.1f} | "
+                  f"{r['p80_ms']:.1f} | {r['img_per_s']:.1f} | {ratio} |")
+    md += ["", "| backend | export/compile s | file MB | first call s (per batch) | "
+           "max abs vs eager |", "|---|---|---|---|---|"]
+    for b, s in setup.items():
+        first = ", ".join(f"b{k.rsplit('b', 1)[1]}: {v:.1f}" for k, v in s.items()
+                          if k.startswith("first_call"))
+        err = ", ".join(f"{v:.1e}" for k, v in s.items() if k.startswith("max_abs"))
+        size = f"{s['file_mb']:.1f}" if s["file_mb"] else "-"
+        md.append(f"| {b} | {s['export_s']:.1f} | {size} | {first} | {err} |")
+    text = "\n".join(md)
+    print(text)
+    if not args.no_save:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"export_{machine_slug()}"
+        payload = {"model": args.model, "img_size": args.img_size, "machine": header,
+                   "setup": setup, "latency": results}
+        stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+        stem.with_suffix(".md").write_text(text + "\n")
+        print(f"saved {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Export a Vim to ONNX (standard operators only) and run it with ONNX Runtime.
+
+    python examples/export_onnx.py                         # vim_tiny -> vim_tiny.onnx
+    python examples/export_onnx.py --checkpoint vim_t_midclstok_76p1acc.pth --out vim_t.onnx
+
+The file has one input ``pixel_values`` (batch, 3, H, W), normalized with the model's
+mean/std, and one output ``logits`` (batch, num_classes); the batch axis is dynamic. Any
+ONNX runtime loads it without a plugin, e.g. TensorRT:
+``trtexec --onnx=vim_tiny.onnx --fp16 --minShapes=pixel_values:1x3x224x224 ...``.
+"""
+
+import argparse
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from vimc.export import to_onnx, trtexec_command
+
+import vimc
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--model", default="vim_tiny")
+ap.add_argument("--checkpoint", default=None)
+ap.add_argument("--img-size", type=int, default=224)
+ap.add_argument("--depth", type=int, default=None, help="fewer layers, for a quick try")
+ap.add_argument("--out", default=None)
+args = ap.parse_args()
+
+extra = {} if args.depth is None else {"depth": args.depth}
+model = vimc.create_model(args.model, checkpoint_path=args.checkpoint, img_size=args.img_size,
+                          **extra).eval()
+out = args.out or f"{args.model}.onnx"
+to_onnx(model, out)                                   # dynamic batch, standard ops only
+print(f"wrote {out}")
+
+session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+images = np.random.default_rng(0).standard_normal((2, 3, args.img_size, args.img_size),
+                                                  dtype=np.float32)
+(logits,) = session.run(["logits"], {"pixel_values": images})
+with torch.no_grad():
+    ref = model(torch.from_numpy(images)).numpy()
+print(f"logits {logits.shape}, max abs difference to PyTorch: {np.abs(logits - ref).max():.2e}")
+print("TensorRT engine:", trtexec_command(out, input_size=(3, args.img_size, args.img_size)))

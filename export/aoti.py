@@ -1,0 +1,50 @@
+"""AOTInductor: a ``.pt2`` package that ``torch._inductor.aoti_load_package`` runs.
+
+Where it runs:
+
+- CPU packages: Inductor compiles everything but the scan to C++; the scan node stays a call
+  to the registered ``vimc::selective_scan_fwd`` op (a ``custom_op`` with a C kernel behind
+  ctypes), so the process that loads the package must ``import vimc`` first
+  (``load_aoti`` does).
+- CUDA packages: on CUDA the model calls the ``triton_op`` twin of the scan, which Inductor
+  sees into, so its Triton kernels are compiled into the package and the package needs no
+  vimc Python registration at load time (untested on this project's CPU CI).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ._atomic import atomic_path, check_writable
+from .program import to_exported_program
+
+
+def to_aoti(model, path, *, example: torch.Tensor | None = None, dynamic_batch: bool = True,
+            max_batch: int = 4096, freezing: bool = True,
+            inductor_configs: dict | None = None) -> Path:
+    """Compile ``model`` with AOTInductor into the package ``path`` (a ``.pt2`` file),
+    written atomically. ``freezing`` constant-folds the weights into the package (faster on
+    CPU). Returns the path."""
+    if not str(path).endswith(".pt2"):
+        raise ValueError(f"path must end with .pt2 (AOTInductor's package format), got {path!r}")
+    check_writable(path, arg="path")
+    ep = to_exported_program(model, example, dynamic_batch=dynamic_batch, max_batch=max_batch)
+    configs = {"freezing": bool(freezing), **(inductor_configs or {})}
+    with atomic_path(path, arg="path") as tmp:
+        os.unlink(tmp)  # the packager writes the file itself
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp),
+                                                 inductor_configs=configs)
+    return Path(path)
+
+
+def load_aoti(path, *, device_index: int = -1):
+    """Load a package written by :func:`to_aoti`; returns a callable ``runner(x) -> logits``.
+    Imports vimc first so the scan op a CPU package calls back into is registered."""
+    import vimc.ops  # noqa: F401  (registers vimc::selective_scan_fwd)
+
+    if not Path(path).is_file():
+        raise ValueError(f"path: no AOTInductor package at {str(path)!r}")
+    return torch._inductor.aoti_load_package(str(path), device_index=device_index)

@@ -1,0 +1,273 @@
+"""``vimc export`` and ``vimc parity``: argparse parsers and handlers for vimc/cli.py.
+
+Wiring (two lines in vimc/cli.py, after ``subparsers = parser.add_subparsers(...)``)::
+
+    from vimc.export.cli import add_export_parser, add_parity_parser
+    add_export_parser(subparsers); add_parity_parser(subparsers)
+
+Each parser sets ``func``: call ``args.func(args)`` and exit with what it returns: 0 success,
+1 a failed validation / parity row / export, 2 bad arguments (argparse's own usage errors
+exit 2 as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import DTYPE_NAMES
+
+FORMATS = ("onnx", "aoti", "tensorrt")
+_SUFFIX = {"onnx": ".onnx", "aoti": ".pt2", "tensorrt": ".ep"}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return v
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a registered model name (vimc.list_models())")
+    p.add_argument("--checkpoint", metavar="P", default=None,
+                   help="weights: an official .pth checkpoint or vimc safetensors")
+    p.add_argument("--img-size", metavar="S", type=_positive_int, default=None,
+                   help="input resolution (default: the model's, 224); the pos_embed of a "
+                        "checkpoint is resized")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
+                   help="compute dtype (default float32)")
+
+
+class _Steps:
+    """A tqdm bar over named steps, on stderr."""
+
+    def __init__(self, total: int, desc: str, disable: bool = False):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=disable,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+        self.started = False
+
+    def __call__(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(name)
+
+    def close(self) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.bar.close()
+
+
+def _error(cmd: str, msg, code: int) -> int:
+    print(f"vimc {cmd}: error: {msg}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# vimc export
+# ---------------------------------------------------------------------------------------------
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX, AOTInductor or TensorRT",
+        description="Export MODEL to OUT and, unless --no-validate, run the exported file and "
+                    "compare its logits to float32 eager (max_abs, rel_rms, cos_sim, top1).")
+    p.add_argument("format", choices=FORMATS, help="onnx (.onnx, standard operators only), "
+                   "aoti (.pt2 AOTInductor package), tensorrt (.ep, torch-tensorrt)")
+    _add_model_args(p)
+    p.add_argument("out", metavar="OUT", help="output file (written atomically)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", metavar="N", type=_positive_int, default=None,
+                       help="a fixed batch size N")
+    batch.add_argument("--dynamic-batch", action="store_true",
+                       help="a dynamic batch axis (the default)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
+    p.add_argument("--scan", choices=("scan", "unrolled", "custom"), default="scan",
+                   help="ONNX form of the selective scan: a standard Scan loop (default), its "
+                        "unrolled variant, or a custom-domain vimc.SelectiveScan node that "
+                        "needs a runtime plugin")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="skip running the exported file against eager")
+    p.add_argument("--atol", type=_nonneg_float, default=None,
+                   help="validation absolute tolerance (default per dtype; 1e-4 for float32)")
+    p.add_argument("--rtol", type=_nonneg_float, default=None,
+                   help="validation relative tolerance (default per dtype; 1e-4 for float32)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Handler of ``vimc export``; returns the exit status."""
+    from ._atomic import check_writable
+    from ._common import parse_dtype, resolve_model
+
+    fmt = args.format
+    try:
+        dtype = parse_dtype(args.dtype, arg="--dtype")
+        check_writable(args.out, arg="OUT")
+        if fmt == "onnx" and args.opset is not None and args.opset < 18:
+            raise ValueError(f"--opset must be >= 18, got {args.opset}")
+        if fmt == "aoti" and not str(args.out).endswith(".pt2"):
+            raise ValueError(f"OUT must end with .pt2 for aoti, got {args.out!r}")
+        if fmt == "tensorrt":
+            from .tensorrt import tensorrt_unavailable_reason
+
+            reason = tensorrt_unavailable_reason()
+            if reason:
+                return _error("export", f"tensorrt: {reason}", 1)
+        model = resolve_model(args.model, checkpoint=args.checkpoint,
+                              img_size=args.img_size).to(dtype)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        return _error("export", exc, 2)
+
+    from ._common import example_input
+
+    dynamic = args.batch is None
+    steps = _Steps(2 + bool(args.validate), f"vimc export {fmt}", disable=args.quiet)
+    try:
+        example = example_input(model, batch=args.batch or 2)
+        steps(f"export to {fmt} (torch.export, {'ONNX' if fmt == 'onnx' else fmt})")
+        if fmt == "onnx":
+            from .onnx import to_onnx
+
+            to_onnx(model, args.out, example=example, opset=args.opset, dynamic_batch=dynamic,
+                    scan=args.scan)
+        elif fmt == "aoti":
+            from .aoti import to_aoti
+
+            to_aoti(model, args.out, example=example, dynamic_batch=dynamic)
+        else:
+            from .tensorrt import to_tensorrt
+
+            to_tensorrt(model, args.out, example=example, dtype=dtype, dynamic_batch=dynamic)
+        size = Path(args.out).stat().st_size
+        report = None
+        if args.validate:
+            steps("validate")
+            report = _validate(model, fmt, args, dtype)
+        steps("done")
+        steps.close()
+    except KeyboardInterrupt:
+        steps.close()
+        return _error("export", "interrupted; nothing was written to OUT", 130)
+    except Exception as exc:  # noqa: BLE001  (report, exit 1; the atomic write left no file)
+        steps.close()
+        return _error("export", f"{type(exc).__name__}: {exc}", 1)
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
+    if report is not None:
+        print(report.to_text())
+        if not report.passed:
+            return _error("export", "validation failed: the exported model's logits are "
+                                    "outside the tolerance (see the table)", 1)
+    return 0
+
+
+def _validate(model, fmt: str, args, dtype):
+    """Run the written file at the export's batch (or at batch 1 and 3 for a dynamic batch:
+    the first row and a batch other than the traced one) against float32 eager."""
+    from .parity import compare
+
+    backend = {"onnx": "onnxruntime", "aoti": "aoti", "tensorrt": "tensorrt"}[fmt]
+    if fmt == "onnx" and args.scan == "custom":
+        raise ValueError("--scan custom needs a runtime plugin; export with --no-validate")
+    batch = args.batch or 3
+    return compare(model, [backend], dtype=dtype, batch=batch, atol=args.atol, rtol=args.rtol,
+                   artifacts={backend: args.out})
+
+
+# ---------------------------------------------------------------------------------------------
+# vimc parity
+# ---------------------------------------------------------------------------------------------
+
+def add_parity_parser(subparsers) -> argparse.ArgumentParser:
+    from .parity import BACKENDS
+
+    p = subparsers.add_parser(
+        "parity", help="compare backends against float32 eager",
+        description="One row per backend: max_abs, mean_abs, rel_rms, cos_sim, top1_agree "
+                    "against float32 eager logits; exit status 1 when a row fails "
+                    "|out - ref| <= atol + rtol * |ref|.")
+    _add_model_args(p)
+    p.add_argument("--backends", default="eager,compiled,aoti,onnxruntime",
+                   help=f"comma-separated, from {','.join(BACKENDS)} "
+                        "(default eager,compiled,aoti,onnxruntime)")
+    p.add_argument("--batch", metavar="N", type=_positive_int, default=2,
+                   help="batch of random inputs (default 2)")
+    p.add_argument("--atol", type=_nonneg_float, default=None,
+                   help="absolute tolerance (default per dtype; 1e-4 for float32)")
+    p.add_argument("--rtol", type=_nonneg_float, default=None,
+                   help="relative tolerance (default per dtype; 1e-4 for float32)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=run_parity)
+    return p
+
+
+def run_parity(args: argparse.Namespace) -> int:
+    """Handler of ``vimc parity``; returns the exit status."""
+    import json
+
+    from ._atomic import atomic_path, check_writable
+    from ._common import check_names, parse_dtype, resolve_model
+    from .parity import BACKENDS, compare
+
+    try:
+        backends = check_names(args.backends, BACKENDS, arg="--backends")
+        dtype = parse_dtype(args.dtype, arg="--dtype")
+        if args.json:
+            check_writable(args.json, arg="--json")
+        model = resolve_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        return _error("parity", exc, 2)
+    steps = _Steps(len(backends), "vimc parity", disable=args.quiet)
+    try:
+        report = compare(model, backends, dtype=dtype, batch=args.batch, atol=args.atol,
+                         rtol=args.rtol, progress=steps)
+    finally:
+        steps.close()
+    report.model = args.model
+    print(report.to_text())
+    if args.json:
+        with atomic_path(args.json, arg="--json") as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2))
+    if not report.passed:
+        failed = ", ".join(r.backend for r in report.rows if not r.passed)
+        return _error("parity", f"outside tolerance or failed: {failed}", 1)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone ``vimc`` parser with just these two commands (tests, ``python -m``)."""
+    parser = argparse.ArgumentParser(prog="vimc")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_export_parser(sub)
+    add_parity_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""torch.export: the one graph every other route starts from.
+
+The scan stays one ``vimc::selective_scan_fwd`` node per direction and layer (its fake kernel
+gives shapes), so AOTInductor calls the vimc kernel, the ONNX route translates it to standard
+ops and TensorRT swaps in a plugin.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._common import batch_dim, example_input, export_example, resolve_model
+
+
+def to_exported_program(model, example: torch.Tensor | None = None, *,
+                        dynamic_batch: bool = True, max_batch: int = 4096,
+                        strict: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` a Vim (an nn.Module or a registered name) for inference.
+
+    example: a (B, C, H, W) input; default a random batch at ``model.pretrained_cfg``'s input
+    size. dynamic_batch: the batch axis is a symbol ``batch`` in [1, max_batch] (a batch-1
+    example is traced at batch 2, since export specializes size-1 axes); False fixes it to
+    the example's batch. The spatial size is always fixed (it fixes the sequence length).
+    """
+    if not isinstance(dynamic_batch, bool):
+        raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
+    m: nn.Module = resolve_model(model)
+    x = export_example(example_input(m, example), dynamic_batch)
+    with torch.no_grad():
+        return torch.export.export(m, (x,), dynamic_shapes=batch_dim(x, dynamic_batch, max_batch),
+                                   strict=strict)
+
+
+def scan_nodes(ep: torch.export.ExportedProgram) -> list:
+    """The graph's ``vimc`` op nodes (the scans)."""
+    return [n for n in ep.graph.nodes if n.op == "call_function"
+            and getattr(n.target, "namespace", None) == "vimc"]

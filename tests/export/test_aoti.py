@@ -1,0 +1,49 @@
+"""AOTInductor packages: one file, any batch, parity with eager; loaded in a process that
+imported vimc (CPU packages call back into the vimc scan op)."""
+
+import zipfile
+
+import pytest
+import torch
+from vimc.export import load_aoti, to_aoti, to_exported_program
+from vimc.export.program import scan_nodes
+
+
+def test_exported_program_keeps_one_scan_node_per_direction(small_model, images):
+    ep = to_exported_program(small_model, images[64][:1])
+    nodes = scan_nodes(ep)
+    assert len(nodes) == 4  # 2 layers x 2 directions
+    assert sorted(n.args[-1] for n in nodes) == [False, False, True, True]
+    batch = ep.graph_signature.user_inputs[0]
+    shape = next(n for n in ep.graph.nodes if n.name == batch).meta["val"].shape
+    assert not isinstance(shape[0], int)  # symbolic batch, though traced from a batch-1 example
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(images[64]), small_model(images[64]),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_batch_program(small_model, images):
+    ep = to_exported_program(small_model, images[64][:2], dynamic_batch=False)
+    batch = ep.graph_signature.user_inputs[0]
+    assert next(n for n in ep.graph.nodes if n.name == batch).meta["val"].shape[0] == 2
+
+
+@pytest.mark.slow
+def test_aoti_package_batch_1_and_3(small_model, small_aoti, images):
+    assert zipfile.is_zipfile(small_aoti)
+    runner = load_aoti(small_aoti)
+    with torch.no_grad():
+        for b in (1, 3):
+            x = images[64][:b]
+            err = (runner(x) - small_model(x)).abs().max().item()
+            assert err <= 1e-4, f"batch {b}: max abs error {err:.2e}"
+
+
+def test_aoti_bad_arguments(small_model, tmp_path):
+    with pytest.raises(ValueError, match="path"):
+        to_aoti(small_model, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="path"):
+        to_aoti(small_model, tmp_path / "nope" / "m.pt2")
+    with pytest.raises(ValueError, match="path"):
+        load_aoti(tmp_path / "absent.pt2")
+    assert list(tmp_path.iterdir()) == []

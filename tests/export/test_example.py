@@ -1,0 +1,21 @@
+"""examples/export_onnx.py runs as a user would run it (a 1-layer model to keep it quick)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "export_onnx.py"
+
+
+@pytest.mark.slow
+def test_export_onnx_example(tmp_path):
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, str(EXAMPLE), "--depth", "1", "--img-size", "64",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and "max abs difference to PyTorch" in proc.stdout
+    diff = float(proc.stdout.split("PyTorch: ")[1].split()[0])
+    assert diff <= 1e-4
+    assert "trtexec --onnx=" in proc.stdout

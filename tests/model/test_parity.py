@@ -1,0 +1,93 @@
+"""The fast path (anti-causal conv + reverse scan, channel-major layouts, the fused kernel)
+against the reference path (vim.md's flip formulation with the python-loop scan)."""
+
+import pytest
+import torch
+
+import vimc
+from vimc.layers import BiMambaMixer, anticausal_conv1d, causal_conv1d
+
+from ._helpers import randomize_
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 4, 5, 17, 197])
+def test_anticausal_conv_equals_flip_formulation(L):
+    E, K = 7, 4
+    x = torch.randn(3, E, L, dtype=torch.float64)
+    conv = torch.nn.Conv1d(E, E, K, groups=E, padding=K - 1, dtype=torch.float64)
+    flip = conv(x.flip(-1))[..., :L].flip(-1)  # the official backward branch's conv
+    torch.testing.assert_close(anticausal_conv1d(x, conv.weight, conv.bias), flip,
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(causal_conv1d(x, conv.weight, conv.bias), conv(x)[..., :L],
+                               rtol=1e-12, atol=1e-12)
+    # and on a non-contiguous slice, as the mixer feeds it
+    xz = torch.randn(2, 2 * E, L, dtype=torch.float64)
+    torch.testing.assert_close(anticausal_conv1d(xz[:, :E], conv.weight, conv.bias),
+                               conv(xz[:, :E].flip(-1))[..., :L].flip(-1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("L", [1, 5, 17, 64])
+def test_mixer_fast_equals_flip_formulation_float64(L):
+    """The reverse scan + anti-causal conv branch equals flip(branch(flip(.))), to float64
+    rounding, at odd lengths and a non-default d_state."""
+    torch.manual_seed(L)
+    mixer = BiMambaMixer(40, d_state=6, dtype=torch.float64)
+    randomize_(mixer, seed=L)
+    h = torch.randn(3, L, 40, dtype=torch.float64)
+    fast = mixer(h)
+    mixer.scan_impl = "reference"
+    torch.testing.assert_close(fast, mixer(h), rtol=1e-10, atol=1e-10)
+
+
+def test_mixer_gradients_fast_vs_reference():
+    mixer = randomize_(BiMambaMixer(32, d_state=4), seed=3)
+    h = torch.randn(2, 11, 32)
+    gout = torch.randn(2, 11, 32)
+    grads = []
+    for impl in ("fast", "reference"):
+        mixer.scan_impl = impl
+        mixer.zero_grad()
+        hh = h.clone().requires_grad_(True)
+        (mixer(hh) * gout).sum().backward()
+        grads.append([hh.grad] + [p.grad.clone() for p in mixer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vim_tiny_random():
+    torch.manual_seed(0)
+    return randomize_(vimc.create_model("vim_tiny"), scale=0.3).eval(), torch.randn(1, 3, 224, 224)
+
+
+@pytest.mark.slow
+def test_vim_tiny_fast_vs_reference_float32(vim_tiny_random):
+    m, x = vim_tiny_random
+    with torch.no_grad():
+        m.scan_impl = "fast"
+        fast = m(x)
+        m.scan_impl = "reference"
+        ref = m(x)
+        m.scan_impl = "fast"
+    assert _rel(fast, ref) <= 1e-5
+
+
+BF16_TOL = 3e-2  # max |fast - reference| / max |reference| on the logits; measured ~7.5e-3
+
+
+@pytest.mark.slow
+def test_vim_tiny_fast_vs_reference_bfloat16(vim_tiny_random):
+    m, x = vim_tiny_random
+    mb = vimc.create_model("vim_tiny", dtype=torch.bfloat16).eval()
+    mb.load_state_dict(m.state_dict())
+    xb = x.to(torch.bfloat16)
+    with torch.no_grad():
+        fast = mb(xb)
+        mb.scan_impl = "reference"
+        ref = mb(xb)
+    assert fast.dtype == torch.bfloat16
+    assert _rel(fast, ref) <= BF16_TOL

@@ -1,0 +1,266 @@
+"""Checkpoint I/O: official hustvl/Vim files, bare state_dicts, vimc's safetensors.
+
+- Official training checkpoints are dicts (model, optimizer, lr_scheduler, epoch, model_ema,
+  scaler, args) whose "args" is a pickled ``argparse.Namespace``. They are read with
+  ``torch.load(weights_only=True)`` allowing exactly that one class; anything else in the
+  pickle is refused, never executed.
+- vimc's key names are the official names, so no renaming happens; only wrappers ("model",
+  "state_dict") and prefixes ("module.", "_orig_mod.") are taken off.
+- pos_embed learned on another grid is resized for the middle class token (vim.md
+  "Resolution changes"): class entry out of index M // 2, grid resized bicubically, class entry
+  back at M' // 2.
+- ``save_pretrained`` writes ``model.safetensors`` (config in its metadata too) + ``config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# pos_embed resizing
+# ---------------------------------------------------------------------------------------------
+
+def resize_pos_embed(pos_embed: torch.Tensor, old_grid, new_grid) -> torch.Tensor:
+    """(1, Mo + 1, D) with the class entry at Mo // 2 -> (1, Mn + 1, D) with it at Mn // 2;
+    the (gh, gw) grid is resized bicubically (align_corners=False, as the official helper)."""
+    gh, gw = old_grid
+    nh, nw = new_grid
+    if (gh, gw) == (nh, nw):
+        return pos_embed
+    Mo, Mn = gh * gw, nh * nw
+    if pos_embed.shape[1] != Mo + 1:
+        raise CheckpointError(f"pos_embed has {pos_embed.shape[1]} entries, expected "
+                              f"{gh}x{gw} + 1 = {Mo + 1}")
+    po, pn = Mo // 2, Mn // 2
+    cls = pos_embed[:, po:po + 1]
+    grid = torch.cat((pos_embed[:, :po], pos_embed[:, po + 1:]), dim=1)
+    D = grid.shape[-1]
+    grid = grid.reshape(1, gh, gw, D).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, Mn, D).to(pos_embed.dtype)
+    return torch.cat((grid[:, :pn], cls, grid[:, pn:]), dim=1)
+
+
+def _square_grid(M: int) -> tuple[int, int]:
+    g = math.isqrt(M)
+    if g * g != M:
+        raise CheckpointError(f"cannot infer the patch grid of a pos_embed with {M} patch "
+                              f"entries (not a square); load it at its own img_size/stride")
+    return g, g
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+# ---------------------------------------------------------------------------------------------
+
+def _torch_load_safe(path: Path):
+    """torch.load with weights_only=True and exactly argparse.Namespace allowed."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"\x80\x02" and not zipfile.is_zipfile(path):  # legacy pickle or zip
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither the zip format of "
+                              f"torch.save nor a legacy pickle) and not .safetensors")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).strip().splitlines()
+        why = next((ln.strip() for ln in detail if "GLOBAL" in ln or "Unsupported" in ln),
+                   detail[0] if detail else "")
+        raise CheckpointError(
+            f"refusing to load {path}: it holds a pickled object that is not a tensor, a plain "
+            f"container or argparse.Namespace (vimc never unpickles arbitrary objects). "
+            f"torch.load said: {why}") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {exc}") from None
+
+
+def _unwrap(obj, path) -> dict[str, torch.Tensor]:
+    """An official training checkpoint or a bare state_dict -> a flat state_dict."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a state_dict or a training checkpoint with a "
+                              f"'model' entry, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:10]}")
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """-> (state_dict, vimc config record or None). Accepts a save_pretrained directory, a
+    .safetensors file, an official training checkpoint or a bare state_dict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        if not (path / WEIGHTS_FILE).exists():
+            raise CheckpointError(f"{path} is a directory without {WEIGHTS_FILE}")
+        path = path / WEIGHTS_FILE
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+        record = None
+        if "vimc" in meta:
+            record = json.loads(meta["vimc"])
+        elif (path.parent / CONFIG_FILE).exists():
+            record = json.loads((path.parent / CONFIG_FILE).read_text())
+        return sd, record
+    return _unwrap(_torch_load_safe(path), path), None
+
+
+# ---------------------------------------------------------------------------------------------
+# matching a state_dict to a model
+# ---------------------------------------------------------------------------------------------
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, list]:
+    """Missing keys, unexpected keys, and shape mismatches (key, checkpoint, model)."""
+    own = model.state_dict()
+    return {
+        "missing": [k for k in own if k not in sd],
+        "unexpected": [k for k in sd if k not in own],
+        "shape": [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items()
+                  if k in sd and tuple(sd[k].shape) != tuple(v.shape)],
+    }
+
+
+def _format_problems(problems: dict[str, list], source, target: str) -> str:
+    lines = [f"checkpoint {source} does not fit {target}:"]
+    if problems["missing"]:
+        lines.append(f"  missing keys ({len(problems['missing'])}): "
+                     + ", ".join(problems["missing"]))
+    if problems["unexpected"]:
+        lines.append(f"  unexpected keys ({len(problems['unexpected'])}): "
+                     + ", ".join(problems["unexpected"]))
+    if problems["shape"]:
+        lines.append(f"  shape mismatches ({len(problems['shape'])}): " + ", ".join(
+            f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in problems["shape"]))
+    return "\n".join(lines)
+
+
+def load_state_dict(model, sd: dict[str, torch.Tensor], *, strict: bool = True,
+                    source="state_dict", keep: tuple[str, ...] = ()) -> dict[str, list]:
+    """Load ``sd`` into ``model`` (pos_embed resized to the model's grid when needed). Strict:
+    one CheckpointError listing every missing/unexpected key and shape mismatch. Not strict:
+    loads what fits and returns the problems. ``keep``: prefixes of the model's own entries
+    that the checkpoint is not expected to provide (a fresh head)."""
+    sd = dict(sd)
+    pe = sd.get("pos_embed")
+    if pe is not None and pe.dim() == 3 and pe.shape[1] != model.pos_embed.shape[1]:
+        sd["pos_embed"] = resize_pos_embed(pe, _square_grid(pe.shape[1] - 1),
+                                           model.patch_embed.grid_size)
+    problems = check_state_dict(model, sd)
+    problems["missing"] = [k for k in problems["missing"] if not k.startswith(keep)]
+    if any(problems.values()):
+        msg = _format_problems(problems, source, model.name or type(model).__name__)
+        if strict:
+            raise CheckpointError(msg)
+        bad = {k for k, _, _ in problems["shape"]} | set(problems["unexpected"])
+        sd = {k: v for k, v in sd.items() if k not in bad}
+    model.load_state_dict(sd, strict=False)
+    return problems
+
+
+def load_into(name, config, path, *, overrides: dict, scan_impl: str = "fast",
+              dynamic_img_size: bool = False, strict: bool = True, device=None, dtype=None):
+    """Build ``name``'s model and fill it from ``path`` (create_model's checkpoint route).
+
+    vimc files carry their config: it replaces the registry's, then ``overrides`` apply.
+    Official files carry none: ``num_classes`` follows the checkpoint's head unless
+    overridden. An overridden ``num_classes`` different from the checkpoint's head keeps the
+    new head freshly initialized (fine-tuning, as timm does); a grid other than the
+    checkpoint's resizes pos_embed."""
+    from vimc.model import VimConfig, VisionMamba
+
+    sd, record = read_checkpoint(path)
+    if record is not None:
+        name = record.get("architecture") or name
+        config = dataclasses.replace(VimConfig.from_dict(record["config"]), **overrides)
+    head_w = sd.get("head.weight")
+    ckpt_classes = head_w.shape[0] if head_w is not None else 0
+    if "num_classes" not in overrides:
+        config = dataclasses.replace(config, num_classes=ckpt_classes)
+    keep: tuple[str, ...] = ()
+    if config.num_classes != ckpt_classes:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        keep = ("head.",)
+    model = VisionMamba(config, scan_impl=scan_impl, dynamic_img_size=dynamic_img_size,
+                        name=name, device=device, dtype=dtype)
+    load_state_dict(model, sd, strict=strict, source=str(path), keep=keep)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# vimc's own format
+# ---------------------------------------------------------------------------------------------
+
+def save_pretrained(model, directory) -> Path:
+    """``directory/model.safetensors`` (+ the config in its metadata) and ``config.json``."""
+    from safetensors.torch import save_file
+
+    from vimc import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"architecture": model.name, "config": model.config.to_dict(),
+              "format_version": FORMAT_VERSION, "vimc_version": __version__}
+    text = json.dumps(record, indent=2)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "vimc": text})
+    (directory / CONFIG_FILE).write_text(text + "\n")
+    return directory
+
+
+def from_pretrained(path, **kwargs):
+    """A model saved by ``save_pretrained`` (directory or .safetensors file), rebuilt from its
+    own config; ``kwargs`` as for ``create_model``."""
+    from vimc.model import _ALIASES, VimConfig, VisionMamba, create_model
+
+    _, record = read_checkpoint(path)
+    if record is None:
+        raise CheckpointError(f"{path} has no vimc config (not written by save_pretrained); use "
+                              f"create_model(name, checkpoint_path=...)")
+    name = record.get("architecture")
+    if name in _ALIASES:
+        return create_model(name, checkpoint_path=path, **kwargs)
+    overrides = {k: kwargs.pop(k) for k in list(kwargs)
+                 if k in {f.name for f in dataclasses.fields(VimConfig)}}
+    config = dataclasses.replace(VimConfig.from_dict(record["config"]), **overrides)
+    strict = kwargs.pop("strict", True)
+    model = VisionMamba(config, name=name, **kwargs)
+    sd, _ = read_checkpoint(path)
+    load_state_dict(model, sd, strict=strict, source=str(path))
+    return model

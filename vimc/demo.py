@@ -1,0 +1,269 @@
+"""``vimc demo``: the main job, end to end on the built-in model.
+
+1. load ``vim_digits`` (built-in weights) and the 360 held-out digits shipped with vimc;
+2. compile it with ``torch.compile`` (one graph for every batch size);
+3. export it to ONNX (the scan lowered to standard operators, run in ONNX Runtime) and to
+   AOTInductor (a ``.pt2`` package) with ``vimc.export``;
+4. held-out accuracy of every backend; the parity table of ``vimc.export.compare`` (every
+   backend against float32 eager on all 360 images, atol/rtol 1e-4); a latency table (batch
+   1 and ``--batch``).
+
+Exit 1 if eager accuracy < ``--min-accuracy`` or a parity row fails (a backend that cannot
+run, e.g. onnxruntime missing, is a failed row with its reason).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+LATENCY_SECONDS = 1.5  # time budget per (backend, batch) latency measurement
+
+
+@dataclass
+class Backend:
+    name: str
+    run: object = None  # callable (B, C, H, W) -> logits
+    setup_s: float | None = None  # compile / export + load time
+    logits: torch.Tensor | None = None
+    error: str | None = None
+    note: str = ""  # the exported file
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _run_batched(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([fn(x[i : i + batch]).float() for i in range(0, len(x), batch)])
+
+
+def latency(fn, x: torch.Tensor, budget_s: float = LATENCY_SECONDS, max_iters: int = 200):
+    """(median ms, images/s) of ``fn(x)`` after one warm-up call."""
+    with torch.inference_mode():
+        fn(x)
+        times, t_end = [], time.perf_counter() + budget_s
+        while len(times) < max_iters and (not times or time.perf_counter() < t_end):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return med * 1e3, len(x) / med
+
+
+def _table(head: tuple, rows: list[tuple]) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(head)]
+    fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join(
+        [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
+    )
+
+
+def run(args) -> int:
+    import logging
+
+    import vimc
+    from vimc.cli import EXIT_CHECK_FAILED, EXIT_OK, load_model
+    from vimc.data import digits_to_tensor, load_digits_test
+
+    # the ONNX exporter logs one warning per torchvision op it cannot find; noise here
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
+    _say(f"vimc {vimc.__version__} demo | torch {torch.__version__} | CPU, {threads} threads")
+
+    # 1. model and data ---------------------------------------------------------------------
+    model = load_model("vim_digits", args.checkpoint)
+    images, labels = load_digits_test()
+    x = digits_to_tensor(images, model.pretrained_cfg)
+    y = torch.from_numpy(labels)
+    n_params = sum(p.numel() for p in model.parameters())
+    src = f"checkpoint {args.checkpoint}" if args.checkpoint else "built-in weights"
+    _say(
+        f"[1/5] vim_digits: {n_params:,} parameters ({src}), input {tuple(x.shape[1:])}; "
+        f"held-out digits: {len(x)} images"
+    )
+    bs = args.batch
+    backends = [Backend("eager", run=model, setup_s=0.0)]
+
+    # 2. torch.compile -----------------------------------------------------------------------
+    if not args.skip_compile:
+        b = Backend("compiled")
+        try:
+            t0 = time.perf_counter()
+            compiled = torch.compile(model, dynamic=True)  # batch axis symbolic: one graph
+            with torch.inference_mode():
+                compiled(x[:bs])
+            b.run, b.setup_s = compiled, time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 (reported as a failed backend)
+            b.error = _one_line(exc)
+        backends.append(b)
+        _say(
+            "[2/5] torch.compile: "
+            + (f"FAILED {b.error}" if b.error else f"compiled in {b.setup_s:.1f}s")
+        )
+
+    # 3. exports -------------------------------------------------------------------------------
+    tmp, artifacts = None, {}
+    if not args.skip_export:
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="vimc-demo-")
+            out = Path(tmp.name)
+        for b in (_onnx_backend(model, out, threads), _aoti_backend(model, out)):
+            backends.append(b)
+            if not b.error:
+                artifacts[b.name] = b.note
+            _say(
+                f"[3/5] export {b.name}: "
+                + (f"FAILED {b.error}" if b.error else f"{b.note} in {b.setup_s:.1f}s")
+            )
+
+    # 4. accuracy and parity on every held-out image --------------------------------------------
+    failed = []
+    for b in backends:
+        if b.error:
+            continue
+        try:
+            b.logits = _run_batched(b.run, x, bs)
+        except Exception as exc:  # noqa: BLE001
+            b.error = _one_line(exc)
+    rows = []
+    for b in backends:
+        if b.error:
+            rows.append((b.name, "FAILED", b.error[:70]))
+            continue
+        correct = int((b.logits.argmax(-1) == y).sum())
+        rows.append((b.name, f"{100 * correct / len(y):.2f}%", f"{correct}/{len(y)}"))
+        if b.name == "eager" and correct / len(y) < args.min_accuracy:
+            failed.append(
+                f"held-out accuracy {correct / len(y):.2%} < --min-accuracy {args.min_accuracy:.2%}"
+            )
+    _say("[4/5] held-out accuracy:")
+    print(_table(("backend", "accuracy", "correct"), rows))
+    report = _parity_report(model, x, backends, artifacts)
+    print(report.to_text(), flush=True)
+    failed += [
+        f"parity {r.backend}: " + (r.error or "outside tolerance")
+        for r in report.rows
+        if not r.passed
+    ]
+
+    # 5. latency -----------------------------------------------------------------------------
+    _say(f"[5/5] latency (median of repeated runs, ~{LATENCY_SECONDS:g}s each):")
+    lat_rows = []
+    for b in backends:
+        if b.error:
+            continue
+        cells = [b.name]
+        for n in (1, bs):
+            xb = x[:n] if n <= len(x) else x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n]
+            try:
+                ms, ips = latency(b.run, xb)
+                cells += [f"{ms:.2f}", f"{ips:.0f}"]
+            except Exception as exc:  # noqa: BLE001
+                cells += ["FAILED", type(exc).__name__]
+                failed.append(f"{b.name} at batch {n}: {_one_line(exc)}")
+        lat_rows.append(tuple(cells))
+    print(
+        _table(
+            ("backend", "batch 1 ms", "batch 1 img/s", f"batch {bs} ms", f"batch {bs} img/s"),
+            lat_rows,
+        )
+    )
+    if args.out and not args.skip_export:
+        _say(f"exported files: {', '.join(artifacts.values())}")
+    if tmp is not None:
+        tmp.cleanup()
+
+    total = time.perf_counter() - t_start
+    if failed:
+        print(f"demo FAILED after {total:.0f}s:", file=sys.stderr)
+        for f in failed:
+            print(f"  - {f}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    _say(
+        f"demo passed in {total:.0f}s: held-out accuracy >= {args.min_accuracy:.0%}, every "
+        f"backend within tolerance of eager"
+    )
+    return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def _parity_report(model, x, backends, artifacts):
+    """vimc.export.compare on all held-out images, for eager and the exported files; the
+    compiled module (already compiled here, dynamic batch) joins as a row computed with the
+    same metrics and tolerance rule."""
+    from vimc.export import ParityRow, compare
+    from vimc.export.parity import metrics, within_tolerance
+
+    names = ["eager"] + [b.name for b in backends if b.name in ("aoti", "onnxruntime")]
+    report = compare(
+        model, names, inputs=x, artifacts={k: v for k, v in artifacts.items() if k in names}
+    )
+    ref = next(b for b in backends if b.name == "eager").logits
+    for b in backends:
+        if b.name != "compiled":
+            continue
+        row = ParityRow("compiled", report.dtype, seconds=b.setup_s or 0.0, error=b.error)
+        if b.logits is not None:
+            row = ParityRow(
+                "compiled", report.dtype, **metrics(ref, b.logits), seconds=b.setup_s or 0.0
+            )
+            row.passed = within_tolerance(ref, b.logits, report.atol, report.rtol)
+        report.rows.insert(1, row)
+    # a failed export never reached compare: show it as a failed row with its reason
+    for b in backends:
+        if b.error and b.name in ("aoti", "onnxruntime") and b.name not in artifacts:
+            report.rows.append(ParityRow(b.name, report.dtype, error=b.error))
+    return report
+
+
+def _onnx_backend(model, out: Path, threads: int) -> Backend:
+    b = Backend("onnxruntime")
+    try:
+        from vimc.export import onnxruntime_session, to_onnx
+        from vimc.export.onnx import run_onnxruntime
+
+        t0 = time.perf_counter()
+        path = to_onnx(model, out / "vim_digits.onnx")
+        sess = onnxruntime_session(path, threads=threads)
+        b.run = lambda x: run_onnxruntime(sess, x)
+        b.setup_s = time.perf_counter() - t0
+        b.note = str(path)
+    except Exception as exc:  # noqa: BLE001
+        b.error = _one_line(exc)
+        if "--traceback" in sys.argv:
+            traceback.print_exc()
+    return b
+
+
+def _aoti_backend(model, out: Path) -> Backend:
+    b = Backend("aoti")
+    try:
+        from vimc.export import load_aoti, to_aoti
+
+        t0 = time.perf_counter()
+        path = to_aoti(model, out / "vim_digits.pt2")
+        b.run = load_aoti(path)
+        b.setup_s = time.perf_counter() - t0
+        b.note = str(path)
+    except Exception as exc:  # noqa: BLE001
+        b.error = _one_line(exc)
+        if "--traceback" in sys.argv:
+            traceback.print_exc()
+    return b

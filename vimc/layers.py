@@ -1,0 +1,252 @@
+"""The building blocks of Vision Mamba: RMSNorm, DropPath, PatchEmbed, the bidirectional Mamba
+mixer ("bimamba v2") and the add -> norm -> mixer Block. The math is vim.md's, line by line.
+
+Parameter and module names are the official state_dict names (``in_proj``, ``conv1d``,
+``x_proj``, ``dt_proj``, ``A_log``, ``D``, the ``_b`` copies, ``out_proj``, ``norm``), so an
+official checkpoint loads without renaming.
+
+Two implementations of the mixer share these parameters (``scan_impl``):
+
+- ``"fast"``: channel-major all the way (``(B, E, L)``, what the scan kernel reads), the
+  backward direction as an anti-causal conv plus ``selective_scan(..., reverse=True)``: no flip
+  copies of activations.
+- ``"reference"``: vim.md's formulation as written (flip, causal conv, the python-loop reference
+  scan, flip back). Slow; for debugging and as the oracle of the fast path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vimc.ops import selective_scan, selective_scan_reference
+
+SCAN_IMPLS = ("fast", "reference")
+
+
+class RMSNorm(nn.Module):
+    """``x * rsqrt(mean(x^2) + eps) * weight``, computed in float32, weight only (no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return y.to(out_dtype or x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's DropPath): identity at inference or with rate 0."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(k=patch, stride=stride), flattened to tokens: (B, C, H, W) -> (B, M, D)."""
+
+    def __init__(self, img_size: tuple[int, int], patch_size: int, stride: int, in_chans: int,
+                 embed_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.img_size = tuple(img_size)
+        self.patch_size = patch_size
+        self.stride = stride
+        self.grid_size = self.grid_for(self.img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride,
+                              device=device, dtype=dtype)
+
+    def grid_for(self, hw) -> tuple[int, int]:
+        return tuple((s - self.patch_size) // self.stride + 1 for s in hw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv as patches @ weight^T: the same numbers as ``self.proj(x)`` flattened, with
+        no conv backend choice (whose fake kernel mispredicts strides for an unbacked batch)."""
+        B, C, H, W = x.shape
+        p, s = self.patch_size, self.stride
+        gh, gw = (H - p) // s + 1, (W - p) // s + 1
+        if p == s:  # non-overlapping: a reshape, no im2col
+            cols = x[:, :, :gh * p, :gw * p].reshape(B, C, gh, p, gw, p)
+            cols = cols.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)
+        else:
+            cols = F.unfold(x, p, stride=s).transpose(1, 2)          # (B, M, C*p*p)
+        return F.linear(cols, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# the depthwise convolutions of the two directions
+# ---------------------------------------------------------------------------------------------
+
+def _shifted_sum(x, weight, bias, taps, pad, silu):
+    """sum_k w[:, k] * xpad[..., off_k : off_k + L] (+ bias, silu), in float32, cast once."""
+    L = x.shape[-1]
+    xp = F.pad(x.float(), pad)
+    w = weight[:, 0, :, None].float()                                # (E, K, 1)
+    out = None
+    for k, off in taps:
+        term = w[:, k] * xp[..., off:off + L]
+        out = term if out is None else out + term
+    if bias is not None:
+        out = out + bias[:, None].float()
+    return (F.silu(out) if silu else out).to(x.dtype)
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  silu: bool = False) -> torch.Tensor:
+    """Depthwise causal conv: out[t] = b + sum_k w[k] x[t - (K-1) + k] (left zero-padding K-1),
+    optionally followed by silu; x (B, E, L), weight (E, 1, K). Written as K shifted
+    multiply-adds, accumulated in float32 and rounded once (as the official fused kernel):
+    pointwise ops that Inductor fuses into one loop, and no conv backend choice that would
+    guard on the batch size."""
+    K = weight.shape[-1]
+    return _shifted_sum(x, weight, bias, [(k, k) for k in range(K)], (K - 1, 0), silu)
+
+
+def anticausal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      silu: bool = False) -> torch.Tensor:
+    """The backward direction's conv without flipping activations:
+    ``flip(causal_conv1d(flip(x)))`` = right zero-padding K-1 and the kernel taken reversed,
+    out[t] = b + sum_k w[k] x[t + (K-1) - k]."""
+    K = weight.shape[-1]
+    return _shifted_sum(x, weight, bias, [(k, K - 1 - k) for k in range(K - 1, -1, -1)],
+                        (0, K - 1), silu)
+
+
+# ---------------------------------------------------------------------------------------------
+# the mixer
+# ---------------------------------------------------------------------------------------------
+
+class BiMambaMixer(nn.Module):
+    """Bidirectional Mamba ("v2"): shared in_proj/out_proj, one conv/x_proj/dt_proj/A/D per
+    direction, ``out_proj((y_f + y_b) / 2)``. (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | None = None, scan_impl: str = "fast", device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state = d_model, d_state
+        self.d_inner = E = expand * d_model
+        self.dt_rank = R = dt_rank or math.ceil(d_model / 16)
+        self.scan_impl = scan_impl
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=False, **kw)
+        for sfx in ("", "_b"):
+            # padding=d_conv-1 only mirrors the official module; forward pads explicitly
+            self.add_module("conv1d" + sfx, nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1,
+                                                      bias=True, **kw))
+            self.add_module("x_proj" + sfx, nn.Linear(E, R + 2 * d_state, bias=False, **kw))
+            self.add_module("dt_proj" + sfx, nn.Linear(R, E, bias=True, **kw))
+        A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32, device=device))
+        self.A_log = nn.Parameter(A_log.repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E, device=device))
+        self.A_b_log = nn.Parameter(A_log.repeat(E, 1))
+        self.D_b = nn.Parameter(torch.ones(E, device=device))
+        self.out_proj = nn.Linear(E, d_model, bias=False, **kw)
+
+    @property
+    def scan_impl(self) -> str:
+        return self._scan_impl
+
+    @scan_impl.setter
+    def scan_impl(self, value: str) -> None:
+        if value not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {value!r}")
+        self._scan_impl = value
+
+    def _direction(self, sfx: str):
+        return (getattr(self, "conv1d" + sfx), getattr(self, "x_proj" + sfx),
+                getattr(self, "dt_proj" + sfx), getattr(self, "A_b_log" if sfx else "A_log"),
+                getattr(self, "D" + sfx))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self._scan_impl == "reference":
+            return self._forward_reference(h)
+        # Layouts, measured (benchmarks/model.py notes): eager runs best channel-major (the
+        # projections produce (B, E, L) directly, as the scan reads it); under torch.compile
+        # the token-major linears win (Inductor fuses the transposes into the conv/silu loop).
+        token_major = torch.compiler.is_compiling()
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
+        if token_major:
+            xz = F.linear(h, self.in_proj.weight).transpose(1, 2)      # (B, 2E, L) view
+            z = xz[:, E:].contiguous()                                  # one copy for both scans
+        else:
+            # (2E, D) @ (B, D, L) -> (B, 2E, L): channel-major, the layout the scan reads
+            xz = torch.matmul(self.in_proj.weight, h.transpose(1, 2))
+            z = xz[:, E:]
+        x = xz[:, :E]
+        ys = []
+        for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
+            conv, xp, dtp, A_log, Dskip = self._direction(sfx)
+            u = conv_fn(x, conv.weight, conv.bias, silu=True)           # (B, E, L)
+            if token_major:
+                x_dbl = F.linear(u.transpose(1, 2), xp.weight).transpose(1, 2)
+                delta = F.linear(x_dbl[:, :R].transpose(1, 2), dtp.weight).transpose(1, 2)
+            else:
+                x_dbl = torch.matmul(xp.weight, u)                     # (B, R+2N, L)
+                delta = torch.matmul(dtp.weight, x_dbl[:, :R])         # (B, E, L), no bias
+            ys.append(selective_scan(
+                u, delta, -torch.exp(A_log.float()), x_dbl[:, R:R + N], x_dbl[:, R + N:],
+                D=Dskip.float(), z=z, delta_bias=dtp.bias.float(), delta_softplus=True,
+                reverse=bool(sfx)))
+        y = (ys[0] + ys[1]) / 2
+        return F.linear(y.transpose(1, 2), self.out_proj.weight)
+
+    def _forward_reference(self, h: torch.Tensor) -> torch.Tensor:
+        """vim.md as written: flip, causal conv with padding 3 cut to L, reference scan."""
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
+        L = h.shape[1]
+        xz = F.linear(h, self.in_proj.weight).transpose(1, 2)        # (B, 2E, L)
+        x, z = xz[:, :E], xz[:, E:]
+
+        def branch(x, z, sfx):
+            conv, xp, dtp, A_log, Dskip = self._direction(sfx)
+            u = F.silu(conv(x)[..., :L])
+            x_dbl = F.linear(u.transpose(1, 2), xp.weight)           # (B, L, R+2N)
+            delta = dtp.weight @ x_dbl[..., :R].transpose(1, 2)
+            Bm = x_dbl[..., R:R + N].transpose(1, 2)
+            Cm = x_dbl[..., R + N:].transpose(1, 2)
+            return selective_scan_reference(
+                u, delta, -torch.exp(A_log.float()), Bm, Cm, D=Dskip.float(), z=z,
+                delta_bias=dtp.bias.float(), delta_softplus=True)
+
+        y_f = branch(x, z, "")
+        y_b = branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
+        return F.linear(((y_f + y_b) / 2).transpose(1, 2), self.out_proj.weight)
+
+
+class Block(nn.Module):
+    """add -> RMSNorm -> mixer, returning (hidden, residual); the residual stream is float32."""
+
+    def __init__(self, dim: int, mixer: BiMambaMixer, drop_path: float = 0.0, eps: float = 1e-5,
+                 device=None, dtype=None):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = RMSNorm(dim, eps=eps, device=device, dtype=dtype)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+        if residual is None:
+            residual = hidden.float()
+        else:
+            residual = residual + self.drop_path(hidden).float()
+        hidden = self.mixer(self.norm(residual, out_dtype=hidden.dtype))
+        return hidden, residual

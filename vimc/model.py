@@ -1,0 +1,351 @@
+"""Vision Mamba (Vim) in timm's order: config, the model (``forward_features``,
+``forward_head``, ``forward``, ``reset_classifier``, ``get_classifier``), initialization, the
+variant registry and ``create_model``. Blocks live in layers.py, checkpoint I/O in
+checkpoint.py. The math is vim.md's: middle class token at p = M // 2, abs pos_embed, float32
+residual stream, RMSNorm, bidirectional mixer, final norm, class token, head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vimc.checkpoint import resize_pos_embed
+from vimc.layers import SCAN_IMPLS, BiMambaMixer, Block, DropPath, PatchEmbed, RMSNorm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+
+
+@dataclass(frozen=True)
+class VimConfig:
+    """Everything that fixes a Vim's parameters and preprocessing."""
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    stride: int = 16
+    in_chans: int = 3
+    embed_dim: int = 192
+    depth: int = 24
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None          # None: ceil(embed_dim / 16)
+    num_classes: int = 1000
+    drop_rate: float = 0.0              # dropout after pos_embed
+    drop_path_rate: float = 0.0         # stochastic depth (training); inference ignores it
+    norm_eps: float = 1e-5
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+
+    @property
+    def img_hw(self) -> tuple[int, int]:
+        s = self.img_size
+        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VimConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+class VisionMamba(nn.Module):
+    """Vim: patch embedding, a middle class token, ``depth`` bidirectional Mamba blocks."""
+
+    def __init__(self, config: VimConfig, *, scan_impl: str = "fast",
+                 dynamic_img_size: bool = False, name: str | None = None, init: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.config = c = config
+        self.name = name
+        self.dynamic_img_size = dynamic_img_size
+        self.num_classes = c.num_classes
+        self.num_features = self.embed_dim = D = c.embed_dim
+        self.patch_embed = PatchEmbed(c.img_hw, c.patch_size, c.stride, c.in_chans, D, **kw)
+        M = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D, **kw))
+        self.pos_embed = nn.Parameter(torch.zeros(1, M + 1, D, **kw))
+        self.pos_drop = nn.Dropout(c.drop_rate) if c.drop_rate > 0 else nn.Identity()
+        # stochastic depth: linspace(0, rate, depth) shifted by one; the final add uses `rate`
+        dpr = [0.0] + torch.linspace(0, c.drop_path_rate, c.depth).tolist()
+        self.layers = nn.ModuleList([
+            Block(D, BiMambaMixer(D, c.d_state, c.d_conv, c.expand, c.dt_rank, scan_impl, **kw),
+                  drop_path=dpr[i], eps=c.norm_eps, **kw)
+            for i in range(c.depth)])
+        self.drop_path = DropPath(c.drop_path_rate) if c.drop_path_rate > 0 else nn.Identity()
+        self.norm_f = RMSNorm(D, eps=c.norm_eps, **kw)
+        self.head = nn.Linear(D, c.num_classes, **kw) if c.num_classes > 0 else nn.Identity()
+        self.pretrained_cfg = self.default_cfg = {
+            "architecture": name, "input_size": (c.in_chans, *c.img_hw), "mean": c.mean,
+            "std": c.std, "crop_pct": c.crop_pct, "interpolation": c.interpolation,
+            "num_classes": c.num_classes, "first_conv": "patch_embed.proj",
+            "classifier": "head"}
+        if init and device != "meta" and getattr(device, "type", None) != "meta":
+            init_weights(self)
+
+    # -- scan implementation -------------------------------------------------------------------
+    @property
+    def scan_impl(self) -> str:
+        return self.layers[0].mixer.scan_impl if len(self.layers) else "fast"
+
+    @scan_impl.setter
+    def scan_impl(self, value: str) -> None:
+        if value not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {value!r}")
+        for layer in self.layers:
+            layer.mixer.scan_impl = value
+
+    # -- timm API ------------------------------------------------------------------------------
+    def _pos_embed_for(self, H: int, W: int) -> torch.Tensor:
+        if (H, W) == self.patch_embed.img_size:
+            return self.pos_embed
+        if not self.dynamic_img_size:
+            raise ValueError(
+                f"{self.name or 'VisionMamba'}: expected input of size "
+                f"{self.patch_embed.img_size[0]}x{self.patch_embed.img_size[1]} (H x W), got "
+                f"{H}x{W}; create the model with img_size=({H}, {W}) or dynamic_img_size=True")
+        return resize_pos_embed(self.pos_embed, self.patch_embed.grid_size,
+                                self.patch_embed.grid_for((H, W)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normed tokens (B, L, D), the class token at index (L - 1) // 2."""
+        if x.dim() != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"expected input (B, {self.config.in_chans}, H, W), "
+                             f"got {tuple(x.shape)}")
+        pos_embed = self._pos_embed_for(x.shape[-2], x.shape[-1])
+        x = self.patch_embed(x)
+        B, M, _ = x.shape
+        p = M // 2
+        # cat promotes like the official code (bf16 patches + float32 class token under autocast)
+        x = torch.cat((x[:, :p], self.cls_token.expand(B, -1, -1), x[:, p:]), dim=1)
+        x = self.pos_drop(x + pos_embed)
+        hidden, residual = x, None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual)
+        residual = residual + self.drop_path(hidden).float()
+        return self.norm_f(residual, out_dtype=hidden.dtype)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Normed tokens (B, L, D) -> the class token (B, D) -> logits (B, num_classes)."""
+        x = x[:, (x.shape[1] - 1) // 2]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        p = self.norm_f.weight
+        self.num_classes = num_classes
+        self.head = (nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
+                     if num_classes > 0 else nn.Identity())
+        if num_classes > 0:
+            _trunc_normal(self.head.weight, 0.02)
+            nn.init.zeros_(self.head.bias)
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        self.pretrained_cfg = self.default_cfg = {**self.pretrained_cfg,
+                                                  "num_classes": num_classes}
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def save_pretrained(self, directory) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
+        from vimc.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> VisionMamba:
+        """Load a directory (or .safetensors file) written by ``save_pretrained``."""
+        from vimc.checkpoint import from_pretrained
+
+        return from_pretrained(path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# initialization (vim.md "Initialization", in the official order)
+# ---------------------------------------------------------------------------------------------
+
+def _trunc_normal(t: torch.Tensor, std: float) -> None:
+    nn.init.trunc_normal_(t, std=std, a=-2.0, b=2.0)  # timm's trunc_normal_: absolute bounds
+
+
+@torch.no_grad()
+def init_weights(model: VisionMamba, generator: torch.Generator | None = None) -> None:
+    """The official initialization for training from scratch. Mixers: PyTorch defaults for
+    in_proj/conv1d/x_proj, dt_proj.weight ~ U(+-R^-0.5), dt_proj.bias = softplus^-1(dt) with
+    dt log-uniform in [1e-3, 0.1] clamped >= 1e-4, A_log = log(1..N), D = 1. Then patch_embed
+    lecun-normal, head and pos_embed/cls_token trunc-normal(0.02); every Linear bias zero except
+    dt_proj.bias (so dt_proj_b.bias is zero, as in the official code); out_proj kaiming-uniform
+    (a=sqrt 5) / sqrt(depth)."""
+    depth = len(model.layers)
+    for layer in model.layers:
+        m = layer.mixer
+        for mod in (m.in_proj, m.conv1d, m.conv1d_b, m.x_proj, m.x_proj_b, m.dt_proj_b):
+            mod.reset_parameters()
+        bound = m.dt_rank ** -0.5
+        nn.init.uniform_(m.dt_proj.weight, -bound, bound)
+        dt = torch.exp(torch.rand(m.d_inner, device=m.A_log.device)
+                       * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        A_log = torch.log(torch.arange(1, m.d_state + 1, dtype=torch.float32,
+                                       device=m.A_log.device))
+        m.A_log.copy_(A_log.expand_as(m.A_log))
+        m.A_b_log.copy_(A_log.expand_as(m.A_b_log))
+        m.D.fill_(1.0)
+        m.D_b.fill_(1.0)
+        m.dt_proj_b.bias.zero_()
+        nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
+        m.out_proj.weight /= math.sqrt(depth)
+        layer.norm.weight.fill_(1.0)
+    w = model.patch_embed.proj.weight
+    fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+    nn.init.trunc_normal_(w, std=1.0, a=-2.0, b=2.0)
+    w *= math.sqrt(1.0 / fan_in) / 0.87962566103423978  # lecun normal (variance scaling)
+    nn.init.zeros_(model.patch_embed.proj.bias)
+    if isinstance(model.head, nn.Linear):
+        _trunc_normal(model.head.weight, 0.02)
+        nn.init.zeros_(model.head.bias)
+    _trunc_normal(model.pos_embed, 0.02)
+    _trunc_normal(model.cls_token, 0.02)
+    model.norm_f.weight.fill_(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: VimConfig
+    weights: str | None = None          # file under vimc/weights/ (or an absolute path)
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def weights_path(self) -> Path | None:
+        if self.weights is None:
+            return None
+        p = Path(self.weights)
+        return p if p.is_absolute() else WEIGHTS_DIR / p
+
+
+_VARIANTS: dict[str, Variant] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_variant(name: str, config: VimConfig, *, weights: str | None = None,
+                     aliases: tuple[str, ...] = (), description: str = "") -> Variant:
+    """Add a model to ``create_model``/``list_models``. ``weights``: a file shipped in
+    ``vimc/weights/`` (safetensors from ``save_pretrained``, or its directory) that
+    ``pretrained=True`` loads. One line per variant::
+
+        register_variant("vim_digits", VimConfig(img_size=32, ...), weights="vim_digits")
+    """
+    v = Variant(name, config, weights, tuple(aliases), description)
+    for n in (name, *aliases):
+        if n in _ALIASES and _ALIASES[n] != name:
+            raise ValueError(f"model name {n!r} is already registered for {_ALIASES[n]!r}")
+    _VARIANTS[name] = v
+    for n in (name, *aliases):
+        _ALIASES[n] = name
+    return v
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return _VARIANTS[_ALIASES[name]]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
+
+
+def list_models(pattern: str = "*", *, pretrained: bool = False,
+                include_aliases: bool = False) -> list[str]:
+    """Registered model names matching a glob ``pattern`` (timm-style); ``pretrained=True``:
+    only those with built-in weights."""
+    import fnmatch
+
+    names = list(_ALIASES) if include_aliases else list(_VARIANTS)
+    names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    if pretrained:
+        names = [n for n in names if get_variant(n).weights is not None]
+    return sorted(names)
+
+
+_TAIL = "_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
+for _short, _D, _s in (("vim_tiny", 192, 16), ("vim_tiny_s8", 192, 8), ("vim_small", 384, 16),
+                       ("vim_small_s8", 384, 8)):
+    _size = _short.split("_")[1]
+    _long = f"vim_{_size}_patch16" + ("_stride8" if _s == 8 else "") + _TAIL
+    register_variant(_short, VimConfig(embed_dim=_D, stride=_s), aliases=(_long,))
+register_variant("vim_base", VimConfig(embed_dim=768), aliases=(
+    "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",))
+
+
+# ---------------------------------------------------------------------------------------------
+# the factory
+# ---------------------------------------------------------------------------------------------
+
+def create_model(name: str, *, pretrained: bool = False, checkpoint_path=None,
+                 scan_impl: str = "fast", dynamic_img_size: bool = False, strict: bool = True,
+                 device=None, dtype: torch.dtype | None = None, **overrides) -> VisionMamba:
+    """Build a registered Vim (``list_models()``), timm-style.
+
+    ``pretrained=True`` loads the variant's built-in weights (``vimc/weights/``); weights are
+    never downloaded. ``checkpoint_path``: an official training checkpoint or bare state_dict
+    (.pth), or vimc's safetensors (file or ``save_pretrained`` directory). ``overrides``: any
+    ``VimConfig`` field (img_size, patch_size, stride, embed_dim, depth, d_state, num_classes,
+    drop_path_rate, in_chans, ...). A checkpoint learned at another img_size/stride has its
+    pos_embed resized; with ``num_classes`` overridden to a value other than the checkpoint's,
+    the head is left freshly initialized (fine-tuning).
+    """
+    variant = get_variant(name)
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(VimConfig)}
+    if unknown:
+        fields = [f.name for f in dataclasses.fields(VimConfig)]
+        raise TypeError(f"create_model: unknown argument(s) {sorted(unknown)}; model options "
+                        f"are the VimConfig fields {fields}")
+    if pretrained and checkpoint_path is None:
+        path = variant.weights_path
+        if path is None:
+            raise ValueError(
+                f"{name!r} has no built-in weights and weights cannot be downloaded; pass "
+                f"checkpoint_path= (an official .pth checkpoint or vimc safetensors). Models with "
+                f"built-in weights: {list_models(pretrained=True) or 'none'}")
+        checkpoint_path = path
+    config = dataclasses.replace(variant.config, **overrides)
+    if checkpoint_path is None:
+        model = VisionMamba(config, scan_impl=scan_impl, dynamic_img_size=dynamic_img_size,
+                            name=variant.name, device=device, dtype=dtype)
+        return model
+    from vimc.checkpoint import load_into
+
+    return load_into(variant.name, config, checkpoint_path, overrides=overrides,
+                     scan_impl=scan_impl, dynamic_img_size=dynamic_img_size, strict=strict,
+                     device=device, dtype=dtype)
+
+
+__all__ = ["VimConfig", "VisionMamba", "Variant", "create_model", "list_models",
+           "register_variant", "get_variant", "init_weights"]
