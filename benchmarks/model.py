@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,7 @@ def main() -> None:
                    f"(a shared machine: other processes inflate the numbers)."]
     except OSError:
         pass
+    shutil.rmtree(cache, ignore_errors=True)
     text = "\n".join(md) + "\n"
     print(text)
     if not args.no_save:

@@ -98,16 +98,17 @@ class PatchEmbed(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 def _shifted_sum(x, weight, bias, taps, pad, silu):
-    """sum_k w[:, k] * xpad[..., off_k : off_k + L] (+ bias, silu), in float32, cast once."""
-    L = x.shape[-1]
-    xp = F.pad(x.float(), pad)
-    w = weight[:, 0, :, None].float()                                # (E, K, 1)
+    """sum_k w[:, k] * xpad[..., off_k : off_k + L] (+ bias, silu), in float32 (float64 for
+    float64 inputs), cast once."""
+    L, ct = x.shape[-1], torch.promote_types(x.dtype, torch.float32)  # float64 stays
+    xp = F.pad(x.to(ct), pad)
+    w = weight[:, 0, :, None].to(ct)                                 # (E, K, 1)
     out = None
     for k, off in taps:
         term = w[:, k] * xp[..., off:off + L]
         out = term if out is None else out + term
     if bias is not None:
-        out = out + bias[:, None].float()
+        out = out + bias[:, None].to(ct)
     return (F.silu(out) if silu else out).to(x.dtype)
 
 

@@ -302,6 +302,12 @@ for _short, _D, _s in (("vim_tiny", 192, 16), ("vim_tiny_s8", 192, 8), ("vim_sma
     register_variant(_short, VimConfig(embed_dim=_D, stride=_s), aliases=(_long,))
 register_variant("vim_base", VimConfig(embed_dim=768), aliases=(
     "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",))
+# vimc's built-in model: trained by examples/train_digits.py on scikit-learn's digits (32x32)
+register_variant("vim_digits", VimConfig(
+    img_size=32, patch_size=4, stride=4, embed_dim=64, depth=4, d_state=16, num_classes=10,
+    mean=(0.31,) * 3, std=(0.35,) * 3, crop_pct=1.0, interpolation="bicubic"),
+    weights="vim_digits.safetensors",
+    description="4-layer Vim trained on scikit-learn's handwritten digits (examples/train_digits.py)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,7 +135,21 @@ def c_kernel_error() -> str | None:
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.to(torch.float32).contiguous()
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t  # the common case: no conversion, no Python-level call into torch
+    return t.to(torch.float32).contiguous()
+
+
+_scratch = threading.local()
+
+
+def _scratch_buffer(numel: int) -> torch.Tensor:
+    """Per-calling-thread staging memory, grown on demand and reused across calls (a Vim
+    forward makes 48 scan calls of the same size)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _scratch.buf = torch.empty(numel, dtype=torch.float32)
+    return buf
 
 
 def _threads(items: int) -> int:
@@ -146,7 +160,7 @@ def _call(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, nthr
     Bt, E, L = u.shape
     N, G = A.shape[1], B.shape[1]
     per_thread = _SCRATCH_ROWS * L * LANES
-    scratch = torch.empty(nthreads, per_thread, dtype=torch.float32)
+    scratch = _scratch_buffer(nthreads * per_thread)
     args = _ScanArgs(Bt=Bt, E=E, L=L, N=N, G=G, delta_softplus=int(delta_softplus),
                      reverse=int(reverse), nthreads=nthreads, scratch_floats=per_thread)
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, bias=delta_bias,
@@ -170,7 +184,7 @@ def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     last = new_output((Bt, E, N), torch.float32, u.device)
     _call(_lib.vimc_scan_fwd, *ins, delta_softplus, reverse, _threads(_items(u, B)),
           out=out, last_state=last)
-    return out.to(u.dtype), last
+    return (out if u.dtype == torch.float32 else out.to(u.dtype)), last
 
 
 def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):

@@ -26,6 +26,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 // for memory access only: any float address, and allowed to alias float data
 typedef float v8f_mem __attribute__((vector_size(32), aligned(4), may_alias));
 #define LANES 8
+#define NB 4  // state components advanced together in the forward's time loop
 
 typedef struct {
     int64_t Bt, E, L, N, G;
@@ -268,20 +269,25 @@ static void fwd_items(const Work *w) {
             store8(sy + t * LANES, Dv * ut);
         }
         int64_t n = 0;
-        for (; n + 1 < N; n += 2) {  // two components per pass: d, d*u and y loaded once
-            const v8f A0 = gather_chan(a->A + n, &m, N), A1 = gather_chan(a->A + n + 1, &m, N);
-            const float *B0 = Bp + n * L, *C0 = Cp + n * L, *B1 = B0 + L, *C1 = C0 + L;
-            v8f h0 = splat(0.0f), h1 = splat(0.0f);
+        for (; n + NB <= N; n += NB) {  // NB components per pass: d, d*u and y loaded once
+            v8f Ak[NB], h[NB];
+            for (int j = 0; j < NB; ++j) {
+                Ak[j] = gather_chan(a->A + n + j, &m, N);
+                h[j] = splat(0.0f);
+            }
+            const float *Bn = Bp + n * L, *Cn = Cp + n * L;
             for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
                 const v8f d = load8(sd + t * LANES), du = load8(sdu + t * LANES);
-                h0 = vexp8(d * A0) * h0 + du * splat(B0[t]);
-                h1 = vexp8(d * A1) * h1 + du * splat(B1[t]);
-                store8(sy + t * LANES, load8(sy + t * LANES) + h0 * splat(C0[t]) + h1 * splat(C1[t]));
+                v8f y = load8(sy + t * LANES);
+                for (int j = 0; j < NB; ++j) {
+                    h[j] = vexp8(d * Ak[j]) * h[j] + du * splat(Bn[j * L + t]);
+                    y += h[j] * splat(Cn[j * L + t]);
+                }
+                store8(sy + t * LANES, y);
             }
-            for (int64_t k = 0; k < m.lanes; ++k) {
-                a->last_state[(m.b * E + m.e0 + k) * N + n] = h0[k];
-                a->last_state[(m.b * E + m.e0 + k) * N + n + 1] = h1[k];
-            }
+            for (int64_t k = 0; k < m.lanes; ++k)
+                for (int j = 0; j < NB; ++j)
+                    a->last_state[(m.b * E + m.e0 + k) * N + n + j] = h[j][k];
         }
         for (; n < N; ++n) {
             const v8f An = gather_chan(a->A + n, &m, N);

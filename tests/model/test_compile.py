@@ -19,6 +19,7 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow  # an Inductor/AOT compile: tens of seconds with a cold cache
 def test_compile_fullgraph_forward_backward(small_model):
     m = randomize_(small_model(), seed=4).train()
     x = torch.randn(2, 3, 32, 32)
@@ -37,6 +38,7 @@ def test_compile_fullgraph_forward_backward(small_model):
         torch.testing.assert_close(grads_c[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
+@pytest.mark.slow  # an Inductor/AOT compile: tens of seconds with a cold cache
 def test_compile_dynamic_batch_1_to_n_without_recompiling(small_model):
     """One graph for every batch size, batch 1 included: the batch dimension marked unbacked
     (dynamo would otherwise specialize size 1)."""
@@ -52,6 +54,7 @@ def test_compile_dynamic_batch_1_to_n_without_recompiling(small_model):
     assert not counters["graph_break"]
 
 
+@pytest.mark.slow  # an Inductor/AOT compile: tens of seconds with a cold cache
 def test_compile_dynamic_true_serves_batches_without_recompiling(small_model):
     """Plain dynamic=True: one graph for batches >= 2 (the model adds no batch guards; the
     depthwise convs are pointwise ops, not a conv whose backend choice guards on the batch)."""
