@@ -34,8 +34,14 @@ BACKENDS = ("eager", "compiled", "aoti", "onnxruntime")
 
 def machine_header() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "loadavg_at_start": load, **versions()}
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+        **versions(),
+    }
 
 
 def machine_slug() -> str:
@@ -79,9 +85,11 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = vimc.create_model(args.model, img_size=args.img_size).eval()
     header = machine_header()
-    print(f"# {args.model} {args.img_size}px on {header['cpu']} ({header['cores']} cores, "
-          f"{header['torch_threads']} torch threads, load {header['loadavg_at_start']})",
-          flush=True)
+    print(
+        f"# {args.model} {args.img_size}px on {header['cpu']} ({header['cores']} cores, "
+        f"{header['torch_threads']} torch threads, load {header['loadavg_at_start']})",
+        flush=True,
+    )
     runs, setup = {}, {}
     results = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
@@ -89,8 +97,10 @@ def main(argv=None) -> int:
         for b in backends:
             runs[b], secs, size = prepare(b, model, example, tmp)
             setup[b] = {"export_s": secs, "file_mb": None if size is None else size / 1e6}
-            print(f"prepared {b}: {secs:.1f} s" + (f", {size / 1e6:.1f} MB" if size else ""),
-                  flush=True)
+            print(
+                f"prepared {b}: {secs:.1f} s" + (f", {size / 1e6:.1f} MB" if size else ""),
+                flush=True,
+            )
         for batch in batches:
             x = torch.randn(batch, 3, args.img_size, args.img_size)
             ref = model(x)
@@ -112,27 +122,44 @@ def main(argv=None) -> int:
             for b in backends:
                 q = statistics.quantiles(times[b], n=5) if len(times[b]) > 1 else times[b] * 4
                 p50 = statistics.median(times[b])
-                results.append({"backend": b, "batch": batch, "p50_ms": p50 * 1e3,
-                                "p20_ms": q[0] * 1e3, "p80_ms": q[-1] * 1e3,
-                                "img_per_s": batch / p50,
-                                "vs_compiled": p50 / base if base else None})
+                results.append(
+                    {
+                        "backend": b,
+                        "batch": batch,
+                        "p50_ms": p50 * 1e3,
+                        "p20_ms": q[0] * 1e3,
+                        "p80_ms": q[-1] * 1e3,
+                        "img_per_s": batch / p50,
+                        "vs_compiled": p50 / base if base else None,
+                    }
+                )
     header["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    md = [f"# Export benchmark: {args.model} {args.img_size}px",
-          "", f"Machine: {header['cpu']}, {header['cores']} cores, {header['torch_threads']} "
-          f"torch threads; load average {header['loadavg_at_start']} at start, "
-          f"{header['loadavg_at_end']} at end. " + ", ".join(
-              f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt")), "",
-          "| backend | batch | p50 ms | p20 ms | p80 ms | img/s | x compiled |",
-          "|---|---|---|---|---|---|---|"]
+    md = [
+        f"# Export benchmark: {args.model} {args.img_size}px",
+        "",
+        f"Machine: {header['cpu']}, {header['cores']} cores, {header['torch_threads']} "
+        f"torch threads; load average {header['loadavg_at_start']} at start, "
+        f"{header['loadavg_at_end']} at end. "
+        + ", ".join(f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt")),
+        "",
+        "| backend | batch | p50 ms | p20 ms | p80 ms | img/s | x compiled |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         ratio = f"{r['vs_compiled']:.2f}" if r["vs_compiled"] else "-"
-        md.append(f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p20_ms']:.1f} | "
-                  f"{r['p80_ms']:.1f} | {r['img_per_s']:.1f} | {ratio} |")
-    md += ["", "| backend | export/compile s | file MB | first call s (per batch) | "
-           "max abs vs eager |", "|---|---|---|---|---|"]
+        md.append(
+            f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p20_ms']:.1f} | "
+            f"{r['p80_ms']:.1f} | {r['img_per_s']:.1f} | {ratio} |"
+        )
+    md += [
+        "",
+        "| backend | export/compile s | file MB | first call s (per batch) | max abs vs eager |",
+        "|---|---|---|---|---|",
+    ]
     for b, s in setup.items():
-        first = ", ".join(f"b{k.rsplit('b', 1)[1]}: {v:.1f}" for k, v in s.items()
-                          if k.startswith("first_call"))
+        first = ", ".join(
+            f"b{k.rsplit('b', 1)[1]}: {v:.1f}" for k, v in s.items() if k.startswith("first_call")
+        )
         err = ", ".join(f"{v:.1e}" for k, v in s.items() if k.startswith("max_abs"))
         size = f"{s['file_mb']:.1f}" if s["file_mb"] else "-"
         md.append(f"| {b} | {s['export_s']:.1f} | {size} | {first} | {err} |")
@@ -142,8 +169,13 @@ def main(argv=None) -> int:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = out / f"export_{machine_slug()}"
-        payload = {"model": args.model, "img_size": args.img_size, "machine": header,
-                   "setup": setup, "latency": results}
+        payload = {
+            "model": args.model,
+            "img_size": args.img_size,
+            "machine": header,
+            "setup": setup,
+            "latency": results,
+        }
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
         stem.with_suffix(".md").write_text(text + "\n")
         print(f"saved {stem}.json and .md")

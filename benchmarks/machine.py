@@ -28,12 +28,16 @@ def _version(mod: str) -> str:
 def header(device: str = "cpu") -> str:
     import torch
 
-    dev = (torch.cuda.get_device_name() + f", driver CUDA {torch.version.cuda}"
-           if device == "cuda" and torch.cuda.is_available() else
-           f"{_cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
-    return (f"date {datetime.date.today()} | device {dev} | python {platform.python_version()} | "
-            f"torch {torch.__version__} | triton {_version('triton')} | "
-            f"onnxruntime {_version('onnxruntime')} | tensorrt {_version('tensorrt')}")
+    dev = (
+        torch.cuda.get_device_name() + f", driver CUDA {torch.version.cuda}"
+        if device == "cuda" and torch.cuda.is_available()
+        else f"{_cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
+    return (
+        f"date {datetime.date.today()} | device {dev} | python {platform.python_version()} | "
+        f"torch {torch.__version__} | triton {_version('triton')} | "
+        f"onnxruntime {_version('onnxruntime')} | tensorrt {_version('tensorrt')}"
+    )
 
 
 def machine_tag(device: str = "cpu") -> str:

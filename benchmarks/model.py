@@ -74,15 +74,26 @@ def worker(cfg: dict) -> dict:
     times.sort()
     q = lambda p: times[min(len(times) - 1, int(p * len(times)))] * 1e3  # noqa: E731
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {**cfg, "median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8),
-            "images_per_s": cfg["batch"] / (q(0.5) / 1e3), "compile_s": compile_s,
-            "peak_rss_mib": maxrss / 1024, "run_delta_mib": max(0, maxrss - rss0) / 1024,
-            "threads": torch.get_num_threads()}
+    return {
+        **cfg,
+        "median_ms": q(0.5),
+        "p20_ms": q(0.2),
+        "p80_ms": q(0.8),
+        "images_per_s": cfg["batch"] / (q(0.5) / 1e3),
+        "compile_s": compile_s,
+        "peak_rss_mib": maxrss / 1024,
+        "run_delta_mib": max(0, maxrss - rss0) / 1024,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_config(cfg: dict, env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"config {cfg} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -93,11 +104,18 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--modes", nargs="+", default=["eager", "compiled", "compiled-freezing"],
-                    choices=["eager", "compiled", "compiled-freezing"])
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager", "compiled", "compiled-freezing"],
+        choices=["eager", "compiled", "compiled-freezing"],
+    )
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--no-reference", action="store_true",
-                    help="skip the eager reference-scan baseline (slow: ~1 s per image)")
+    ap.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the eager reference-scan baseline (slow: ~1 s per image)",
+    )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     if args.worker:
@@ -110,20 +128,28 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="vimc-bench-inductor-")
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}  # cold for the first compile
     for batch in args.batches:
-        base = {"model": "vim_tiny", "batch": batch, "dtype": args.dtype,
-                "reps": reps.get(batch, 5), "warmup": 2}
+        base = {
+            "model": "vim_tiny",
+            "batch": batch,
+            "dtype": args.dtype,
+            "reps": reps.get(batch, 5),
+            "warmup": 2,
+        }
         ref = None
         if not args.no_reference:
-            ref = run_config({**base, "mode": "eager", "scan": "reference", "reps": 3,
-                              "warmup": 1})
+            ref = run_config({**base, "mode": "eager", "scan": "reference", "reps": 3, "warmup": 1})
             ref["label"] = "eager, reference scan"
             rows.append(ref)
         for mode in args.modes:
-            cfg = {**base, "mode": "compiled" if mode.startswith("compiled") else "eager",
-                   "scan": "fast", "freezing": mode == "compiled-freezing"}
+            cfg = {
+                **base,
+                "mode": "compiled" if mode.startswith("compiled") else "eager",
+                "scan": "fast",
+                "freezing": mode == "compiled-freezing",
+            }
             if cfg["mode"] == "compiled":
                 cold = run_config(cfg, env)
-                row = run_config(cfg, env)   # warm FX graph cache
+                row = run_config(cfg, env)  # warm FX graph cache
                 row["compile_cold_s"], row["compile_warm_s"] = cold["compile_s"], row["compile_s"]
             else:
                 row = run_config(cfg, env)
@@ -132,30 +158,46 @@ def main() -> None:
             rows.append(row)
             print(f"  batch {batch} {mode}: {row['median_ms']:.1f} ms", flush=True)
 
-    md = ["# Vim-Ti whole-model CPU benchmark\n", header(), "",
-          "Memory: getrusage ru_maxrss of a fresh subprocess per row (whole process, incl. "
-          "weights and, for compiled rows, loading the compiled graph from a warm cache); "
-          "run delta: growth of the high-water mark over the RSS right before the first "
-          "forward. Compile: cold = empty Inductor cache, warm = FX graph cache filled.", "",
-          "| batch | mode | median ms | p20 | p80 | img/s | compile s (cold / warm) | "
-          "peak RSS MiB | run delta MiB | speedup vs eager reference scan |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        "# Vim-Ti whole-model CPU benchmark\n",
+        header(),
+        "",
+        "Memory: getrusage ru_maxrss of a fresh subprocess per row (whole process, incl. "
+        "weights and, for compiled rows, loading the compiled graph from a warm cache); "
+        "run delta: growth of the high-water mark over the RSS right before the first "
+        "forward. Compile: cold = empty Inductor cache, warm = FX graph cache filled.",
+        "",
+        "| batch | mode | median ms | p20 | p80 | img/s | compile s (cold / warm) | "
+        "peak RSS MiB | run delta MiB | speedup vs eager reference scan |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        comp = (f"{r['compile_cold_s']:.1f} / {r['compile_warm_s']:.1f}"
-                if r.get("compile_cold_s") is not None else "-")
+        comp = (
+            f"{r['compile_cold_s']:.1f} / {r['compile_warm_s']:.1f}"
+            if r.get("compile_cold_s") is not None
+            else "-"
+        )
         sp = f"{r['speedup_vs_reference']:.1f}x" if r.get("speedup_vs_reference") else "-"
-        md.append(f"| {r['batch']} | {r['label']} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | "
-                  f"{r['p80_ms']:.1f} | {r['images_per_s']:.1f} | {comp} | "
-                  f"{r['peak_rss_mib']:.0f} | {r['run_delta_mib']:.0f} | {sp} |")
+        md.append(
+            f"| {r['batch']} | {r['label']} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | "
+            f"{r['p80_ms']:.1f} | {r['images_per_s']:.1f} | {comp} | "
+            f"{r['peak_rss_mib']:.0f} | {r['run_delta_mib']:.0f} | {sp} |"
+        )
     b1 = [r for r in rows if r["batch"] == 1 and r["mode"] == "compiled"]
     if b1:
         best = min(r["median_ms"] for r in b1)
-        md += ["", f"Target (issue): compiled batch 1 <= {TARGET_MS:.0f} ms; measured best "
-                   f"{best:.1f} ms ({'met' if best <= TARGET_MS else 'not met'})."]
+        md += [
+            "",
+            f"Target (issue): compiled batch 1 <= {TARGET_MS:.0f} ms; measured best "
+            f"{best:.1f} ms ({'met' if best <= TARGET_MS else 'not met'}).",
+        ]
     try:
         load = os.getloadavg()
-        md += ["", f"Load average at the end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
-                   f"(a shared machine: other processes inflate the numbers)."]
+        md += [
+            "",
+            f"Load average at the end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+            f"(a shared machine: other processes inflate the numbers).",
+        ]
     except OSError:
         pass
     shutil.rmtree(cache, ignore_errors=True)
@@ -164,8 +206,9 @@ def main() -> None:
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stem = RESULTS / f"model-{machine_tag()}"
-        stem.with_suffix(".json").write_text(json.dumps(
-            {"header": header(), "rows": rows}, indent=2) + "\n")
+        stem.with_suffix(".json").write_text(
+            json.dumps({"header": header(), "rows": rows}, indent=2) + "\n"
+        )
         stem.with_suffix(".md").write_text(text)
         print(f"saved {stem}.json and .md")
 

@@ -27,15 +27,17 @@ ap.add_argument("--out", default=None)
 args = ap.parse_args()
 
 extra = {} if args.depth is None else {"depth": args.depth}
-model = vimc.create_model(args.model, checkpoint_path=args.checkpoint, img_size=args.img_size,
-                          **extra).eval()
+model = vimc.create_model(
+    args.model, checkpoint_path=args.checkpoint, img_size=args.img_size, **extra
+).eval()
 out = args.out or f"{args.model}.onnx"
-to_onnx(model, out)                                   # dynamic batch, standard ops only
+to_onnx(model, out)  # dynamic batch, standard ops only
 print(f"wrote {out}")
 
 session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
-images = np.random.default_rng(0).standard_normal((2, 3, args.img_size, args.img_size),
-                                                  dtype=np.float32)
+images = np.random.default_rng(0).standard_normal(
+    (2, 3, args.img_size, args.img_size), dtype=np.float32
+)
 (logits,) = session.run(["logits"], {"pixel_values": images})
 with torch.no_grad():
     ref = model(torch.from_numpy(images)).numpy()

@@ -18,7 +18,17 @@ from .program import to_exported_program
 from .tensorrt import tensorrt_unavailable_reason, to_tensorrt, trtexec_command
 
 __all__ = [
-    "BACKENDS", "ParityReport", "ParityRow", "compare", "load_aoti", "metrics",
-    "onnxruntime_session", "tensorrt_unavailable_reason", "to_aoti", "to_exported_program",
-    "to_onnx", "to_tensorrt", "trtexec_command",
+    "BACKENDS",
+    "ParityReport",
+    "ParityRow",
+    "compare",
+    "load_aoti",
+    "metrics",
+    "onnxruntime_session",
+    "tensorrt_unavailable_reason",
+    "to_aoti",
+    "to_exported_program",
+    "to_onnx",
+    "to_tensorrt",
+    "trtexec_command",
 ]

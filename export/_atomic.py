@@ -47,8 +47,9 @@ def atomic_path(path, *, arg: str = "path") -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same suffix, so tools that look at the
     extension still work); on success move it over ``path``, on failure delete it."""
     final = check_writable(path, arg=arg)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}",
-                               dir=final.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -12,9 +12,14 @@ import torch
 from torch import nn
 
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
@@ -31,10 +36,12 @@ def parse_dtype(dtype, *, arg: str = "dtype") -> torch.dtype:
         try:
             return DTYPES[dtype.lower().removeprefix("torch.")]
         except KeyError:
-            raise ValueError(f"{arg} must be one of {', '.join(DTYPE_NAMES)}, "
-                             f"got {dtype!r}") from None
-    raise TypeError(f"{arg} must be a torch.dtype or a string such as 'float32', "
-                    f"got {type(dtype).__name__}")
+            raise ValueError(
+                f"{arg} must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}"
+            ) from None
+    raise TypeError(
+        f"{arg} must be a torch.dtype or a string such as 'float32', got {type(dtype).__name__}"
+    )
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -49,8 +56,7 @@ def check_batch(batch, *, arg: str = "batch") -> int:
     return batch
 
 
-def resolve_model(model, *, checkpoint=None, img_size=None, dtype=None,
-                  **overrides) -> nn.Module:
+def resolve_model(model, *, checkpoint=None, img_size=None, dtype=None, **overrides) -> nn.Module:
     """An nn.Module in eval mode: ``model`` itself, or ``vimc.create_model(model, ...)`` for a
     registered name (``vimc.list_models()``)."""
     if isinstance(model, str):
@@ -62,12 +68,15 @@ def resolve_model(model, *, checkpoint=None, img_size=None, dtype=None,
         m = vimc.create_model(model, checkpoint_path=checkpoint, **kw)
     elif isinstance(model, nn.Module):
         if checkpoint is not None or img_size is not None or overrides:
-            raise ValueError("checkpoint/img_size/overrides apply to a model name only; "
-                             "got an nn.Module")
+            raise ValueError(
+                "checkpoint/img_size/overrides apply to a model name only; got an nn.Module"
+            )
         m = model
     else:
-        raise TypeError(f"model must be an nn.Module or a model name (vimc.list_models()), "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"model must be an nn.Module or a model name (vimc.list_models()), "
+            f"got {type(model).__name__}"
+        )
     m = m.eval()
     if dtype is not None:
         m = m.to(parse_dtype(dtype))
@@ -79,8 +88,10 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
     if size is None:
-        raise ValueError("cannot tell the model's input size (no pretrained_cfg['input_size']); "
-                         "pass example= (a (B, C, H, W) tensor)")
+        raise ValueError(
+            "cannot tell the model's input size (no pretrained_cfg['input_size']); "
+            "pass example= (a (B, C, H, W) tensor)"
+        )
     return tuple(int(s) for s in size)
 
 
@@ -97,16 +108,16 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def example_input(model: nn.Module, example=None, *, batch: int = 2,
-                  seed: int = 0) -> torch.Tensor:
+def example_input(model: nn.Module, example=None, *, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """``example`` checked, or a seeded normal (batch, C, H, W) tensor in the model's dtype and
     device."""
     if example is not None:
         if not isinstance(example, torch.Tensor):
             raise TypeError(f"example must be a torch.Tensor, got {type(example).__name__}")
         if example.dim() != 4:
-            raise ValueError(f"example must be a (B, C, H, W) tensor, got shape "
-                             f"{tuple(example.shape)}")
+            raise ValueError(
+                f"example must be a (B, C, H, W) tensor, got shape {tuple(example.shape)}"
+            )
         return example
     check_batch(batch)
     g = torch.Generator().manual_seed(seed)
@@ -132,6 +143,7 @@ def export_example(example: torch.Tensor, dynamic_batch: bool) -> torch.Tensor:
 # machine and versions
 # ---------------------------------------------------------------------------------------------
 
+
 def _version(mod: str) -> str:
     try:
         return importlib.import_module(mod).__version__
@@ -140,9 +152,15 @@ def _version(mod: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    return {"torch": torch.__version__, "triton": _version("triton"), "onnx": _version("onnx"),
-            "onnxruntime": _version("onnxruntime"), "tensorrt": _version("tensorrt"),
-            "torch_tensorrt": _version("torch_tensorrt"), "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "tensorrt": _version("tensorrt"),
+        "torch_tensorrt": _version("torch_tensorrt"),
+        "python": platform.python_version(),
+    }
 
 
 def cpu_name() -> str:
@@ -169,8 +187,9 @@ def check_names(values: Sequence[str], known: Sequence[str], *, arg: str) -> lis
     values = list(values)
     bad = [v for v in values if v not in known]
     if bad:
-        raise ValueError(f"{arg}: unknown {', '.join(map(repr, bad))}; "
-                         f"choose from {', '.join(known)}")
+        raise ValueError(
+            f"{arg}: unknown {', '.join(map(repr, bad))}; choose from {', '.join(known)}"
+        )
     if not values:
         raise ValueError(f"{arg} must name at least one of {', '.join(known)}")
     return values

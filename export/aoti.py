@@ -22,9 +22,16 @@ from ._atomic import atomic_path, check_writable
 from .program import to_exported_program
 
 
-def to_aoti(model, path, *, example: torch.Tensor | None = None, dynamic_batch: bool = True,
-            max_batch: int = 4096, freezing: bool = True,
-            inductor_configs: dict | None = None) -> Path:
+def to_aoti(
+    model,
+    path,
+    *,
+    example: torch.Tensor | None = None,
+    dynamic_batch: bool = True,
+    max_batch: int = 4096,
+    freezing: bool = True,
+    inductor_configs: dict | None = None,
+) -> Path:
     """Compile ``model`` with AOTInductor into the package ``path`` (a ``.pt2`` file),
     written atomically. ``freezing`` constant-folds the weights into the package (faster on
     CPU). Returns the path."""
@@ -35,8 +42,9 @@ def to_aoti(model, path, *, example: torch.Tensor | None = None, dynamic_batch: 
     configs = {"freezing": bool(freezing), **(inductor_configs or {})}
     with atomic_path(path, arg="path") as tmp:
         os.unlink(tmp)  # the packager writes the file itself
-        torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp),
-                                                 inductor_configs=configs)
+        torch._inductor.aoti_compile_and_package(
+            ep, package_path=str(tmp), inductor_configs=configs
+        )
     return Path(path)
 
 

@@ -44,13 +44,23 @@ def _nonneg_float(text: str) -> float:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a registered model name (vimc.list_models())")
-    p.add_argument("--checkpoint", metavar="P", default=None,
-                   help="weights: an official .pth checkpoint or vimc safetensors")
-    p.add_argument("--img-size", metavar="S", type=_positive_int, default=None,
-                   help="input resolution (default: the model's, 224); the pos_embed of a "
-                        "checkpoint is resized")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
-                   help="compute dtype (default float32)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="P",
+        default=None,
+        help="weights: an official .pth checkpoint or vimc safetensors",
+    )
+    p.add_argument(
+        "--img-size",
+        metavar="S",
+        type=_positive_int,
+        default=None,
+        help="input resolution (default: the model's, 224); the pos_embed of a "
+        "checkpoint is resized",
+    )
+    p.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default="float32", help="compute dtype (default float32)"
+    )
 
 
 class _Steps:
@@ -59,8 +69,14 @@ class _Steps:
     def __init__(self, total: int, desc: str, disable: bool = False):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=disable,
-                        bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+        self.bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="step",
+            file=sys.stderr,
+            disable=disable,
+            bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}",
+        )
         self.started = False
 
     def __call__(self, name: str) -> None:
@@ -84,31 +100,56 @@ def _error(cmd: str, msg, code: int) -> int:
 # vimc export
 # ---------------------------------------------------------------------------------------------
 
+
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "export", help="export a model to ONNX, AOTInductor or TensorRT",
+        "export",
+        help="export a model to ONNX, AOTInductor or TensorRT",
         description="Export MODEL to OUT and, unless --no-validate, run the exported file and "
-                    "compare its logits to float32 eager (max_abs, rel_rms, cos_sim, top1).")
-    p.add_argument("format", choices=FORMATS, help="onnx (.onnx, standard operators only), "
-                   "aoti (.pt2 AOTInductor package), tensorrt (.ep, torch-tensorrt)")
+        "compare its logits to float32 eager (max_abs, rel_rms, cos_sim, top1).",
+    )
+    p.add_argument(
+        "format",
+        choices=FORMATS,
+        help="onnx (.onnx, standard operators only), "
+        "aoti (.pt2 AOTInductor package), tensorrt (.ep, torch-tensorrt)",
+    )
     _add_model_args(p)
     p.add_argument("out", metavar="OUT", help="output file (written atomically)")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", metavar="N", type=_positive_int, default=None,
-                       help="a fixed batch size N")
-    batch.add_argument("--dynamic-batch", action="store_true",
-                       help="a dynamic batch axis (the default)")
+    batch.add_argument(
+        "--batch", metavar="N", type=_positive_int, default=None, help="a fixed batch size N"
+    )
+    batch.add_argument(
+        "--dynamic-batch", action="store_true", help="a dynamic batch axis (the default)"
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
-    p.add_argument("--scan", choices=("scan", "unrolled", "custom"), default="scan",
-                   help="ONNX form of the selective scan: a standard Scan loop (default), its "
-                        "unrolled variant, or a custom-domain vimc.SelectiveScan node that "
-                        "needs a runtime plugin")
-    p.add_argument("--no-validate", dest="validate", action="store_false",
-                   help="skip running the exported file against eager")
-    p.add_argument("--atol", type=_nonneg_float, default=None,
-                   help="validation absolute tolerance (default per dtype; 1e-4 for float32)")
-    p.add_argument("--rtol", type=_nonneg_float, default=None,
-                   help="validation relative tolerance (default per dtype; 1e-4 for float32)")
+    p.add_argument(
+        "--scan",
+        choices=("scan", "unrolled", "custom"),
+        default="scan",
+        help="ONNX form of the selective scan: a standard Scan loop (default), its "
+        "unrolled variant, or a custom-domain vimc.SelectiveScan node that "
+        "needs a runtime plugin",
+    )
+    p.add_argument(
+        "--no-validate",
+        dest="validate",
+        action="store_false",
+        help="skip running the exported file against eager",
+    )
+    p.add_argument(
+        "--atol",
+        type=_nonneg_float,
+        default=None,
+        help="validation absolute tolerance (default per dtype; 1e-4 for float32)",
+    )
+    p.add_argument(
+        "--rtol",
+        type=_nonneg_float,
+        default=None,
+        help="validation relative tolerance (default per dtype; 1e-4 for float32)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run_export)
     return p
@@ -133,8 +174,9 @@ def run_export(args: argparse.Namespace) -> int:
             reason = tensorrt_unavailable_reason()
             if reason:
                 return _error("export", f"tensorrt: {reason}", 1)
-        model = resolve_model(args.model, checkpoint=args.checkpoint,
-                              img_size=args.img_size).to(dtype)
+        model = resolve_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size).to(
+            dtype
+        )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         return _error("export", exc, 2)
 
@@ -148,8 +190,14 @@ def run_export(args: argparse.Namespace) -> int:
         if fmt == "onnx":
             from .onnx import to_onnx
 
-            to_onnx(model, args.out, example=example, opset=args.opset, dynamic_batch=dynamic,
-                    scan=args.scan)
+            to_onnx(
+                model,
+                args.out,
+                example=example,
+                opset=args.opset,
+                dynamic_batch=dynamic,
+                scan=args.scan,
+            )
         elif fmt == "aoti":
             from .aoti import to_aoti
 
@@ -175,8 +223,12 @@ def run_export(args: argparse.Namespace) -> int:
     if report is not None:
         print(report.to_text())
         if not report.passed:
-            return _error("export", "validation failed: the exported model's logits are "
-                                    "outside the tolerance (see the table)", 1)
+            return _error(
+                "export",
+                "validation failed: the exported model's logits are "
+                "outside the tolerance (see the table)",
+                1,
+            )
     return 0
 
 
@@ -189,32 +241,58 @@ def _validate(model, fmt: str, args, dtype):
     if fmt == "onnx" and args.scan == "custom":
         raise ValueError("--scan custom needs a runtime plugin; export with --no-validate")
     batch = args.batch or 3
-    return compare(model, [backend], dtype=dtype, batch=batch, atol=args.atol, rtol=args.rtol,
-                   artifacts={backend: args.out})
+    return compare(
+        model,
+        [backend],
+        dtype=dtype,
+        batch=batch,
+        atol=args.atol,
+        rtol=args.rtol,
+        artifacts={backend: args.out},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # vimc parity
 # ---------------------------------------------------------------------------------------------
 
+
 def add_parity_parser(subparsers) -> argparse.ArgumentParser:
     from .parity import BACKENDS
 
     p = subparsers.add_parser(
-        "parity", help="compare backends against float32 eager",
+        "parity",
+        help="compare backends against float32 eager",
         description="One row per backend: max_abs, mean_abs, rel_rms, cos_sim, top1_agree "
-                    "against float32 eager logits; exit status 1 when a row fails "
-                    "|out - ref| <= atol + rtol * |ref|.")
+        "against float32 eager logits; exit status 1 when a row fails "
+        "|out - ref| <= atol + rtol * |ref|.",
+    )
     _add_model_args(p)
-    p.add_argument("--backends", default="eager,compiled,aoti,onnxruntime",
-                   help=f"comma-separated, from {','.join(BACKENDS)} "
-                        "(default eager,compiled,aoti,onnxruntime)")
-    p.add_argument("--batch", metavar="N", type=_positive_int, default=2,
-                   help="batch of random inputs (default 2)")
-    p.add_argument("--atol", type=_nonneg_float, default=None,
-                   help="absolute tolerance (default per dtype; 1e-4 for float32)")
-    p.add_argument("--rtol", type=_nonneg_float, default=None,
-                   help="relative tolerance (default per dtype; 1e-4 for float32)")
+    p.add_argument(
+        "--backends",
+        default="eager,compiled,aoti,onnxruntime",
+        help=f"comma-separated, from {','.join(BACKENDS)} "
+        "(default eager,compiled,aoti,onnxruntime)",
+    )
+    p.add_argument(
+        "--batch",
+        metavar="N",
+        type=_positive_int,
+        default=2,
+        help="batch of random inputs (default 2)",
+    )
+    p.add_argument(
+        "--atol",
+        type=_nonneg_float,
+        default=None,
+        help="absolute tolerance (default per dtype; 1e-4 for float32)",
+    )
+    p.add_argument(
+        "--rtol",
+        type=_nonneg_float,
+        default=None,
+        help="relative tolerance (default per dtype; 1e-4 for float32)",
+    )
     p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run_parity)
@@ -239,8 +317,15 @@ def run_parity(args: argparse.Namespace) -> int:
         return _error("parity", exc, 2)
     steps = _Steps(len(backends), "vimc parity", disable=args.quiet)
     try:
-        report = compare(model, backends, dtype=dtype, batch=args.batch, atol=args.atol,
-                         rtol=args.rtol, progress=steps)
+        report = compare(
+            model,
+            backends,
+            dtype=dtype,
+            batch=args.batch,
+            atol=args.atol,
+            rtol=args.rtol,
+            progress=steps,
+        )
     finally:
         steps.close()
     report.model = args.model

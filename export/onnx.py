@@ -52,6 +52,7 @@ SOFTPLUS_THRESHOLD = 20.0
 # 1. the translation: one placeholder node per scan
 # ---------------------------------------------------------------------------------------------
 
+
 def _placeholder_op():
     """The onnxscript op ``vimc.SelectiveScan`` with a schema, so the exporter can record it."""
     from onnx.defs import OpSchema
@@ -60,18 +61,31 @@ def _placeholder_op():
     P = OpSchema.FormalParameter
     opt = OpSchema.FormalParameterOption.Optional
     schema = OpSchema(
-        SCAN_OP, SCAN_DOMAIN, 1,
+        SCAN_OP,
+        SCAN_DOMAIN,
+        1,
         doc="Mamba selective scan: u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); "
-            "D, delta_bias (E,). Outputs out (Bt, E, L) and the last state (Bt, E, N).",
-        inputs=[P("u", "T"), P("delta", "T"), P("A", "T"), P("B", "T"), P("C", "T"),
-                P("D", "T", param_option=opt), P("z", "T", param_option=opt),
-                P("delta_bias", "T", param_option=opt)],
+        "D, delta_bias (E,). Outputs out (Bt, E, L) and the last state (Bt, E, N).",
+        inputs=[
+            P("u", "T"),
+            P("delta", "T"),
+            P("A", "T"),
+            P("B", "T"),
+            P("C", "T"),
+            P("D", "T", param_option=opt),
+            P("z", "T", param_option=opt),
+            P("delta_bias", "T", param_option=opt),
+        ],
         outputs=[P("out", "T"), P("last_state", "S")],
         type_constraints=[
             ("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"], ""),
-            ("S", ["tensor(float)", "tensor(double)"], "")],
-        attributes=[OpSchema.Attribute("delta_softplus", OpSchema.AttrType.INT, "0 or 1"),
-                    OpSchema.Attribute("reverse", OpSchema.AttrType.INT, "0 or 1")])
+            ("S", ["tensor(float)", "tensor(double)"], ""),
+        ],
+        attributes=[
+            OpSchema.Attribute("delta_softplus", OpSchema.AttrType.INT, "0 or 1"),
+            OpSchema.Attribute("reverse", OpSchema.AttrType.INT, "0 or 1"),
+        ],
+    )
     return Op(Opset(SCAN_DOMAIN, 1), SCAN_OP, schema)
 
 
@@ -79,8 +93,18 @@ def _translation_table() -> dict:
     op = _placeholder_op()
 
     def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-        return op(u, delta, A, B, C, D, z, delta_bias,
-                  delta_softplus=int(bool(delta_softplus)), reverse=int(bool(reverse)))
+        return op(
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            delta_softplus=int(bool(delta_softplus)),
+            reverse=int(bool(reverse)),
+        )
 
     table = {torch.ops.vimc.selective_scan_fwd.default: selective_scan_fwd}
     cuda = getattr(torch.ops.vimc, "selective_scan_fwd_cuda", None)
@@ -93,6 +117,7 @@ def _translation_table() -> dict:
 # 2. the lowering of one placeholder to standard operators
 # ---------------------------------------------------------------------------------------------
 
+
 class _Builder:
     """Appends nodes with unique names under a prefix."""
 
@@ -104,13 +129,13 @@ class _Builder:
     def name(self, hint: str) -> str:
         return f"{self.prefix}/{hint}_{next(self._ids)}"
 
-    def __call__(self, op_type: str, inputs, hint: str | None = None, n_out: int = 1,
-                 **attrs):
+    def __call__(self, op_type: str, inputs, hint: str | None = None, n_out: int = 1, **attrs):
         from onnx import helper
 
         outs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs,
-                                           name=self.name(op_type), **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), outs, name=self.name(op_type), **attrs)
+        )
         return outs[0] if n_out == 1 else outs
 
     def const(self, values, hint="c", dtype="int64"):
@@ -119,8 +144,9 @@ class _Builder:
 
         out = self.name(hint)
         t = numpy_helper.from_array(np.asarray(values, dtype=dtype), out)
-        self.nodes.append(helper.make_node("Constant", [], [out], name=self.name("Constant"),
-                                           value=t))
+        self.nodes.append(
+            helper.make_node("Constant", [], [out], name=self.name("Constant"), value=t)
+        )
         return out
 
 
@@ -148,15 +174,19 @@ def _recurrence_body(unroll: int, reverse: bool, prefix: str):
     else:
         hs = [None] * unroll
         h = h_in
-        for k in (range(unroll - 1, -1, -1) if reverse else range(unroll)):
+        for k in range(unroll - 1, -1, -1) if reverse else range(unroll):
             h = b("Add", [b("Mul", [a_steps[k], h], "ah"), x_steps[k]], "h")
             hs[k] = h
         h_out = b("Identity", [h], "h_out")
         H = b("Concat", hs, "H", axis=0)
     rank = 5 if unroll > 1 else 4
     vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * rank)  # noqa: E731
-    return helper.make_graph(b.nodes, prefix.replace("/", "_") + "_body",
-                             [vi(h_in), vi(a_in), vi(x_in)], [vi(h_out), vi(H)])
+    return helper.make_graph(
+        b.nodes,
+        prefix.replace("/", "_") + "_body",
+        [vi(h_in), vi(a_in), vi(x_in)],
+        [vi(h_out), vi(H)],
+    )
 
 
 def lower_scan_node(node, formulation: str = "scan", unroll: int = UNROLL) -> list:
@@ -182,8 +212,17 @@ def lower_scan_node(node, formulation: str = "scan", unroll: int = UNROLL) -> li
     # groups: (Bt, E, L) -> (Bt, G, Eg, L); A (E, N) -> (G, Eg, N)
     G = b("Shape", [Bf], "G", start=1, end=2)
     N = b("Shape", [Af], "N", start=1, end=2)
-    to_groups = b("Concat", [b("Shape", [uf], "bt", start=0, end=1), G, b.const([-1]),
-                             b("Shape", [uf], "l", start=2, end=3)], "gshape", axis=0)
+    to_groups = b(
+        "Concat",
+        [
+            b("Shape", [uf], "bt", start=0, end=1),
+            G,
+            b.const([-1]),
+            b("Shape", [uf], "l", start=2, end=3),
+        ],
+        "gshape",
+        axis=0,
+    )
     dG = b("Reshape", [df, to_groups], "dG")
     xG = b("Reshape", [b("Mul", [df, uf], "du"), to_groups], "duG")
     AG = b("Reshape", [Af, b("Concat", [G, b.const([-1]), N], "ashape", axis=0)], "AG")
@@ -194,8 +233,8 @@ def lower_scan_node(node, formulation: str = "scan", unroll: int = UNROLL) -> li
     xT = b("Unsqueeze", [b("Transpose", [xG], "xT", perm=tm), last_axis], "xT5")
     BT = b("Unsqueeze", [b("Transpose", [Bf], "BT", perm=tm), b.const([3])], "BT5")
     CT = b("Unsqueeze", [b("Transpose", [Cf], "CT", perm=tm), b.const([3])], "CT5")
-    a = b("Exp", [b("Mul", [dT, AG], "dlog")], "decay")       # (L, Bt, G, Eg, N), in (0, 1]
-    x = b("Mul", [xT, BT], "inp")                             # (L, Bt, G, Eg, N)
+    a = b("Exp", [b("Mul", [dT, AG], "dlog")], "decay")  # (L, Bt, G, Eg, N), in (0, 1]
+    x = b("Mul", [xT, BT], "inp")  # (L, Bt, G, Eg, N)
     L = b("Shape", [a], "L", start=0, end=1)
     state_shape = b("Shape", [a], "s", start=1)  # (Bt, G, Eg, N)
     if unroll > 1:  # the state keeps a unit step axis: (1, Bt, G, Eg, N)
@@ -206,38 +245,57 @@ def lower_scan_node(node, formulation: str = "scan", unroll: int = UNROLL) -> li
         # (L', ...) -> (L'/unroll, unroll, ...)
         K = b.const([unroll])
         padn = b("Mod", [b("Sub", [K, b("Mod", [L, K], "r")], "k_r"), K], "padn")
-        pads = b("Concat", [b.const([0]), b.const([0, 0, 0, 0]), padn, b.const([0, 0, 0, 0])],
-                 "pads", axis=0)
+        pads = b(
+            "Concat",
+            [b.const([0]), b.const([0, 0, 0, 0]), padn, b.const([0, 0, 0, 0])],
+            "pads",
+            axis=0,
+        )
         a = b("Pad", [a, pads, b.const(1.0, "one", "float32")], "a_pad", mode="constant")
         x = b("Pad", [x, pads, b.const(0.0, "zero0", "float32")], "x_pad", mode="constant")
-        chunked = b("Concat", [b.const([-1, unroll]), b("Shape", [a], "s2", start=1)],
-                    "cshape", axis=0)
+        chunked = b(
+            "Concat", [b.const([-1, unroll]), b("Shape", [a], "s2", start=1)], "cshape", axis=0
+        )
         a = b("Reshape", [a, chunked], "a_chunks")
         x = b("Reshape", [x, chunked], "x_chunks")
     body = _recurrence_body(unroll, reverse, b.prefix)
     direction = [int(reverse)]
-    h_last, H = b("Scan", [h0, a, x], "scan", n_out=2, num_scan_inputs=2, body=body,
-                  scan_input_directions=direction * 2, scan_output_directions=direction)
+    h_last, H = b(
+        "Scan",
+        [h0, a, x],
+        "scan",
+        n_out=2,
+        num_scan_inputs=2,
+        body=body,
+        scan_input_directions=direction * 2,
+        scan_output_directions=direction,
+    )
     if unroll == 1:
         H = b("Add", [H, x], "H")  # scan output a_t * h_{t-1}, plus b_t
     else:
-        H = b("Reshape", [H, b("Concat", [b.const([-1]), b("Shape", [H], "s3", start=2)],
-                               "hshape", axis=0)], "H_flat")
+        H = b(
+            "Reshape",
+            [H, b("Concat", [b.const([-1]), b("Shape", [H], "s3", start=2)], "hshape", axis=0)],
+            "H_flat",
+        )
         H = b("Slice", [H, b.const([0]), L, b.const([0])], "H_L")
     y = b("ReduceSum", [b("Mul", [H, CT], "hc"), b.const([-1])], "y", keepdims=0)
-    y = b("Reshape", [b("Transpose", [y], "yT", perm=[1, 2, 3, 0]), b("Shape", [uf], "ushape")],
-          "y_bel")
+    y = b(
+        "Reshape",
+        [b("Transpose", [y], "yT", perm=[1, 2, 3, 0]), b("Shape", [uf], "ushape")],
+        "y_bel",
+    )
     if D:
-        y = b("Add", [y, b("Mul", [uf, b("Unsqueeze", [f32(D), b.const([1])], "D1")], "uD")],
-              "y_d")
+        y = b("Add", [y, b("Mul", [uf, b("Unsqueeze", [f32(D), b.const([1])], "D1")], "uD")], "y_d")
     if z:
         zf = f32(z)
         y = b("Mul", [y, b("Mul", [zf, b("Sigmoid", [zf], "sig")], "silu")], "y_z")
     b.nodes.append(helper.make_node("CastLike", [y, u], [out], name=b.name("CastLike")))
     if last:
         last_shape = b("Concat", [b("Shape", [uf], "be", start=0, end=2), N], "lshape", axis=0)
-        b.nodes.append(helper.make_node("Reshape", [h_last, last_shape], [last],
-                                        name=b.name("Reshape")))
+        b.nodes.append(
+            helper.make_node("Reshape", [h_last, last_shape], [last], name=b.name("Reshape"))
+        )
     return b.nodes
 
 
@@ -284,8 +342,11 @@ def iter_nodes(graph):
 def nonstandard_nodes(model_proto) -> list[str]:
     """``domain::op_type`` of every node outside the standard ``ai.onnx`` domain, recursively
     (functions of the model included)."""
-    bad = [f"{n.domain}::{n.op_type}" for n in iter_nodes(model_proto.graph)
-           if n.domain not in STANDARD_DOMAINS]
+    bad = [
+        f"{n.domain}::{n.op_type}"
+        for n in iter_nodes(model_proto.graph)
+        if n.domain not in STANDARD_DOMAINS
+    ]
     for f in model_proto.functions:
         bad += [f"{n.domain}::{n.op_type}" for n in f.node if n.domain not in STANDARD_DOMAINS]
     return bad
@@ -297,8 +358,9 @@ def _rename_batch_axis(model_proto, name: str) -> None:
     old = dim0.dim_param
     if not old:
         return
-    for vi in itertools.chain(model_proto.graph.input, model_proto.graph.output,
-                              model_proto.graph.value_info):
+    for vi in itertools.chain(
+        model_proto.graph.input, model_proto.graph.output, model_proto.graph.value_info
+    ):
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param == old:
                 d.dim_param = name
@@ -308,9 +370,18 @@ def _rename_batch_axis(model_proto, name: str) -> None:
 # 4. the public entry points
 # ---------------------------------------------------------------------------------------------
 
-def export_onnx_proto(model, example: torch.Tensor | None = None, *, opset: int | None = None,
-                      dynamic_batch: bool = True, scan: str = "scan", unroll: int = UNROLL,
-                      input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
+
+def export_onnx_proto(
+    model,
+    example: torch.Tensor | None = None,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    scan: str = "scan",
+    unroll: int = UNROLL,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+):
     """The ONNX ModelProto of ``model`` (nothing written). See :func:`to_onnx`."""
     import onnx
 
@@ -319,22 +390,32 @@ def export_onnx_proto(model, example: torch.Tensor | None = None, *, opset: int 
         if isinstance(opset, bool) or not isinstance(opset, int):
             raise TypeError(f"opset must be an int, got {type(opset).__name__}")
         if opset < MIN_OPSET:
-            raise ValueError(f"opset must be >= {MIN_OPSET} (torch.onnx's dynamo exporter), "
-                             f"got {opset}")
+            raise ValueError(
+                f"opset must be >= {MIN_OPSET} (torch.onnx's dynamo exporter), got {opset}"
+            )
     if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
     ep = to_exported_program(model, example, dynamic_batch=dynamic_batch)
     x = ep.example_inputs[0][0]
-    prog = torch.onnx.export(ep, (x,), input_names=[input_name], output_names=[output_name],
-                             opset_version=opset, dynamo=True, external_data=False,
-                             custom_translation_table=_translation_table(), verbose=False)
+    prog = torch.onnx.export(
+        ep,
+        (x,),
+        input_names=[input_name],
+        output_names=[output_name],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        custom_translation_table=_translation_table(),
+        verbose=False,
+    )
     mp = prog.model_proto
     if scan == "custom":
         mp.metadata_props.add(key="vimc.scan", value="custom")
     else:
         lower_scans(mp, scan, unroll)
-        mp.metadata_props.add(key="vimc.scan", value=scan if scan == "scan"
-                              else f"unrolled({unroll})")
+        mp.metadata_props.add(
+            key="vimc.scan", value=scan if scan == "scan" else f"unrolled({unroll})"
+        )
     if dynamic_batch:
         _rename_batch_axis(mp, BATCH_AXIS)
     mp.producer_name = "vimc"
@@ -342,9 +423,18 @@ def export_onnx_proto(model, example: torch.Tensor | None = None, *, opset: int 
     return mp
 
 
-def to_onnx(model, path, *, example: torch.Tensor | None = None, opset: int | None = None,
-            dynamic_batch: bool = True, scan: str = "scan", unroll: int = UNROLL,
-            input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME) -> Path:
+def to_onnx(
+    model,
+    path,
+    *,
+    example: torch.Tensor | None = None,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    scan: str = "scan",
+    unroll: int = UNROLL,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+) -> Path:
     """Export ``model`` (an nn.Module or a registered name) to the ONNX file ``path``.
 
     By default every node is a standard ``ai.onnx`` operator (the scan lowered to a ``Scan``
@@ -357,9 +447,16 @@ def to_onnx(model, path, *, example: torch.Tensor | None = None, opset: int | No
     import onnx
 
     check_writable(path, arg="path")
-    mp = export_onnx_proto(model, example, opset=opset, dynamic_batch=dynamic_batch,
-                           scan=scan, unroll=unroll, input_name=input_name,
-                           output_name=output_name)
+    mp = export_onnx_proto(
+        model,
+        example,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        scan=scan,
+        unroll=unroll,
+        input_name=input_name,
+        output_name=output_name,
+    )
     with atomic_path(path, arg="path") as tmp:
         onnx.save_model(mp, str(tmp))
     return Path(path)
@@ -374,8 +471,7 @@ def onnxruntime_session(path, *, threads: int | None = None, providers=None):
     if threads is not None:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts,
-                                providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
 
 
 def run_onnxruntime(session, x: torch.Tensor) -> torch.Tensor:

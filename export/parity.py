@@ -35,16 +35,20 @@ from ._common import (
 
 BACKENDS = ("eager", "compiled", "aoti", "onnxruntime", "tensorrt")
 # default (atol, rtol) per compute dtype, against float32 eager logits
-DEFAULT_TOLERANCES = {torch.float32: (1e-4, 1e-4), torch.float16: (2e-2, 2e-2),
-                      torch.bfloat16: (1e-1, 5e-2)}
+DEFAULT_TOLERANCES = {
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (2e-2, 2e-2),
+    torch.bfloat16: (1e-1, 5e-2),
+}
 
 
 def metrics(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     """Agreement of ``out`` with ``ref`` (both (B, classes)), computed in float64."""
     r, o = ref.detach().double().cpu(), out.detach().double().cpu()
     if r.shape != o.shape:
-        raise ValueError(f"output shape {tuple(o.shape)} differs from the reference's "
-                         f"{tuple(r.shape)}")
+        raise ValueError(
+            f"output shape {tuple(o.shape)} differs from the reference's {tuple(r.shape)}"
+        )
     d = o - r
     rn = r.norm().item()
     return {
@@ -71,7 +75,7 @@ class ParityRow:
     cos_sim: float = math.nan
     top1_agree: float = math.nan
     passed: bool = False
-    seconds: float = 0.0          # preparing (export/compile) plus the first run
+    seconds: float = 0.0  # preparing (export/compile) plus the first run
     error: str | None = None
 
 
@@ -99,22 +103,27 @@ class ParityReport:
             f"parity: {self.model}  batch {self.batch}  dtype {self.dtype}  "
             f"reference float32 eager  atol {self.atol:g}  rtol {self.rtol:g}",
             f"device: {self.device}",
-            "versions: " + ", ".join(f"{k} {v[k]}" for k in
-                                     ("torch", "triton", "onnx", "onnxruntime", "tensorrt")),
+            "versions: "
+            + ", ".join(
+                f"{k} {v[k]}" for k in ("torch", "triton", "onnx", "onnxruntime", "tensorrt")
+            ),
             f"{'backend':<12} {'dtype':<9} {'max_abs':>10} {'mean_abs':>10} {'rel_rms':>10} "
             f"{'cos_sim':>9} {'top1_agree':>10} {'time_s':>7}  status",
         ]
         for r in self.rows:
             status = "PASS" if r.passed else ("ERROR: " + r.error if r.error else "FAIL")
-            lines.append(f"{r.backend:<12} {r.dtype:<9} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} "
-                         f"{r.rel_rms:>10.3e} {r.cos_sim:>9.6f} {r.top1_agree:>10.3f} "
-                         f"{r.seconds:>7.1f}  {status}")
+            lines.append(
+                f"{r.backend:<12} {r.dtype:<9} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} "
+                f"{r.rel_rms:>10.3e} {r.cos_sim:>9.6f} {r.top1_agree:>10.3f} "
+                f"{r.seconds:>7.1f}  {status}"
+            )
         return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
 # backends: prepare(model in dtype, example in dtype, workdir, artifact) -> run(x) -> logits
 # ---------------------------------------------------------------------------------------------
+
 
 def _eager(m, x, workdir, artifact):
     return m
@@ -136,8 +145,9 @@ def _onnxruntime(m, x, workdir, artifact):
     from .onnx import onnxruntime_session, run_onnxruntime, to_onnx
 
     if x.dtype == torch.bfloat16:
-        raise TypeError("ONNX Runtime's Python API takes no bfloat16 input; "
-                        "use --dtype float32 or float16")
+        raise TypeError(
+            "ONNX Runtime's Python API takes no bfloat16 input; use --dtype float32 or float16"
+        )
     if x.device.type != "cpu":
         raise ValueError("the onnxruntime backend runs on CPU; move the model to CPU")
     if artifact is None:
@@ -159,15 +169,28 @@ def _tensorrt(m, x, workdir, artifact):
     return lambda inp: trt(inp.cuda())
 
 
-_PREPARE: dict[str, Callable] = {"eager": _eager, "compiled": _compiled, "aoti": _aoti,
-                                 "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+_PREPARE: dict[str, Callable] = {
+    "eager": _eager,
+    "compiled": _compiled,
+    "aoti": _aoti,
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
+}
 
 
-def compare(model, backends: Sequence[str] | str = ("eager", "compiled", "aoti", "onnxruntime"),
-            inputs: torch.Tensor | None = None, dtype="float32", *, batch: int = 2,
-            atol: float | None = None, rtol: float | None = None,
-            artifacts: dict[str, str] | None = None, workdir=None,
-            progress: Callable[[str], None] | None = None) -> ParityReport:
+def compare(
+    model,
+    backends: Sequence[str] | str = ("eager", "compiled", "aoti", "onnxruntime"),
+    inputs: torch.Tensor | None = None,
+    dtype="float32",
+    *,
+    batch: int = 2,
+    atol: float | None = None,
+    rtol: float | None = None,
+    artifacts: dict[str, str] | None = None,
+    workdir=None,
+    progress: Callable[[str], None] | None = None,
+) -> ParityReport:
     """Run ``inputs`` through each backend and compare to float32 eager.
 
     model: an nn.Module or a registered name. backends: names from ``BACKENDS`` (a list or a
@@ -207,12 +230,23 @@ def compare(model, backends: Sequence[str] | str = ("eager", "compiled", "aoti",
                 row = dataclasses.replace(row, **metrics(ref, out))
                 row.passed = within_tolerance(ref, out, atol, rtol)
             except Exception as exc:  # noqa: BLE001  (a backend's failure is a failed row)
-                row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}" \
-                    if str(exc).strip() else type(exc).__name__
+                row.error = (
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+                    if str(exc).strip()
+                    else type(exc).__name__
+                )
             row.seconds = time.perf_counter() - t0
             rows.append(row)
-    label = model if isinstance(model, str) else (getattr(base, "name", None)
-                                                  or type(base).__name__)
-    return ParityReport(model=label, device=device_name(model_device(base)),
-                        versions=versions(), batch=int(x.shape[0]), dtype=dtype_name(dt),
-                        atol=atol, rtol=rtol, rows=rows)
+    label = (
+        model if isinstance(model, str) else (getattr(base, "name", None) or type(base).__name__)
+    )
+    return ParityReport(
+        model=label,
+        device=device_name(model_device(base)),
+        versions=versions(),
+        batch=int(x.shape[0]),
+        dtype=dtype_name(dt),
+        atol=atol,
+        rtol=rtol,
+        rows=rows,
+    )

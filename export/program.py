@@ -13,9 +13,14 @@ from torch import nn
 from ._common import batch_dim, example_input, export_example, resolve_model
 
 
-def to_exported_program(model, example: torch.Tensor | None = None, *,
-                        dynamic_batch: bool = True, max_batch: int = 4096,
-                        strict: bool = False) -> torch.export.ExportedProgram:
+def to_exported_program(
+    model,
+    example: torch.Tensor | None = None,
+    *,
+    dynamic_batch: bool = True,
+    max_batch: int = 4096,
+    strict: bool = False,
+) -> torch.export.ExportedProgram:
     """``torch.export`` a Vim (an nn.Module or a registered name) for inference.
 
     example: a (B, C, H, W) input; default a random batch at ``model.pretrained_cfg``'s input
@@ -28,11 +33,15 @@ def to_exported_program(model, example: torch.Tensor | None = None, *,
     m: nn.Module = resolve_model(model)
     x = export_example(example_input(m, example), dynamic_batch)
     with torch.no_grad():
-        return torch.export.export(m, (x,), dynamic_shapes=batch_dim(x, dynamic_batch, max_batch),
-                                   strict=strict)
+        return torch.export.export(
+            m, (x,), dynamic_shapes=batch_dim(x, dynamic_batch, max_batch), strict=strict
+        )
 
 
 def scan_nodes(ep: torch.export.ExportedProgram) -> list:
     """The graph's ``vimc`` op nodes (the scans)."""
-    return [n for n in ep.graph.nodes if n.op == "call_function"
-            and getattr(n.target, "namespace", None) == "vimc"]
+    return [
+        n
+        for n in ep.graph.nodes
+        if n.op == "call_function" and getattr(n.target, "namespace", None) == "vimc"
+    ]

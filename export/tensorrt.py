@@ -38,8 +38,10 @@ def tensorrt_unavailable_reason() -> str | None:
         return f"torch-tensorrt / tensorrt not installed ({exc.name}): pip install 'vimc[tensorrt]'"
     version = tuple(int(p) for p in tensorrt.__version__.split(".")[:2])
     if version < MIN_TENSORRT:
-        return (f"TensorRT {tensorrt.__version__} is too old: the scan plugin needs "
-                f">= {'.'.join(map(str, MIN_TENSORRT))} (Quick Deployable Plugins)")
+        return (
+            f"TensorRT {tensorrt.__version__} is too old: the scan plugin needs "
+            f">= {'.'.join(map(str, MIN_TENSORRT))} (Quick Deployable Plugins)"
+        )
     return None
 
 
@@ -61,9 +63,18 @@ def register_scan_plugins() -> None:
             _PLUGINS_REGISTERED.add(name)
 
 
-def to_tensorrt(model, path=None, *, example: torch.Tensor | None = None, dtype="float16",
-                dynamic_batch: bool = True, min_batch: int = 1, opt_batch: int | None = None,
-                max_batch: int = 32, workspace_size: int | None = None):
+def to_tensorrt(
+    model,
+    path=None,
+    *,
+    example: torch.Tensor | None = None,
+    dtype="float16",
+    dynamic_batch: bool = True,
+    min_batch: int = 1,
+    opt_batch: int | None = None,
+    max_batch: int = 32,
+    workspace_size: int | None = None,
+):
     """Compile ``model`` with torch-tensorrt; the scan runs as a TensorRT plugin.
 
     dtype: the engine precision (float32, float16, bfloat16); the model is cast to it.
@@ -86,24 +97,35 @@ def to_tensorrt(model, path=None, *, example: torch.Tensor | None = None, dtype=
     shape = tuple(x.shape[1:])
     if dynamic_batch:
         opt = check_batch(opt_batch or x.shape[0], arg="opt_batch")
-        inp = torch_tensorrt.Input(min_shape=(check_batch(min_batch, arg="min_batch"), *shape),
-                                   opt_shape=(opt, *shape),
-                                   max_shape=(check_batch(max_batch, arg="max_batch"), *shape),
-                                   dtype=dt)
+        inp = torch_tensorrt.Input(
+            min_shape=(check_batch(min_batch, arg="min_batch"), *shape),
+            opt_shape=(opt, *shape),
+            max_shape=(check_batch(max_batch, arg="max_batch"), *shape),
+            dtype=dt,
+        )
     else:
         inp = torch_tensorrt.Input(shape=tuple(x.shape), dtype=dt)
     kw = {} if workspace_size is None else {"workspace_size": workspace_size}
-    trt_gm = torch_tensorrt.dynamo.compile(ep, inputs=[inp], enabled_precisions={dt},
-                                           use_explicit_typing=False, **kw)
+    trt_gm = torch_tensorrt.dynamo.compile(
+        ep, inputs=[inp], enabled_precisions={dt}, use_explicit_typing=False, **kw
+    )
     if path is not None:
         with atomic_path(path, arg="path") as tmp:
             torch_tensorrt.save(trt_gm, str(tmp), inputs=[x])
     return trt_gm
 
 
-def trtexec_command(onnx_path, engine_path=None, *, input_size=(3, 224, 224),
-                    min_batch: int = 1, opt_batch: int = 8, max_batch: int = 32,
-                    fp16: bool = True, input_name: str = "pixel_values") -> str:
+def trtexec_command(
+    onnx_path,
+    engine_path=None,
+    *,
+    input_size=(3, 224, 224),
+    min_batch: int = 1,
+    opt_batch: int = 8,
+    max_batch: int = 32,
+    fp16: bool = True,
+    input_name: str = "pixel_values",
+) -> str:
     """The ``trtexec`` line that builds an engine from a :func:`vimc.export.to_onnx` file
     (standard operators only, so no plugin library is needed)."""
     dims = "x".join(str(int(s)) for s in input_size)
@@ -111,7 +133,9 @@ def trtexec_command(onnx_path, engine_path=None, *, input_size=(3, 224, 224),
     parts = [f"trtexec --onnx={onnx_path}", f"--saveEngine={engine}"]
     if fp16:
         parts.append("--fp16")
-    parts += [f"--minShapes={input_name}:{min_batch}x{dims}",
-              f"--optShapes={input_name}:{opt_batch}x{dims}",
-              f"--maxShapes={input_name}:{max_batch}x{dims}"]
+    parts += [
+        f"--minShapes={input_name}:{min_batch}x{dims}",
+        f"--optShapes={input_name}:{opt_batch}x{dims}",
+        f"--maxShapes={input_name}:{max_batch}x{dims}",
+    ]
     return " ".join(parts)

@@ -38,6 +38,7 @@ class CheckpointError(ValueError):
 # pos_embed resizing
 # ---------------------------------------------------------------------------------------------
 
+
 def resize_pos_embed(pos_embed: torch.Tensor, old_grid, new_grid) -> torch.Tensor:
     """(1, Mo + 1, D) with the class entry at Mo // 2 -> (1, Mn + 1, D) with it at Mn // 2;
     the (gh, gw) grid is resized bicubically (align_corners=False, as the official helper)."""
@@ -47,11 +48,12 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid, new_grid) -> torch.Tenso
         return pos_embed
     Mo, Mn = gh * gw, nh * nw
     if pos_embed.shape[1] != Mo + 1:
-        raise CheckpointError(f"pos_embed has {pos_embed.shape[1]} entries, expected "
-                              f"{gh}x{gw} + 1 = {Mo + 1}")
+        raise CheckpointError(
+            f"pos_embed has {pos_embed.shape[1]} entries, expected {gh}x{gw} + 1 = {Mo + 1}"
+        )
     po, pn = Mo // 2, Mn // 2
-    cls = pos_embed[:, po:po + 1]
-    grid = torch.cat((pos_embed[:, :po], pos_embed[:, po + 1:]), dim=1)
+    cls = pos_embed[:, po : po + 1]
+    grid = torch.cat((pos_embed[:, :po], pos_embed[:, po + 1 :]), dim=1)
     D = grid.shape[-1]
     grid = grid.reshape(1, gh, gw, D).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False)
@@ -62,8 +64,10 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid, new_grid) -> torch.Tenso
 def _square_grid(M: int) -> tuple[int, int]:
     g = math.isqrt(M)
     if g * g != M:
-        raise CheckpointError(f"cannot infer the patch grid of a pos_embed with {M} patch "
-                              f"entries (not a square); load it at its own img_size/stride")
+        raise CheckpointError(
+            f"cannot infer the patch grid of a pos_embed with {M} patch "
+            f"entries (not a square); load it at its own img_size/stride"
+        )
     return g, g
 
 
@@ -71,24 +75,30 @@ def _square_grid(M: int) -> tuple[int, int]:
 # reading files
 # ---------------------------------------------------------------------------------------------
 
+
 def _torch_load_safe(path: Path):
     """torch.load with weights_only=True and exactly argparse.Namespace allowed."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic[:2] != b"\x80\x02" and not zipfile.is_zipfile(path):  # legacy pickle or zip
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither the zip format of "
-                              f"torch.save nor a legacy pickle) and not .safetensors")
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither the zip format of "
+            f"torch.save nor a legacy pickle) and not .safetensors"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = str(exc).strip().splitlines()
-        why = next((ln.strip() for ln in detail if "GLOBAL" in ln or "Unsupported" in ln),
-                   detail[0] if detail else "")
+        why = next(
+            (ln.strip() for ln in detail if "GLOBAL" in ln or "Unsupported" in ln),
+            detail[0] if detail else "",
+        )
         raise CheckpointError(
             f"refusing to load {path}: it holds a pickled object that is not a tensor, a plain "
             f"container or argparse.Namespace (vimc never unpickles arbitrary objects). "
-            f"torch.load said: {why}") from None
+            f"torch.load said: {why}"
+        ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -103,8 +113,10 @@ def _unwrap(obj, path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: expected a state_dict or a training checkpoint with a "
-                              f"'model' entry, got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a state_dict or a training checkpoint with a "
+            f"'model' entry, got {type(obj).__name__}"
+        )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:10]}")
@@ -112,7 +124,7 @@ def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         for prefix in ("module.", "_orig_mod."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
@@ -146,33 +158,50 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
 # matching a state_dict to a model
 # ---------------------------------------------------------------------------------------------
 
+
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, list]:
     """Missing keys, unexpected keys, and shape mismatches (key, checkpoint, model)."""
     own = model.state_dict()
     return {
         "missing": [k for k in own if k not in sd],
         "unexpected": [k for k in sd if k not in own],
-        "shape": [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items()
-                  if k in sd and tuple(sd[k].shape) != tuple(v.shape)],
+        "shape": [
+            (k, tuple(sd[k].shape), tuple(v.shape))
+            for k, v in own.items()
+            if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+        ],
     }
 
 
 def _format_problems(problems: dict[str, list], source, target: str) -> str:
     lines = [f"checkpoint {source} does not fit {target}:"]
     if problems["missing"]:
-        lines.append(f"  missing keys ({len(problems['missing'])}): "
-                     + ", ".join(problems["missing"]))
+        lines.append(
+            f"  missing keys ({len(problems['missing'])}): " + ", ".join(problems["missing"])
+        )
     if problems["unexpected"]:
-        lines.append(f"  unexpected keys ({len(problems['unexpected'])}): "
-                     + ", ".join(problems["unexpected"]))
+        lines.append(
+            f"  unexpected keys ({len(problems['unexpected'])}): "
+            + ", ".join(problems["unexpected"])
+        )
     if problems["shape"]:
-        lines.append(f"  shape mismatches ({len(problems['shape'])}): " + ", ".join(
-            f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in problems["shape"]))
+        lines.append(
+            f"  shape mismatches ({len(problems['shape'])}): "
+            + ", ".join(
+                f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in problems["shape"]
+            )
+        )
     return "\n".join(lines)
 
 
-def load_state_dict(model, sd: dict[str, torch.Tensor], *, strict: bool = True,
-                    source="state_dict", keep: tuple[str, ...] = ()) -> dict[str, list]:
+def load_state_dict(
+    model,
+    sd: dict[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    source="state_dict",
+    keep: tuple[str, ...] = (),
+) -> dict[str, list]:
     """Load ``sd`` into ``model`` (pos_embed resized to the model's grid when needed). Strict:
     one CheckpointError listing every missing/unexpected key and shape mismatch. Not strict:
     loads what fits and returns the problems. ``keep``: prefixes of the model's own entries
@@ -180,8 +209,9 @@ def load_state_dict(model, sd: dict[str, torch.Tensor], *, strict: bool = True,
     sd = dict(sd)
     pe = sd.get("pos_embed")
     if pe is not None and pe.dim() == 3 and pe.shape[1] != model.pos_embed.shape[1]:
-        sd["pos_embed"] = resize_pos_embed(pe, _square_grid(pe.shape[1] - 1),
-                                           model.patch_embed.grid_size)
+        sd["pos_embed"] = resize_pos_embed(
+            pe, _square_grid(pe.shape[1] - 1), model.patch_embed.grid_size
+        )
     problems = check_state_dict(model, sd)
     problems["missing"] = [k for k in problems["missing"] if not k.startswith(keep)]
     if any(problems.values()):
@@ -194,8 +224,18 @@ def load_state_dict(model, sd: dict[str, torch.Tensor], *, strict: bool = True,
     return problems
 
 
-def load_into(name, config, path, *, overrides: dict, scan_impl: str = "fast",
-              dynamic_img_size: bool = False, strict: bool = True, device=None, dtype=None):
+def load_into(
+    name,
+    config,
+    path,
+    *,
+    overrides: dict,
+    scan_impl: str = "fast",
+    dynamic_img_size: bool = False,
+    strict: bool = True,
+    device=None,
+    dtype=None,
+):
     """Build ``name``'s model and fill it from ``path`` (create_model's checkpoint route).
 
     vimc files carry their config: it replaces the registry's, then ``overrides`` apply.
@@ -217,8 +257,14 @@ def load_into(name, config, path, *, overrides: dict, scan_impl: str = "fast",
     if config.num_classes != ckpt_classes:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         keep = ("head.",)
-    model = VisionMamba(config, scan_impl=scan_impl, dynamic_img_size=dynamic_img_size,
-                        name=name, device=device, dtype=dtype)
+    model = VisionMamba(
+        config,
+        scan_impl=scan_impl,
+        dynamic_img_size=dynamic_img_size,
+        name=name,
+        device=device,
+        dtype=dtype,
+    )
     load_state_dict(model, sd, strict=strict, source=str(path), keep=keep)
     return model
 
@@ -226,6 +272,7 @@ def load_into(name, config, path, *, overrides: dict, scan_impl: str = "fast",
 # ---------------------------------------------------------------------------------------------
 # vimc's own format
 # ---------------------------------------------------------------------------------------------
+
 
 def save_pretrained(model, directory) -> Path:
     """``directory/model.safetensors`` (+ the config in its metadata) and ``config.json``."""
@@ -235,8 +282,12 @@ def save_pretrained(model, directory) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    record = {"architecture": model.name, "config": model.config.to_dict(),
-              "format_version": FORMAT_VERSION, "vimc_version": __version__}
+    record = {
+        "architecture": model.name,
+        "config": model.config.to_dict(),
+        "format_version": FORMAT_VERSION,
+        "vimc_version": __version__,
+    }
     text = json.dumps(record, indent=2)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "vimc": text})
@@ -251,13 +302,18 @@ def from_pretrained(path, **kwargs):
 
     _, record = read_checkpoint(path)
     if record is None:
-        raise CheckpointError(f"{path} has no vimc config (not written by save_pretrained); use "
-                              f"create_model(name, checkpoint_path=...)")
+        raise CheckpointError(
+            f"{path} has no vimc config (not written by save_pretrained); use "
+            f"create_model(name, checkpoint_path=...)"
+        )
     name = record.get("architecture")
     if name in _ALIASES:
         return create_model(name, checkpoint_path=path, **kwargs)
-    overrides = {k: kwargs.pop(k) for k in list(kwargs)
-                 if k in {f.name for f in dataclasses.fields(VimConfig)}}
+    overrides = {
+        k: kwargs.pop(k)
+        for k in list(kwargs)
+        if k in {f.name for f in dataclasses.fields(VimConfig)}
+    }
     config = dataclasses.replace(VimConfig.from_dict(record["config"]), **overrides)
     strict = kwargs.pop("strict", True)
     model = VisionMamba(config, name=name, **kwargs)

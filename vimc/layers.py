@@ -65,16 +65,25 @@ class DropPath(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv2d(k=patch, stride=stride), flattened to tokens: (B, C, H, W) -> (B, M, D)."""
 
-    def __init__(self, img_size: tuple[int, int], patch_size: int, stride: int, in_chans: int,
-                 embed_dim: int, device=None, dtype=None):
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        patch_size: int,
+        stride: int,
+        in_chans: int,
+        embed_dim: int,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.img_size = tuple(img_size)
         self.patch_size = patch_size
         self.stride = stride
         self.grid_size = self.grid_for(self.img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride,
-                              device=device, dtype=dtype)
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=patch_size, stride=stride, device=device, dtype=dtype
+        )
 
     def grid_for(self, hw) -> tuple[int, int]:
         return tuple((s - self.patch_size) // self.stride + 1 for s in hw)
@@ -86,10 +95,10 @@ class PatchEmbed(nn.Module):
         p, s = self.patch_size, self.stride
         gh, gw = (H - p) // s + 1, (W - p) // s + 1
         if p == s:  # non-overlapping: a reshape, no im2col
-            cols = x[:, :, :gh * p, :gw * p].reshape(B, C, gh, p, gw, p)
+            cols = x[:, :, : gh * p, : gw * p].reshape(B, C, gh, p, gw, p)
             cols = cols.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)
         else:
-            cols = F.unfold(x, p, stride=s).transpose(1, 2)          # (B, M, C*p*p)
+            cols = F.unfold(x, p, stride=s).transpose(1, 2)  # (B, M, C*p*p)
         return F.linear(cols, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
@@ -97,23 +106,25 @@ class PatchEmbed(nn.Module):
 # the depthwise convolutions of the two directions
 # ---------------------------------------------------------------------------------------------
 
+
 def _shifted_sum(x, weight, bias, taps, pad, silu):
     """sum_k w[:, k] * xpad[..., off_k : off_k + L] (+ bias, silu), in float32 (float64 for
     float64 inputs), cast once."""
     L, ct = x.shape[-1], torch.promote_types(x.dtype, torch.float32)  # float64 stays
     xp = F.pad(x.to(ct), pad)
-    w = weight[:, 0, :, None].to(ct)                                 # (E, K, 1)
+    w = weight[:, 0, :, None].to(ct)  # (E, K, 1)
     out = None
     for k, off in taps:
-        term = w[:, k] * xp[..., off:off + L]
+        term = w[:, k] * xp[..., off : off + L]
         out = term if out is None else out + term
     if bias is not None:
         out = out + bias[:, None].to(ct)
     return (F.silu(out) if silu else out).to(x.dtype)
 
 
-def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  silu: bool = False) -> torch.Tensor:
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool = False
+) -> torch.Tensor:
     """Depthwise causal conv: out[t] = b + sum_k w[k] x[t - (K-1) + k] (left zero-padding K-1),
     optionally followed by silu; x (B, E, L), weight (E, 1, K). Written as K shifted
     multiply-adds, accumulated in float32 and rounded once (as the official fused kernel):
@@ -123,26 +134,38 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return _shifted_sum(x, weight, bias, [(k, k) for k in range(K)], (K - 1, 0), silu)
 
 
-def anticausal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      silu: bool = False) -> torch.Tensor:
+def anticausal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool = False
+) -> torch.Tensor:
     """The backward direction's conv without flipping activations:
     ``flip(causal_conv1d(flip(x)))`` = right zero-padding K-1 and the kernel taken reversed,
     out[t] = b + sum_k w[k] x[t + (K-1) - k]."""
     K = weight.shape[-1]
-    return _shifted_sum(x, weight, bias, [(k, K - 1 - k) for k in range(K - 1, -1, -1)],
-                        (0, K - 1), silu)
+    return _shifted_sum(
+        x, weight, bias, [(k, K - 1 - k) for k in range(K - 1, -1, -1)], (0, K - 1), silu
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the mixer
 # ---------------------------------------------------------------------------------------------
 
+
 class BiMambaMixer(nn.Module):
     """Bidirectional Mamba ("v2"): shared in_proj/out_proj, one conv/x_proj/dt_proj/A/D per
     direction, ``out_proj((y_f + y_b) / 2)``. (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_rank: int | None = None, scan_impl: str = "fast", device=None, dtype=None):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        scan_impl: str = "fast",
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.d_model, self.d_state = d_model, d_state
@@ -152,8 +175,10 @@ class BiMambaMixer(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False, **kw)
         for sfx in ("", "_b"):
             # padding=d_conv-1 only mirrors the official module; forward pads explicitly
-            self.add_module("conv1d" + sfx, nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1,
-                                                      bias=True, **kw))
+            self.add_module(
+                "conv1d" + sfx,
+                nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1, bias=True, **kw),
+            )
             self.add_module("x_proj" + sfx, nn.Linear(E, R + 2 * d_state, bias=False, **kw))
             self.add_module("dt_proj" + sfx, nn.Linear(R, E, bias=True, **kw))
         A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32, device=device))
@@ -174,9 +199,13 @@ class BiMambaMixer(nn.Module):
         self._scan_impl = value
 
     def _direction(self, sfx: str):
-        return (getattr(self, "conv1d" + sfx), getattr(self, "x_proj" + sfx),
-                getattr(self, "dt_proj" + sfx), getattr(self, "A_b_log" if sfx else "A_log"),
-                getattr(self, "D" + sfx))
+        return (
+            getattr(self, "conv1d" + sfx),
+            getattr(self, "x_proj" + sfx),
+            getattr(self, "dt_proj" + sfx),
+            getattr(self, "A_b_log" if sfx else "A_log"),
+            getattr(self, "D" + sfx),
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self._scan_impl == "reference":
@@ -187,8 +216,8 @@ class BiMambaMixer(nn.Module):
         token_major = torch.compiler.is_compiling()
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         if token_major:
-            xz = F.linear(h, self.in_proj.weight).transpose(1, 2)      # (B, 2E, L) view
-            z = xz[:, E:].contiguous()                                  # one copy for both scans
+            xz = F.linear(h, self.in_proj.weight).transpose(1, 2)  # (B, 2E, L) view
+            z = xz[:, E:].contiguous()  # one copy for both scans
         else:
             # (2E, D) @ (B, D, L) -> (B, 2E, L): channel-major, the layout the scan reads
             xz = torch.matmul(self.in_proj.weight, h.transpose(1, 2))
@@ -197,17 +226,27 @@ class BiMambaMixer(nn.Module):
         ys = []
         for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
-            u = conv_fn(x, conv.weight, conv.bias, silu=True)           # (B, E, L)
+            u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, E, L)
             if token_major:
                 x_dbl = F.linear(u.transpose(1, 2), xp.weight).transpose(1, 2)
                 delta = F.linear(x_dbl[:, :R].transpose(1, 2), dtp.weight).transpose(1, 2)
             else:
-                x_dbl = torch.matmul(xp.weight, u)                     # (B, R+2N, L)
-                delta = torch.matmul(dtp.weight, x_dbl[:, :R])         # (B, E, L), no bias
-            ys.append(selective_scan(
-                u, delta, -torch.exp(A_log.float()), x_dbl[:, R:R + N], x_dbl[:, R + N:],
-                D=Dskip.float(), z=z, delta_bias=dtp.bias.float(), delta_softplus=True,
-                reverse=bool(sfx)))
+                x_dbl = torch.matmul(xp.weight, u)  # (B, R+2N, L)
+                delta = torch.matmul(dtp.weight, x_dbl[:, :R])  # (B, E, L), no bias
+            ys.append(
+                selective_scan(
+                    u,
+                    delta,
+                    -torch.exp(A_log.float()),
+                    x_dbl[:, R : R + N],
+                    x_dbl[:, R + N :],
+                    D=Dskip.float(),
+                    z=z,
+                    delta_bias=dtp.bias.float(),
+                    delta_softplus=True,
+                    reverse=bool(sfx),
+                )
+            )
         y = (ys[0] + ys[1]) / 2
         return F.linear(y.transpose(1, 2), self.out_proj.weight)
 
@@ -215,19 +254,27 @@ class BiMambaMixer(nn.Module):
         """vim.md as written: flip, causal conv with padding 3 cut to L, reference scan."""
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         L = h.shape[1]
-        xz = F.linear(h, self.in_proj.weight).transpose(1, 2)        # (B, 2E, L)
+        xz = F.linear(h, self.in_proj.weight).transpose(1, 2)  # (B, 2E, L)
         x, z = xz[:, :E], xz[:, E:]
 
         def branch(x, z, sfx):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
             u = F.silu(conv(x)[..., :L])
-            x_dbl = F.linear(u.transpose(1, 2), xp.weight)           # (B, L, R+2N)
+            x_dbl = F.linear(u.transpose(1, 2), xp.weight)  # (B, L, R+2N)
             delta = dtp.weight @ x_dbl[..., :R].transpose(1, 2)
-            Bm = x_dbl[..., R:R + N].transpose(1, 2)
-            Cm = x_dbl[..., R + N:].transpose(1, 2)
+            Bm = x_dbl[..., R : R + N].transpose(1, 2)
+            Cm = x_dbl[..., R + N :].transpose(1, 2)
             return selective_scan_reference(
-                u, delta, -torch.exp(A_log.float()), Bm, Cm, D=Dskip.float(), z=z,
-                delta_bias=dtp.bias.float(), delta_softplus=True)
+                u,
+                delta,
+                -torch.exp(A_log.float()),
+                Bm,
+                Cm,
+                D=Dskip.float(),
+                z=z,
+                delta_bias=dtp.bias.float(),
+                delta_softplus=True,
+            )
 
         y_f = branch(x, z, "")
         y_b = branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
@@ -237,8 +284,15 @@ class BiMambaMixer(nn.Module):
 class Block(nn.Module):
     """add -> RMSNorm -> mixer, returning (hidden, residual); the residual stream is float32."""
 
-    def __init__(self, dim: int, mixer: BiMambaMixer, drop_path: float = 0.0, eps: float = 1e-5,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        dim: int,
+        mixer: BiMambaMixer,
+        drop_path: float = 0.0,
+        eps: float = 1e-5,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.mixer = mixer
         self.norm = RMSNorm(dim, eps=eps, device=device, dtype=dtype)

@@ -36,10 +36,10 @@ class VimConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    dt_rank: int | None = None          # None: ceil(embed_dim / 16)
+    dt_rank: int | None = None  # None: ceil(embed_dim / 16)
     num_classes: int = 1000
-    drop_rate: float = 0.0              # dropout after pos_embed
-    drop_path_rate: float = 0.0         # stochastic depth (training); inference ignores it
+    drop_rate: float = 0.0  # dropout after pos_embed
+    drop_path_rate: float = 0.0  # stochastic depth (training); inference ignores it
     norm_eps: float = 1e-5
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
@@ -52,8 +52,10 @@ class VimConfig:
         return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> VimConfig:
@@ -66,12 +68,21 @@ class VimConfig:
 # the model
 # ---------------------------------------------------------------------------------------------
 
+
 class VisionMamba(nn.Module):
     """Vim: patch embedding, a middle class token, ``depth`` bidirectional Mamba blocks."""
 
-    def __init__(self, config: VimConfig, *, scan_impl: str = "fast",
-                 dynamic_img_size: bool = False, name: str | None = None, init: bool = True,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        config: VimConfig,
+        *,
+        scan_impl: str = "fast",
+        dynamic_img_size: bool = False,
+        name: str | None = None,
+        init: bool = True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.config = c = config
@@ -86,18 +97,32 @@ class VisionMamba(nn.Module):
         self.pos_drop = nn.Dropout(c.drop_rate) if c.drop_rate > 0 else nn.Identity()
         # stochastic depth: linspace(0, rate, depth) shifted by one; the final add uses `rate`
         dpr = [0.0] + torch.linspace(0, c.drop_path_rate, c.depth).tolist()
-        self.layers = nn.ModuleList([
-            Block(D, BiMambaMixer(D, c.d_state, c.d_conv, c.expand, c.dt_rank, scan_impl, **kw),
-                  drop_path=dpr[i], eps=c.norm_eps, **kw)
-            for i in range(c.depth)])
+        self.layers = nn.ModuleList(
+            [
+                Block(
+                    D,
+                    BiMambaMixer(D, c.d_state, c.d_conv, c.expand, c.dt_rank, scan_impl, **kw),
+                    drop_path=dpr[i],
+                    eps=c.norm_eps,
+                    **kw,
+                )
+                for i in range(c.depth)
+            ]
+        )
         self.drop_path = DropPath(c.drop_path_rate) if c.drop_path_rate > 0 else nn.Identity()
         self.norm_f = RMSNorm(D, eps=c.norm_eps, **kw)
         self.head = nn.Linear(D, c.num_classes, **kw) if c.num_classes > 0 else nn.Identity()
         self.pretrained_cfg = self.default_cfg = {
-            "architecture": name, "input_size": (c.in_chans, *c.img_hw), "mean": c.mean,
-            "std": c.std, "crop_pct": c.crop_pct, "interpolation": c.interpolation,
-            "num_classes": c.num_classes, "first_conv": "patch_embed.proj",
-            "classifier": "head"}
+            "architecture": name,
+            "input_size": (c.in_chans, *c.img_hw),
+            "mean": c.mean,
+            "std": c.std,
+            "crop_pct": c.crop_pct,
+            "interpolation": c.interpolation,
+            "num_classes": c.num_classes,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        }
         if init and device != "meta" and getattr(device, "type", None) != "meta":
             init_weights(self)
 
@@ -121,15 +146,18 @@ class VisionMamba(nn.Module):
             raise ValueError(
                 f"{self.name or 'VisionMamba'}: expected input of size "
                 f"{self.patch_embed.img_size[0]}x{self.patch_embed.img_size[1]} (H x W), got "
-                f"{H}x{W}; create the model with img_size=({H}, {W}) or dynamic_img_size=True")
-        return resize_pos_embed(self.pos_embed, self.patch_embed.grid_size,
-                                self.patch_embed.grid_for((H, W)))
+                f"{H}x{W}; create the model with img_size=({H}, {W}) or dynamic_img_size=True"
+            )
+        return resize_pos_embed(
+            self.pos_embed, self.patch_embed.grid_size, self.patch_embed.grid_for((H, W))
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normed tokens (B, L, D), the class token at index (L - 1) // 2."""
         if x.dim() != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"expected input (B, {self.config.in_chans}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected input (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}"
+            )
         pos_embed = self._pos_embed_for(x.shape[-2], x.shape[-1])
         x = self.patch_embed(x)
         B, M, _ = x.shape
@@ -157,14 +185,16 @@ class VisionMamba(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         p = self.norm_f.weight
         self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
-                     if num_classes > 0 else nn.Identity())
+        self.head = (
+            nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
         if num_classes > 0:
             _trunc_normal(self.head.weight, 0.02)
             nn.init.zeros_(self.head.bias)
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
-        self.pretrained_cfg = self.default_cfg = {**self.pretrained_cfg,
-                                                  "num_classes": num_classes}
+        self.pretrained_cfg = self.default_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
@@ -187,6 +217,7 @@ class VisionMamba(nn.Module):
 # initialization (vim.md "Initialization", in the official order)
 # ---------------------------------------------------------------------------------------------
 
+
 def _trunc_normal(t: torch.Tensor, std: float) -> None:
     nn.init.trunc_normal_(t, std=std, a=-2.0, b=2.0)  # timm's trunc_normal_: absolute bounds
 
@@ -204,13 +235,16 @@ def init_weights(model: VisionMamba, generator: torch.Generator | None = None) -
         m = layer.mixer
         for mod in (m.in_proj, m.conv1d, m.conv1d_b, m.x_proj, m.x_proj_b, m.dt_proj_b):
             mod.reset_parameters()
-        bound = m.dt_rank ** -0.5
+        bound = m.dt_rank**-0.5
         nn.init.uniform_(m.dt_proj.weight, -bound, bound)
-        dt = torch.exp(torch.rand(m.d_inner, device=m.A_log.device)
-                       * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        dt = torch.exp(
+            torch.rand(m.d_inner, device=m.A_log.device) * (math.log(0.1) - math.log(1e-3))
+            + math.log(1e-3)
+        ).clamp(min=1e-4)
         m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        A_log = torch.log(torch.arange(1, m.d_state + 1, dtype=torch.float32,
-                                       device=m.A_log.device))
+        A_log = torch.log(
+            torch.arange(1, m.d_state + 1, dtype=torch.float32, device=m.A_log.device)
+        )
         m.A_log.copy_(A_log.expand_as(m.A_log))
         m.A_b_log.copy_(A_log.expand_as(m.A_b_log))
         m.D.fill_(1.0)
@@ -236,11 +270,12 @@ def init_weights(model: VisionMamba, generator: torch.Generator | None = None) -
 # the registry
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     config: VimConfig
-    weights: str | None = None          # file under vimc/weights/ (or an absolute path)
+    weights: str | None = None  # file under vimc/weights/ (or an absolute path)
     aliases: tuple[str, ...] = ()
     description: str = ""
 
@@ -256,8 +291,14 @@ _VARIANTS: dict[str, Variant] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register_variant(name: str, config: VimConfig, *, weights: str | None = None,
-                     aliases: tuple[str, ...] = (), description: str = "") -> Variant:
+def register_variant(
+    name: str,
+    config: VimConfig,
+    *,
+    weights: str | None = None,
+    aliases: tuple[str, ...] = (),
+    description: str = "",
+) -> Variant:
     """Add a model to ``create_model``/``list_models``. ``weights``: a file shipped in
     ``vimc/weights/`` (safetensors from ``save_pretrained``, or its directory) that
     ``pretrained=True`` loads. One line per variant::
@@ -281,8 +322,9 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
-def list_models(pattern: str = "*", *, pretrained: bool = False,
-                include_aliases: bool = False) -> list[str]:
+def list_models(
+    pattern: str = "*", *, pretrained: bool = False, include_aliases: bool = False
+) -> list[str]:
     """Registered model names matching a glob ``pattern`` (timm-style); ``pretrained=True``:
     only those with built-in weights."""
     import fnmatch
@@ -295,28 +337,60 @@ def list_models(pattern: str = "*", *, pretrained: bool = False,
 
 
 _TAIL = "_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
-for _short, _D, _s in (("vim_tiny", 192, 16), ("vim_tiny_s8", 192, 8), ("vim_small", 384, 16),
-                       ("vim_small_s8", 384, 8)):
+for _short, _D, _s in (
+    ("vim_tiny", 192, 16),
+    ("vim_tiny_s8", 192, 8),
+    ("vim_small", 384, 16),
+    ("vim_small_s8", 384, 8),
+):
     _size = _short.split("_")[1]
     _long = f"vim_{_size}_patch16" + ("_stride8" if _s == 8 else "") + _TAIL
     register_variant(_short, VimConfig(embed_dim=_D, stride=_s), aliases=(_long,))
-register_variant("vim_base", VimConfig(embed_dim=768), aliases=(
-    "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",))
+register_variant(
+    "vim_base",
+    VimConfig(embed_dim=768),
+    aliases=(
+        "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",
+    ),
+)
 # vimc's built-in model: trained by examples/train_digits.py on scikit-learn's digits (32x32)
-register_variant("vim_digits", VimConfig(
-    img_size=32, patch_size=4, stride=4, embed_dim=64, depth=4, d_state=16, num_classes=10,
-    mean=(0.31,) * 3, std=(0.35,) * 3, crop_pct=1.0, interpolation="bicubic"),
+register_variant(
+    "vim_digits",
+    VimConfig(
+        img_size=32,
+        patch_size=4,
+        stride=4,
+        embed_dim=64,
+        depth=4,
+        d_state=16,
+        num_classes=10,
+        mean=(0.31,) * 3,
+        std=(0.35,) * 3,
+        crop_pct=1.0,
+        interpolation="bicubic",
+    ),
     weights="vim_digits.safetensors",
-    description="4-layer Vim trained on scikit-learn's handwritten digits (examples/train_digits.py)")
+    description="4-layer Vim trained on scikit-learn's digits (examples/train_digits.py)",
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # the factory
 # ---------------------------------------------------------------------------------------------
 
-def create_model(name: str, *, pretrained: bool = False, checkpoint_path=None,
-                 scan_impl: str = "fast", dynamic_img_size: bool = False, strict: bool = True,
-                 device=None, dtype: torch.dtype | None = None, **overrides) -> VisionMamba:
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    checkpoint_path=None,
+    scan_impl: str = "fast",
+    dynamic_img_size: bool = False,
+    strict: bool = True,
+    device=None,
+    dtype: torch.dtype | None = None,
+    **overrides,
+) -> VisionMamba:
     """Build a registered Vim (``list_models()``), timm-style.
 
     ``pretrained=True`` loads the variant's built-in weights (``vimc/weights/``); weights are
@@ -331,27 +405,52 @@ def create_model(name: str, *, pretrained: bool = False, checkpoint_path=None,
     unknown = set(overrides) - {f.name for f in dataclasses.fields(VimConfig)}
     if unknown:
         fields = [f.name for f in dataclasses.fields(VimConfig)]
-        raise TypeError(f"create_model: unknown argument(s) {sorted(unknown)}; model options "
-                        f"are the VimConfig fields {fields}")
+        raise TypeError(
+            f"create_model: unknown argument(s) {sorted(unknown)}; model options "
+            f"are the VimConfig fields {fields}"
+        )
     if pretrained and checkpoint_path is None:
         path = variant.weights_path
         if path is None:
             raise ValueError(
                 f"{name!r} has no built-in weights and weights cannot be downloaded; pass "
                 f"checkpoint_path= (an official .pth checkpoint or vimc safetensors). Models with "
-                f"built-in weights: {list_models(pretrained=True) or 'none'}")
+                f"built-in weights: {list_models(pretrained=True) or 'none'}"
+            )
         checkpoint_path = path
     config = dataclasses.replace(variant.config, **overrides)
     if checkpoint_path is None:
-        model = VisionMamba(config, scan_impl=scan_impl, dynamic_img_size=dynamic_img_size,
-                            name=variant.name, device=device, dtype=dtype)
+        model = VisionMamba(
+            config,
+            scan_impl=scan_impl,
+            dynamic_img_size=dynamic_img_size,
+            name=variant.name,
+            device=device,
+            dtype=dtype,
+        )
         return model
     from vimc.checkpoint import load_into
 
-    return load_into(variant.name, config, checkpoint_path, overrides=overrides,
-                     scan_impl=scan_impl, dynamic_img_size=dynamic_img_size, strict=strict,
-                     device=device, dtype=dtype)
+    return load_into(
+        variant.name,
+        config,
+        checkpoint_path,
+        overrides=overrides,
+        scan_impl=scan_impl,
+        dynamic_img_size=dynamic_img_size,
+        strict=strict,
+        device=device,
+        dtype=dtype,
+    )
 
 
-__all__ = ["VimConfig", "VisionMamba", "Variant", "create_model", "list_models",
-           "register_variant", "get_variant", "init_weights"]
+__all__ = [
+    "VimConfig",
+    "VisionMamba",
+    "Variant",
+    "create_model",
+    "list_models",
+    "register_variant",
+    "get_variant",
+    "init_weights",
+]

@@ -15,8 +15,20 @@ def backward_with(bwd_op):
 
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        grads = bwd_op(dout.contiguous(), dlast, u, delta, A, B, C, D, z, delta_bias,
-                       ctx.delta_softplus, ctx.reverse)
+        grads = bwd_op(
+            dout.contiguous(),
+            dlast,
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            ctx.delta_softplus,
+            ctx.reverse,
+        )
         present = (u, delta, A, B, C, D, z, delta_bias)
         # an absent optional input got an empty placeholder gradient: autograd wants None
         return (*(g if t is not None else None for g, t in zip(grads, present)), None, None)

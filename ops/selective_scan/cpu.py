@@ -36,9 +36,15 @@ CHUNK = 16
 
 _SRC = Path(__file__).with_name("cpu_kernel.c")
 _FLAGS = [
-    "-O3", "-fPIC", "-shared", "-pthread", "-std=c11",
+    "-O3",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+    "-std=c11",
     # IEEE semantics kept (no -ffast-math: exp's reduction relies on exact rounding steps)
-    "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-ffp-contract=fast",
 ]
 
 
@@ -47,12 +53,39 @@ _SCRATCH_ROWS = 12  # (L, 8) staging rows per thread, must match cpu_kernel.c
 
 
 class _ScanArgs(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int64) for n in
-                ("Bt", "E", "L", "N", "G", "delta_softplus", "reverse", "nthreads")] + [
-        (n, ctypes.c_void_p) for n in
-        ("u", "delta", "A", "B", "C", "D", "z", "bias", "out", "last_state",
-         "dout", "dlast", "du", "ddelta", "dz", "dA_part", "dD_part", "dbias_part",
-         "dB_part", "dC_part", "scratch")] + [("scratch_floats", ctypes.c_int64)]
+    _fields_ = (
+        [
+            (n, ctypes.c_int64)
+            for n in ("Bt", "E", "L", "N", "G", "delta_softplus", "reverse", "nthreads")
+        ]
+        + [
+            (n, ctypes.c_void_p)
+            for n in (
+                "u",
+                "delta",
+                "A",
+                "B",
+                "C",
+                "D",
+                "z",
+                "bias",
+                "out",
+                "last_state",
+                "dout",
+                "dlast",
+                "du",
+                "ddelta",
+                "dz",
+                "dA_part",
+                "dD_part",
+                "dbias_part",
+                "dB_part",
+                "dC_part",
+                "scratch",
+            )
+        ]
+        + [("scratch_floats", ctypes.c_int64)]
+    )
 
 
 _lib = None
@@ -62,7 +95,8 @@ _lib_lock = threading.Lock()
 
 def _cache_dir() -> Path:
     root = os.environ.get("VIMC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vimc")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vimc"
+    )
     return Path(root)
 
 
@@ -81,8 +115,13 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     src = _SRC.read_bytes()
-    key = hashlib.sha256(src + " ".join(_FLAGS).encode() + cc.encode()
-                         + _cpu_signature().encode() + platform.machine().encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        src
+        + " ".join(_FLAGS).encode()
+        + cc.encode()
+        + _cpu_signature().encode()
+        + platform.machine().encode()
+    ).hexdigest()[:16]
     out_dir = _cache_dir()
     so = out_dir / f"vimc_scan_{key}.so"
     if not so.exists():
@@ -94,8 +133,11 @@ def _build() -> ctypes.CDLL:
             # -march=native is not known to every compiler; OpenMP lets the kernel share
             # torch's thread pool (see run_parallel in the C file), pthreads otherwise
             for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
-                proc = subprocess.run([cc, *_FLAGS, *extra, str(_SRC), "-o", tmp, "-lm"],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [cc, *_FLAGS, *extra, str(_SRC), "-o", tmp, "-lm"],
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode == 0:
                     break
                 errors.append(proc.stderr.strip())
@@ -161,10 +203,20 @@ def _call(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, nthr
     N, G = A.shape[1], B.shape[1]
     per_thread = _SCRATCH_ROWS * L * LANES
     scratch = _scratch_buffer(nthreads * per_thread)
-    args = _ScanArgs(Bt=Bt, E=E, L=L, N=N, G=G, delta_softplus=int(delta_softplus),
-                     reverse=int(reverse), nthreads=nthreads, scratch_floats=per_thread)
-    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, bias=delta_bias,
-                   scratch=scratch, **bufs)
+    args = _ScanArgs(
+        Bt=Bt,
+        E=E,
+        L=L,
+        N=N,
+        G=G,
+        delta_softplus=int(delta_softplus),
+        reverse=int(reverse),
+        nthreads=nthreads,
+        scratch_floats=per_thread,
+    )
+    tensors = dict(
+        u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, bias=delta_bias, scratch=scratch, **bufs
+    )
     for name, t in tensors.items():
         setattr(args, name, None if t is None else t.data_ptr())
     fn(ctypes.byref(args))
@@ -182,8 +234,15 @@ def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     ins = [_f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
     out = new_output((Bt, E, L), torch.float32, u.device)
     last = new_output((Bt, E, N), torch.float32, u.device)
-    _call(_lib.vimc_scan_fwd, *ins, delta_softplus, reverse, _threads(_items(u, B)),
-          out=out, last_state=last)
+    _call(
+        _lib.vimc_scan_fwd,
+        *ins,
+        delta_softplus,
+        reverse,
+        _threads(_items(u, B)),
+        out=out,
+        last_state=last,
+    )
     return (out if u.dtype == torch.float32 else out.to(u.dtype)), last
 
 
@@ -202,20 +261,40 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
     db_p = torch.zeros(T, E, dtype=f32)
     dB_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
     dC_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
-    _call(_lib.vimc_scan_bwd, *ins, delta_softplus, reverse, T,
-          dout=_f32(dout), dlast=_f32(dlast), du=du, ddelta=ddelta, dz=dz,
-          dA_part=dA_p, dD_part=dD_p, dbias_part=db_p, dB_part=dB_p, dC_part=dC_p)
+    _call(
+        _lib.vimc_scan_bwd,
+        *ins,
+        delta_softplus,
+        reverse,
+        T,
+        dout=_f32(dout),
+        dlast=_f32(dlast),
+        du=du,
+        ddelta=ddelta,
+        dz=dz,
+        dA_part=dA_p,
+        dD_part=dD_p,
+        dbias_part=db_p,
+        dB_part=dB_p,
+        dC_part=dC_p,
+    )
     dB, dC = dB_p.sum((0, -1)), dC_p.sum((0, -1))
-    return (du.to(u.dtype), ddelta.to(delta.dtype), dA_p.sum(0).to(A.dtype),
-            dB.to(B.dtype), dC.to(C.dtype),
-            None if D is None else dD_p.sum(0).to(D.dtype),
-            None if z is None else dz.to(z.dtype),
-            None if delta_bias is None else db_p.sum(0).to(delta_bias.dtype))
+    return (
+        du.to(u.dtype),
+        ddelta.to(delta.dtype),
+        dA_p.sum(0).to(A.dtype),
+        dB.to(B.dtype),
+        dC.to(C.dtype),
+        None if D is None else dD_p.sum(0).to(D.dtype),
+        None if z is None else dz.to(z.dtype),
+        None if delta_bias is None else db_p.sum(0).to(delta_bias.dtype),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the chunked torch path (no compiler, or float64)
 # ---------------------------------------------------------------------------------------------
+
 
 def _segsum_decay(dlog: torch.Tensor) -> torch.Tensor:
     """dlog (..., T, N) -> W (..., T, T, N) with W[t, s] = exp(sum_{s<k<=t} dlog_k) for s <= t
@@ -247,12 +326,12 @@ def _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     h = uu.new_zeros(Bt, E, N)
     ys = []
     for s in range(0, L, CHUNK):
-        dc = dd[:, :, s:s + CHUNK]                                   # (Bt, E, T)
-        dlog = dc[..., None] * A_[:, None, :]                         # (Bt, E, T, N)
-        x = (dc * uu[:, :, s:s + CHUNK])[..., None] * Bm[..., s:s + CHUNK].transpose(-1, -2)
-        W = _segsum_decay(dlog)                                       # (Bt, E, T, T, N)
+        dc = dd[:, :, s : s + CHUNK]  # (Bt, E, T)
+        dlog = dc[..., None] * A_[:, None, :]  # (Bt, E, T, N)
+        x = (dc * uu[:, :, s : s + CHUNK])[..., None] * Bm[..., s : s + CHUNK].transpose(-1, -2)
+        W = _segsum_decay(dlog)  # (Bt, E, T, T, N)
         hs = (W * x.unsqueeze(-3)).sum(-2) + torch.exp(torch.cumsum(dlog, -2)) * h[:, :, None]
-        ys.append((hs * Cm[..., s:s + CHUNK].transpose(-1, -2)).sum(-1))
+        ys.append((hs * Cm[..., s : s + CHUNK].transpose(-1, -2)).sum(-1))
         h = hs[:, :, -1]
     y = torch.cat(ys, -1) if ys else uu.new_zeros(Bt, E, 0)
     if reverse:
@@ -281,21 +360,25 @@ def _autograd_inside_kernel():
 
 
 def _bwd_torch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    inputs = [t if t is None else t.detach().requires_grad_(True)
-              for t in (u, delta, A, B, C, D, z, delta_bias)]
+    inputs = [
+        t if t is None else t.detach().requires_grad_(True)
+        for t in (u, delta, A, B, C, D, z, delta_bias)
+    ]
     with _autograd_inside_kernel():
         out, last = _fwd_torch(*inputs, delta_softplus, reverse)
         wrt = [t for t in inputs if t is not None]
         grads = torch.autograd.grad((out, last), wrt, (dout, dlast), allow_unused=True)
     it = iter(grads)
     res = [None if t is None else next(it) for t in inputs]
-    return tuple(g if g is not None or t is None else torch.zeros_like(t)
-                 for g, t in zip(res, inputs))
+    return tuple(
+        g if g is not None or t is None else torch.zeros_like(t) for g, t in zip(res, inputs)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # entry points used by op.py (B, C already (Bt, G, N, L); shapes already checked)
 # ---------------------------------------------------------------------------------------------
+
 
 def selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     """-> (out in u's dtype, last_state float32 (Bt, E, N); float64 for float64 inputs)."""
@@ -304,12 +387,17 @@ def selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     return _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
-def selective_scan_bwd_cpu(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                           reverse):
+def selective_scan_bwd_cpu(
+    dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+):
     """-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None where the input was None."""
     if u.dtype != torch.float64 and c_kernel_available():
         return _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     if dlast is None:
-        dlast = u.new_zeros(u.shape[0], u.shape[1], A.shape[1],
-                            dtype=torch.float64 if u.dtype == torch.float64 else torch.float32)
+        dlast = u.new_zeros(
+            u.shape[0],
+            u.shape[1],
+            A.shape[1],
+            dtype=torch.float64 if u.dtype == torch.float64 else torch.float32,
+        )
     return _bwd_torch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)

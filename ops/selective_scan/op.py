@@ -36,8 +36,9 @@ def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     if u.device.type == "cuda":
         from .triton import selective_scan_fwd_triton
 
-        out, last = selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias,
-                                              delta_softplus, reverse)
+        out, last = selective_scan_fwd_triton(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+        )
         return out, last.to(_state_dtype(u))  # float64 inputs: computed in float32 on CUDA
     return cpu.selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
@@ -46,17 +47,26 @@ def _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus
     if u.device.type == "cuda":
         from .triton import selective_scan_bwd_triton
 
-        return selective_scan_bwd_triton(dout, dlast, u, delta, A, B, C, D, z, delta_bias,
-                                         delta_softplus, reverse)
-    return cpu.selective_scan_bwd_cpu(dout, dlast, u, delta, A, B, C, D, z, delta_bias,
-                                      delta_softplus, reverse)
+        return selective_scan_bwd_triton(
+            dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+        )
+    return cpu.selective_scan_bwd_cpu(
+        dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+    )
 
 
 @torch.library.custom_op("vimc::selective_scan_fwd", mutates_args=())
 def selective_scan_fwd(
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-    delta_softplus: bool, reverse: bool,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); D, delta_bias (E,).
     Returns (out in u's dtype, last state (Bt, E, N) in float32, float64 for float64 u)."""
@@ -67,18 +77,35 @@ def selective_scan_fwd(
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1],
-                                            dtype=_state_dtype(u))
+    return torch.empty_like(u), u.new_empty(
+        u.shape[0], u.shape[1], A.shape[1], dtype=_state_dtype(u)
+    )
 
 
 @torch.library.custom_op("vimc::selective_scan_bwd", mutates_args=())
 def selective_scan_bwd(
-    dout: torch.Tensor, dlast: torch.Tensor | None,
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-    delta_softplus: bool, reverse: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor, torch.Tensor]:
+    dout: torch.Tensor,
+    dlast: torch.Tensor | None,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each shaped and typed like its
     input; an absent optional input gets an empty tensor (ops cannot return None)."""
     grads = _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
@@ -91,30 +118,38 @@ def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     return tuple(torch.empty_like(t) if t is not None else _empty(u) for t in like)
 
 
-torch.library.register_autograd("vimc::selective_scan_fwd",
-                               backward_with(torch.ops.vimc.selective_scan_bwd),
-                               setup_context=setup_context)
+torch.library.register_autograd(
+    "vimc::selective_scan_fwd",
+    backward_with(torch.ops.vimc.selective_scan_bwd),
+    setup_context=setup_context,
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # the public function
 # ---------------------------------------------------------------------------------------------
 
+
 def _check_tensor(name: str, t, ndim: int | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOATS:
-        raise TypeError(f"selective_scan: {name} must be a floating tensor "
-                        f"(float16, bfloat16, float32 or float64), got {t.dtype}")
+        raise TypeError(
+            f"selective_scan: {name} must be a floating tensor "
+            f"(float16, bfloat16, float32 or float64), got {t.dtype}"
+        )
     if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"selective_scan: {name} must have {ndim} dimensions, "
-                         f"got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"selective_scan: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}"
+        )
 
 
 def _check_shape(name: str, t: torch.Tensor, expected: tuple, what: str) -> None:
     if tuple(t.shape) != tuple(expected):
-        raise ValueError(f"selective_scan: {name} must have shape {what} = {tuple(expected)}, "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(
+            f"selective_scan: {name} must have shape {what} = {tuple(expected)}, "
+            f"got {tuple(t.shape)}"
+        )
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias):
@@ -124,12 +159,16 @@ def _validate(u, delta, A, B, C, D, z, delta_bias):
     _check_shape("delta", delta, (Bt, E, L), "(Bt, E, L) like u")
     _check_tensor("A", A, 2)
     if A.shape[0] != E:
-        raise ValueError(f"selective_scan: A must have shape (E, N) with E = {E} (u.shape[1]), "
-                         f"got {tuple(A.shape)}")
+        raise ValueError(
+            f"selective_scan: A must have shape (E, N) with E = {E} (u.shape[1]), "
+            f"got {tuple(A.shape)}"
+        )
     N = A.shape[1]
     if not 1 <= N <= MAX_D_STATE:
-        raise ValueError(f"selective_scan: the state size N = A.shape[1] must be in "
-                         f"[1, {MAX_D_STATE}] for the kernels, got {N}")
+        raise ValueError(
+            f"selective_scan: the state size N = A.shape[1] must be in "
+            f"[1, {MAX_D_STATE}] for the kernels, got {N}"
+        )
     for name, M in (("B", B), ("C", C)):
         _check_tensor(name, M)
         if M.dim() == 3:
@@ -137,16 +176,22 @@ def _validate(u, delta, A, B, C, D, z, delta_bias):
         elif M.dim() == 4:
             G = M.shape[1]
             if G < 1 or E % G:
-                raise ValueError(f"selective_scan: {name} of shape (Bt, G, N, L) needs G to divide "
-                                 f"E = {E}, got G = {G}")
+                raise ValueError(
+                    f"selective_scan: {name} of shape (Bt, G, N, L) needs G to divide "
+                    f"E = {E}, got G = {G}"
+                )
             _check_shape(name, M, (Bt, G, N, L), "(Bt, G, N, L)")
         else:
-            raise ValueError(f"selective_scan: {name} must have shape (Bt, N, L) = {(Bt, N, L)} or "
-                             f"(Bt, G, N, L); got {tuple(M.shape)} (time-invariant (E, N) B/C "
-                             f"is not supported)")
+            raise ValueError(
+                f"selective_scan: {name} must have shape (Bt, N, L) = {(Bt, N, L)} or "
+                f"(Bt, G, N, L); got {tuple(M.shape)} (time-invariant (E, N) B/C "
+                f"is not supported)"
+            )
     if B.dim() != C.dim() or B.shape != C.shape:
-        raise ValueError(f"selective_scan: B and C must have the same shape, got {tuple(B.shape)} "
-                         f"and {tuple(C.shape)}")
+        raise ValueError(
+            f"selective_scan: B and C must have the same shape, got {tuple(B.shape)} "
+            f"and {tuple(C.shape)}"
+        )
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
             _check_tensor(name, t, 1)
@@ -172,8 +217,19 @@ def _use_triton_op(u: torch.Tensor) -> bool:
     return _triton.triton_op_available()
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, reverse=False):
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    reverse=False,
+):
     """The selective scan of Mamba, as mamba_ssm's ``selective_scan_fn`` computes it.
 
     Shapes: u, delta, z (Bt, E, L); A (E, N); B, C (Bt, N, L) or grouped (Bt, G, N, L) with G
@@ -186,10 +242,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     _validate(u, delta, A, B, C, D, z, delta_bias)
     B4 = B if B.dim() == 4 else B.unsqueeze(1)
     C4 = C if C.dim() == 4 else C.unsqueeze(1)
-    args = (u.contiguous(), delta.contiguous(), A.contiguous(), B4.contiguous(), C4.contiguous(),
-            None if D is None else D.contiguous(), None if z is None else z.contiguous(),
-            None if delta_bias is None else delta_bias.contiguous(),
-            bool(delta_softplus), bool(reverse))
+    args = (
+        u.contiguous(),
+        delta.contiguous(),
+        A.contiguous(),
+        B4.contiguous(),
+        C4.contiguous(),
+        None if D is None else D.contiguous(),
+        None if z is None else z.contiguous(),
+        None if delta_bias is None else delta_bias.contiguous(),
+        bool(delta_softplus),
+        bool(reverse),
+    )
     if _use_triton_op(u):
         out, last = torch.ops.vimc.selective_scan_fwd_cuda(*args)
     else:

@@ -67,7 +67,10 @@ def selective_scan_reference(
     ys = [None] * L
     steps = range(L - 1, -1, -1) if reverse else range(L)
     for t in steps:
-        h = torch.exp(dt[:, :, t, None] * A_) * h + (dt[:, :, t] * u_[:, :, t])[:, :, None] * B_[..., t]
+        h = (
+            torch.exp(dt[:, :, t, None] * A_) * h
+            + (dt[:, :, t] * u_[:, :, t])[:, :, None] * B_[..., t]
+        )
         ys[t] = (h * C_[..., t]).sum(-1)
     y = torch.stack(ys, dim=-1) if L > 0 else u_.new_zeros(Bt, E, 0)
     out = y if D is None else y + u_ * D.to(ct)[:, None]

@@ -11,8 +11,11 @@ import vimc
 
 SMALL = "vim_export_test"  # a registered 2-layer, 64 px Vim, so the CLI can name it
 if SMALL not in vimc.list_models():
-    vimc.register_variant(SMALL, vimc.VimConfig(img_size=64, depth=2, embed_dim=64),
-                          description="tiny Vim for the export tests")
+    vimc.register_variant(
+        SMALL,
+        vimc.VimConfig(img_size=64, depth=2, embed_dim=64),
+        description="tiny Vim for the export tests",
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -41,8 +44,10 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def images():
     g = torch.Generator().manual_seed(1)
-    return {64: torch.randn(3, 3, 64, 64, generator=g),
-            224: torch.randn(3, 3, 224, 224, generator=g)}
+    return {
+        64: torch.randn(3, 3, 64, 64, generator=g),
+        224: torch.randn(3, 3, 224, 224, generator=g),
+    }
 
 
 @pytest.fixture(scope="session")

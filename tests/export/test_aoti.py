@@ -18,8 +18,9 @@ def test_exported_program_keeps_one_scan_node_per_direction(small_model, images)
     shape = next(n for n in ep.graph.nodes if n.name == batch).meta["val"].shape
     assert not isinstance(shape[0], int)  # symbolic batch, though traced from a batch-1 example
     with torch.no_grad():
-        torch.testing.assert_close(ep.module()(images[64]), small_model(images[64]),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ep.module()(images[64]), small_model(images[64]), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_fixed_batch_program(small_model, images):

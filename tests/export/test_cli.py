@@ -24,21 +24,39 @@ def test_export_onnx_fixed_batch_no_validate(tmp_path, capsys):
     import onnx
 
     out = tmp_path / "m.onnx"
-    assert _run(["export", "onnx", SMALL, str(out), "--batch", "4", "--no-validate",
-                 "--quiet", "--img-size", "48"]) == 0
+    assert (
+        _run(
+            [
+                "export",
+                "onnx",
+                SMALL,
+                str(out),
+                "--batch",
+                "4",
+                "--no-validate",
+                "--quiet",
+                "--img-size",
+                "48",
+            ]
+        )
+        == 0
+    )
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [4, 3, 48, 48]
     assert "PASS" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["export", "tflite", SMALL, "x.onnx"], "invalid choice: 'tflite'"),
-    (["export", "onnx", SMALL, "x.onnx", "--dtype", "float64"], "--dtype"),
-    (["export", "onnx", SMALL, "x.onnx", "--batch", "0"], "--batch"),
-    (["export", "onnx", SMALL, "x.onnx", "--batch", "2", "--dynamic-batch"], "not allowed"),
-    (["parity", SMALL, "--dtype", "int8"], "--dtype"),
-    (["parity", SMALL, "--atol", "-1"], "--atol"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["export", "tflite", SMALL, "x.onnx"], "invalid choice: 'tflite'"),
+        (["export", "onnx", SMALL, "x.onnx", "--dtype", "float64"], "--dtype"),
+        (["export", "onnx", SMALL, "x.onnx", "--batch", "0"], "--batch"),
+        (["export", "onnx", SMALL, "x.onnx", "--batch", "2", "--dynamic-batch"], "not allowed"),
+        (["parity", SMALL, "--dtype", "int8"], "--dtype"),
+        (["parity", SMALL, "--atol", "-1"], "--atol"),
+    ],
+)
 def test_usage_errors_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv)
@@ -46,15 +64,18 @@ def test_usage_errors_exit_2(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["export", "onnx", SMALL, "{tmp}/missing/m.onnx"], "OUT: directory"),
-    (["export", "onnx", SMALL, "{tmp}"], "OUT must name a file"),
-    (["export", "aoti", SMALL, "{tmp}/m.onnx"], ".pt2"),
-    (["export", "onnx", "vim_huge", "{tmp}/m.onnx"], "unknown model 'vim_huge'"),
-    (["export", "onnx", SMALL, "{tmp}/m.onnx", "--opset", "11"], "--opset"),
-    (["parity", SMALL, "--backends", "eager,tvm"], "--backends: unknown 'tvm'"),
-    (["parity", SMALL, "--json", "{tmp}/no/r.json"], "--json"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["export", "onnx", SMALL, "{tmp}/missing/m.onnx"], "OUT: directory"),
+        (["export", "onnx", SMALL, "{tmp}"], "OUT must name a file"),
+        (["export", "aoti", SMALL, "{tmp}/m.onnx"], ".pt2"),
+        (["export", "onnx", "vim_huge", "{tmp}/m.onnx"], "unknown model 'vim_huge'"),
+        (["export", "onnx", SMALL, "{tmp}/m.onnx", "--opset", "11"], "--opset"),
+        (["parity", SMALL, "--backends", "eager,tvm"], "--backends: unknown 'tvm'"),
+        (["parity", SMALL, "--json", "{tmp}/no/r.json"], "--json"),
+    ],
+)
 def test_bad_arguments_exit_2_with_message(argv, needle, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert _run(argv) == 2
@@ -77,8 +98,12 @@ def test_parity_eager_passes_and_writes_json(tmp_path, capsys):
     import json
 
     out = tmp_path / "r.json"
-    assert _run(["parity", SMALL, "--backends", "eager", "--batch", "2", "--quiet",
-                 "--json", str(out)]) == 0
+    assert (
+        _run(
+            ["parity", SMALL, "--backends", "eager", "--batch", "2", "--quiet", "--json", str(out)]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "versions:" in text and "tensorrt" in text and "eager" in text
     assert json.loads(out.read_text())["passed"] is True
@@ -86,8 +111,22 @@ def test_parity_eager_passes_and_writes_json(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_parity_failing_row_exits_1(capsys):
-    assert _run(["parity", SMALL, "--backends", "eager,onnxruntime", "--atol", "0",
-                 "--rtol", "0", "--quiet"]) == 1
+    assert (
+        _run(
+            [
+                "parity",
+                SMALL,
+                "--backends",
+                "eager,onnxruntime",
+                "--atol",
+                "0",
+                "--rtol",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "onnxruntime" in captured.err
 
@@ -98,8 +137,7 @@ def test_parity_compiled_and_aoti(small_aoti, capsys, monkeypatch):
     import vimc.export.parity as parity
 
     real = parity._aoti
-    monkeypatch.setitem(parity._PREPARE, "aoti",
-                        lambda m, x, w, a: real(m, x, w, a or small_aoti))
+    monkeypatch.setitem(parity._PREPARE, "aoti", lambda m, x, w, a: real(m, x, w, a or small_aoti))
     assert _run(["parity", SMALL, "--backends", "eager,compiled,aoti", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == 3

@@ -12,8 +12,12 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "export_onnx.py"
 @pytest.mark.slow
 def test_export_onnx_example(tmp_path):
     out = tmp_path / "m.onnx"
-    proc = subprocess.run([sys.executable, str(EXAMPLE), "--depth", "1", "--img-size", "64",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--depth", "1", "--img-size", "64", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and "max abs difference to PyTorch" in proc.stdout
     diff = float(proc.stdout.split("PyTorch: ")[1].split()[0])

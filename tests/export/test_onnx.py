@@ -70,8 +70,14 @@ def test_non_default_img_size(tmp_path):
 
 @pytest.mark.slow
 def test_unrolled_formulation_and_fixed_batch(small_model, images, tmp_path):
-    path = to_onnx(small_model, tmp_path / "u.onnx", scan="unrolled", unroll=5,
-                   dynamic_batch=False, example=images[64][:2])
+    path = to_onnx(
+        small_model,
+        tmp_path / "u.onnx",
+        scan="unrolled",
+        unroll=5,
+        dynamic_batch=False,
+        example=images[64][:2],
+    )
     mp = onnx.load(str(path))
     assert nonstandard_nodes(mp) == []
     assert mp.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
@@ -94,12 +100,17 @@ def test_custom_domain_node_is_kept_and_marked(small_model):
 def test_nonstandard_nodes_are_found_inside_subgraphs():
     f = TensorProto.FLOAT
     body = helper.make_graph(
-        [helper.make_node("Plugin", ["x"], ["y"], domain="acme")], "body",
-        [helper.make_tensor_value_info("x", f, [1])], [helper.make_tensor_value_info("y", f, [1])])
+        [helper.make_node("Plugin", ["x"], ["y"], domain="acme")],
+        "body",
+        [helper.make_tensor_value_info("x", f, [1])],
+        [helper.make_tensor_value_info("y", f, [1])],
+    )
     outer = helper.make_graph(
-        [helper.make_node("If", ["c"], ["o"], then_branch=body, else_branch=body)], "g",
+        [helper.make_node("If", ["c"], ["o"], then_branch=body, else_branch=body)],
+        "g",
         [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("o", f, [1])])
+        [helper.make_tensor_value_info("o", f, [1])],
+    )
     assert nonstandard_nodes(helper.make_model(outer)) == ["acme::Plugin"] * 2
 
 
@@ -107,21 +118,44 @@ def test_nonstandard_nodes_are_found_inside_subgraphs():
 # the lowering of one scan, against the op (fast: no torch.export involved)
 # ---------------------------------------------------------------------------------------------
 
+
 def _scan_model(formulation, unroll, present, reverse, softplus, dtype=TensorProto.FLOAT):
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     ins = [n if (n in present or n in names[:5]) else "" for n in names]
-    node = helper.make_node(SCAN_OP, ins, ["out", "last"], domain=SCAN_DOMAIN, name="ss",
-                            delta_softplus=int(softplus), reverse=int(reverse))
+    node = helper.make_node(
+        SCAN_OP,
+        ins,
+        ["out", "last"],
+        domain=SCAN_DOMAIN,
+        name="ss",
+        delta_softplus=int(softplus),
+        reverse=int(reverse),
+    )
     nodes = lower_scan_node(node, formulation, unroll)
-    shapes = {"u": ["Bt", "E", "L"], "delta": ["Bt", "E", "L"], "z": ["Bt", "E", "L"],
-              "A": ["E", "N"], "B": ["Bt", "G", "N", "L"], "C": ["Bt", "G", "N", "L"],
-              "D": ["E"], "delta_bias": ["E"]}
-    inputs = [helper.make_tensor_value_info(n, dtype if n in ("u", "delta", "z") else
-                                            TensorProto.FLOAT, shapes[n]) for n in ins if n]
-    outputs = [helper.make_tensor_value_info("out", dtype, ["Bt", "E", "L"]),
-               helper.make_tensor_value_info("last", TensorProto.FLOAT, ["Bt", "E", "N"])]
-    mp = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs),
-                           opset_imports=[helper.make_opsetid("", 18)])
+    shapes = {
+        "u": ["Bt", "E", "L"],
+        "delta": ["Bt", "E", "L"],
+        "z": ["Bt", "E", "L"],
+        "A": ["E", "N"],
+        "B": ["Bt", "G", "N", "L"],
+        "C": ["Bt", "G", "N", "L"],
+        "D": ["E"],
+        "delta_bias": ["E"],
+    }
+    inputs = [
+        helper.make_tensor_value_info(
+            n, dtype if n in ("u", "delta", "z") else TensorProto.FLOAT, shapes[n]
+        )
+        for n in ins
+        if n
+    ]
+    outputs = [
+        helper.make_tensor_value_info("out", dtype, ["Bt", "E", "L"]),
+        helper.make_tensor_value_info("last", TensorProto.FLOAT, ["Bt", "E", "N"]),
+    ]
+    mp = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs), opset_imports=[helper.make_opsetid("", 18)]
+    )
     onnx.checker.check_model(mp, full_check=True)
     return mp, [n for n in ins if n]
 
@@ -133,27 +167,42 @@ def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
     import onnxruntime as ort
 
     G = {"all-G1": 1, "bare-G2": 2, "D-bias-G4": 4}[case]
-    present = {"all-G1": {"D", "z", "delta_bias"}, "bare-G2": set(),
-               "D-bias-G4": {"D", "delta_bias"}}[case]
+    present = {
+        "all-G1": {"D", "z", "delta_bias"},
+        "bare-G2": set(),
+        "D-bias-G4": {"D", "delta_bias"},
+    }[case]
     softplus = case != "bare-G2"
     Bt, E, N, L = 2, 8, 5, 13  # L prime: never a multiple of unroll
     g = torch.Generator().manual_seed(3)
-    t = {"u": torch.randn(Bt, E, L, generator=g),
-         "delta": torch.randn(Bt, E, L, generator=g) * (1 if softplus else 0.1) +
-         (0 if softplus else 0.5),
-         "A": -torch.rand(E, N, generator=g) * 2,
-         "B": torch.randn(Bt, G, N, L, generator=g), "C": torch.randn(Bt, G, N, L, generator=g),
-         "D": torch.randn(E, generator=g), "z": torch.randn(Bt, E, L, generator=g),
-         "delta_bias": torch.randn(E, generator=g)}
+    t = {
+        "u": torch.randn(Bt, E, L, generator=g),
+        "delta": torch.randn(Bt, E, L, generator=g) * (1 if softplus else 0.1)
+        + (0 if softplus else 0.5),
+        "A": -torch.rand(E, N, generator=g) * 2,
+        "B": torch.randn(Bt, G, N, L, generator=g),
+        "C": torch.randn(Bt, G, N, L, generator=g),
+        "D": torch.randn(E, generator=g),
+        "z": torch.randn(Bt, E, L, generator=g),
+        "delta_bias": torch.randn(E, generator=g),
+    }
     if not softplus:
         t["delta"] = t["delta"].abs()
     mp, names = _scan_model(formulation, unroll, present, reverse, softplus)
     sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
     out, last = sess.run(None, {n: t[n].numpy() for n in names})
     kw = {k: t[k] for k in present}
-    ref, ref_last = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], **kw,
-                                   delta_softplus=softplus, return_last_state=True,
-                                   reverse=reverse)
+    ref, ref_last = selective_scan(
+        t["u"],
+        t["delta"],
+        t["A"],
+        t["B"],
+        t["C"],
+        **kw,
+        delta_softplus=softplus,
+        return_last_state=True,
+        reverse=reverse,
+    )
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(last, ref_last.numpy(), atol=1e-5, rtol=1e-4)
 
@@ -161,26 +210,42 @@ def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
 def test_lowered_scan_keeps_half_precision_io():
     import onnxruntime as ort
 
-    mp, names = _scan_model("scan", 1, {"D", "z", "delta_bias"}, False, True,
-                            dtype=TensorProto.FLOAT16)
+    mp, names = _scan_model(
+        "scan", 1, {"D", "z", "delta_bias"}, False, True, dtype=TensorProto.FLOAT16
+    )
     g = torch.Generator().manual_seed(4)
     Bt, E, N, L = 1, 4, 3, 6
-    t = {"u": torch.randn(Bt, E, L, generator=g).half(),
-         "delta": torch.randn(Bt, E, L, generator=g).half(), "A": -torch.rand(E, N, generator=g),
-         "B": torch.randn(Bt, 1, N, L, generator=g), "C": torch.randn(Bt, 1, N, L, generator=g),
-         "D": torch.randn(E, generator=g), "z": torch.randn(Bt, E, L, generator=g).half(),
-         "delta_bias": torch.randn(E, generator=g)}
+    t = {
+        "u": torch.randn(Bt, E, L, generator=g).half(),
+        "delta": torch.randn(Bt, E, L, generator=g).half(),
+        "A": -torch.rand(E, N, generator=g),
+        "B": torch.randn(Bt, 1, N, L, generator=g),
+        "C": torch.randn(Bt, 1, N, L, generator=g),
+        "D": torch.randn(E, generator=g),
+        "z": torch.randn(Bt, E, L, generator=g).half(),
+        "delta_bias": torch.randn(E, generator=g),
+    }
     sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
     out, _ = sess.run(None, {n: t[n].numpy() for n in names})
     assert out.dtype == np.float16
-    ref = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
-                         delta_bias=t["delta_bias"], delta_softplus=True)
+    ref = selective_scan(
+        t["u"],
+        t["delta"],
+        t["A"],
+        t["B"],
+        t["C"],
+        D=t["D"],
+        z=t["z"],
+        delta_bias=t["delta_bias"],
+        delta_softplus=True,
+    )
     np.testing.assert_allclose(out.astype(np.float32), ref.float().numpy(), atol=2e-2, rtol=2e-2)
 
 
 # ---------------------------------------------------------------------------------------------
 # bad arguments
 # ---------------------------------------------------------------------------------------------
+
 
 def test_bad_arguments_name_the_argument(small_model, tmp_path):
     with pytest.raises(ValueError, match="scan"):

@@ -25,23 +25,33 @@ def test_metrics_on_known_values():
 
 @pytest.mark.slow
 def test_eager_and_onnxruntime_rows(small_model, small_onnx):
-    rep = compare(small_model, "eager,onnxruntime", batch=3,
-                  artifacts={"onnxruntime": small_onnx})
+    rep = compare(small_model, "eager,onnxruntime", batch=3, artifacts={"onnxruntime": small_onnx})
     assert [r.backend for r in rep.rows] == ["eager", "onnxruntime"]
     assert rep.passed, rep.to_text()
     assert rep.rows[0].max_abs == 0
     assert rep.rows[1].max_abs <= 1e-4 and rep.rows[1].top1_agree == 1
     text = rep.to_text()
-    for word in ("torch", "triton", "onnxruntime", "tensorrt", "device", "max_abs", "rel_rms",
-                 "cos_sim", "top1_agree", "PASS"):
+    for word in (
+        "torch",
+        "triton",
+        "onnxruntime",
+        "tensorrt",
+        "device",
+        "max_abs",
+        "rel_rms",
+        "cos_sim",
+        "top1_agree",
+        "PASS",
+    ):
         assert word in text
     assert rep.to_dict()["passed"] is True
 
 
 @pytest.mark.slow
 def test_tolerance_zero_fails_a_row(small_model, small_onnx):
-    rep = compare(small_model, ["onnxruntime"], atol=0, rtol=0,
-                  artifacts={"onnxruntime": small_onnx})
+    rep = compare(
+        small_model, ["onnxruntime"], atol=0, rtol=0, artifacts={"onnxruntime": small_onnx}
+    )
     assert not rep.passed and rep.rows[0].error is None
     assert "FAIL" in rep.to_text()
 

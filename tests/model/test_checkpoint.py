@@ -18,15 +18,28 @@ from ._helpers import SMALL, randomize_
 
 def _official_file(path, sd, **extra):
     """The layout of the published files (vim_t_midclstok_76p1acc.pth and friends)."""
-    args = argparse.Namespace(model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed"
-                              "_with_midclstok_div2", input_size=224, lr=5e-4, drop_path=0.0,
-                              batch_size=128, data_set="IMNET", output_dir="./out")
-    torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5,
-                                                                          "params": [0, 1]}]},
-                "lr_scheduler": {"t_initial": 300, "base_values": [5e-4]}, "epoch": 299,
-                "model_ema": {k: v.clone() for k, v in sd.items()},
-                "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 10},
-                "args": args, **extra}, path)
+    args = argparse.Namespace(
+        model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+        input_size=224,
+        lr=5e-4,
+        drop_path=0.0,
+        batch_size=128,
+        data_set="IMNET",
+        output_dir="./out",
+    )
+    torch.save(
+        {
+            "model": sd,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0, 1]}]},
+            "lr_scheduler": {"t_initial": 300, "base_values": [5e-4]},
+            "epoch": 299,
+            "model_ema": {k: v.clone() for k, v in sd.items()},
+            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 10},
+            "args": args,
+            **extra,
+        },
+        path,
+    )
 
 
 @pytest.fixture
@@ -43,8 +56,11 @@ def _same(a, b, x):
 def test_official_training_checkpoint(tmp_path, source):
     m, x = source
     _official_file(tmp_path / "vim_t.pth", m.state_dict())
-    loaded = vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "vim_t.pth",
-                               **{k: v for k, v in SMALL.items() if k != "num_classes"}).eval()
+    loaded = vimc.create_model(
+        "vim_tiny",
+        checkpoint_path=tmp_path / "vim_t.pth",
+        **{k: v for k, v in SMALL.items() if k != "num_classes"},
+    ).eval()
     assert loaded.num_classes == 10  # taken from the checkpoint's head
     _same(loaded, m, x)
 
@@ -52,11 +68,11 @@ def test_official_training_checkpoint(tmp_path, source):
 def test_bare_state_dict_with_wrapper_prefixes(tmp_path, source):
     m, x = source
     torch.save(m.state_dict(), tmp_path / "bare.pth")
-    _same(vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "bare.pth", **SMALL).eval(),
-          m, x)
+    _same(
+        vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "bare.pth", **SMALL).eval(), m, x
+    )
     torch.save({"module." + k: v for k, v in m.state_dict().items()}, tmp_path / "ddp.pth")
-    _same(vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "ddp.pth", **SMALL).eval(),
-          m, x)
+    _same(vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "ddp.pth", **SMALL).eval(), m, x)
 
 
 def test_save_pretrained_round_trip(tmp_path, small_model):
@@ -122,17 +138,20 @@ def test_missing_and_misshaped_keys_in_one_error(tmp_path, source):
     assert "unexpected keys (1): layers.0.mixer.extra" in msg
     assert "layers.0.mixer.x_proj.weight: checkpoint [7, 96] vs model [35, 96]" in msg
     # not strict: everything that fits is loaded
-    loose = vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "bad.pth", strict=False,
-                              **SMALL)
-    torch.testing.assert_close(loose.layers[1].mixer.in_proj.weight,
-                               m.layers[1].mixer.in_proj.weight)
+    loose = vimc.create_model(
+        "vim_tiny", checkpoint_path=tmp_path / "bad.pth", strict=False, **SMALL
+    )
+    torch.testing.assert_close(
+        loose.layers[1].mixer.in_proj.weight, m.layers[1].mixer.in_proj.weight
+    )
 
 
 def test_num_classes_override_keeps_a_fresh_head(tmp_path, source):
     m, x = source
     _official_file(tmp_path / "c.pth", m.state_dict())
-    ft = vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "c.pth",
-                           **{**SMALL, "num_classes": 3}).eval()
+    ft = vimc.create_model(
+        "vim_tiny", checkpoint_path=tmp_path / "c.pth", **{**SMALL, "num_classes": 3}
+    ).eval()
     assert ft.head.weight.shape == (3, 48)
     with torch.no_grad():
         torch.testing.assert_close(ft.forward_features(x), m.forward_features(x), rtol=0, atol=0)
@@ -150,21 +169,26 @@ def test_not_a_checkpoint(tmp_path):
 # pos_embed resizing
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("old,new", [((4, 4), (6, 6)), ((4, 4), (3, 5)), ((5, 5), (7, 7)),
-                                     ((14, 14), (27, 27))])
+
+@pytest.mark.parametrize(
+    "old,new", [((4, 4), (6, 6)), ((4, 4), (3, 5)), ((5, 5), (7, 7)), ((14, 14), (27, 27))]
+)
 def test_resize_pos_embed_middle_class_token(old, new):
     D = 8
     Mo, Mn = old[0] * old[1], new[0] * new[1]
     grid = torch.randn(1, old[0], old[1], D)
     cls = torch.randn(1, 1, D)
     flat = grid.reshape(1, Mo, D)
-    pe = torch.cat([flat[:, :Mo // 2], cls, flat[:, Mo // 2:]], 1)
+    pe = torch.cat([flat[:, : Mo // 2], cls, flat[:, Mo // 2 :]], 1)
     out = resize_pos_embed(pe, old, new)
     assert out.shape == (1, Mn + 1, D)
     torch.testing.assert_close(out[:, Mn // 2], cls[:, 0], rtol=0, atol=0)  # cls at new middle
-    want = F.interpolate(grid.permute(0, 3, 1, 2), size=new, mode="bicubic",
-                         align_corners=False).permute(0, 2, 3, 1).reshape(1, Mn, D)
-    got = torch.cat([out[:, :Mn // 2], out[:, Mn // 2 + 1:]], 1)
+    want = (
+        F.interpolate(grid.permute(0, 3, 1, 2), size=new, mode="bicubic", align_corners=False)
+        .permute(0, 2, 3, 1)
+        .reshape(1, Mn, D)
+    )
+    got = torch.cat([out[:, : Mn // 2], out[:, Mn // 2 + 1 :]], 1)
     torch.testing.assert_close(got, want)
     assert resize_pos_embed(pe, old, old) is pe
 
@@ -174,10 +198,11 @@ def test_checkpoint_at_another_resolution_and_stride(tmp_path, source):
     m, _ = source
     _official_file(tmp_path / "c.pth", m.state_dict())
     for over, grid in (({"img_size": 48}, (6, 6)), ({"stride": 4}, (7, 7))):
-        big = vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "c.pth",
-                                **{**SMALL, **over})
+        big = vimc.create_model("vim_tiny", checkpoint_path=tmp_path / "c.pth", **{**SMALL, **over})
         assert big.patch_embed.grid_size == grid
-        torch.testing.assert_close(big.pos_embed.data,
-                                   resize_pos_embed(m.pos_embed.data, (4, 4), grid))
-        torch.testing.assert_close(big.pos_embed.data[:, grid[0] * grid[1] // 2],
-                                   m.pos_embed.data[:, 8])
+        torch.testing.assert_close(
+            big.pos_embed.data, resize_pos_embed(m.pos_embed.data, (4, 4), grid)
+        )
+        torch.testing.assert_close(
+            big.pos_embed.data[:, grid[0] * grid[1] // 2], m.pos_embed.data[:, 8]
+        )

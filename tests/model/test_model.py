@@ -15,20 +15,41 @@ from ._helpers import SMALL, randomize_
 
 # vim.md's table: (short name, official name, D, stride, params as stated)
 VARIANTS = [
-    ("vim_tiny", "vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
-     192, 16, "7.15M"),
-    ("vim_tiny_s8",
-     "vim_tiny_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
-     192, 8, "7.25M"),
-    ("vim_small",
-     "vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
-     384, 16, "25.8M"),
-    ("vim_small_s8",
-     "vim_small_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
-     384, 8, "26M"),
-    ("vim_base",
-     "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",
-     768, 16, "97.6M"),
+    (
+        "vim_tiny",
+        "vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+        192,
+        16,
+        "7.15M",
+    ),
+    (
+        "vim_tiny_s8",
+        "vim_tiny_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+        192,
+        8,
+        "7.25M",
+    ),
+    (
+        "vim_small",
+        "vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+        384,
+        16,
+        "25.8M",
+    ),
+    (
+        "vim_small_s8",
+        "vim_small_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+        384,
+        8,
+        "26M",
+    ),
+    (
+        "vim_base",
+        "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",
+        768,
+        16,
+        "97.6M",
+    ),
 ]
 
 
@@ -43,7 +64,9 @@ def test_variant_param_count_and_alias(short, long, D, stride, stated):
 
 
 def test_list_models():
-    assert vimc.list_models() == sorted(v[0] for v in VARIANTS)
+    # the official variants plus vimc's built-in vim_digits (the only one with packaged weights)
+    assert vimc.list_models() == sorted([v[0] for v in VARIANTS] + ["vim_digits"])
+    assert vimc.list_models(pretrained=True) == ["vim_digits"]
     assert set(vimc.list_models(include_aliases=True)) >= {v[1] for v in VARIANTS}
     assert vimc.list_models("vim_tiny*") == ["vim_tiny", "vim_tiny_s8"]
 
@@ -51,16 +74,31 @@ def test_list_models():
 def test_vim_tiny_state_dict_names_and_shapes():
     sd = vimc.create_model("vim_tiny", device="meta").state_dict()
     assert len(sd) == 415 and not list(vimc.create_model("vim_tiny", device="meta").buffers())
-    top = {"cls_token": (1, 1, 192), "pos_embed": (1, 197, 192),
-           "patch_embed.proj.weight": (192, 3, 16, 16), "patch_embed.proj.bias": (192,),
-           "norm_f.weight": (192,), "head.weight": (1000, 192), "head.bias": (1000,)}
-    layer = {"norm.weight": (192,), "mixer.in_proj.weight": (768, 192),
-             "mixer.out_proj.weight": (192, 384)}
+    top = {
+        "cls_token": (1, 1, 192),
+        "pos_embed": (1, 197, 192),
+        "patch_embed.proj.weight": (192, 3, 16, 16),
+        "patch_embed.proj.bias": (192,),
+        "norm_f.weight": (192,),
+        "head.weight": (1000, 192),
+        "head.bias": (1000,),
+    }
+    layer = {
+        "norm.weight": (192,),
+        "mixer.in_proj.weight": (768, 192),
+        "mixer.out_proj.weight": (192, 384),
+    }
     for sfx in ("", "_b"):
-        layer.update({f"mixer.conv1d{sfx}.weight": (384, 1, 4), f"mixer.conv1d{sfx}.bias": (384,),
-                      f"mixer.x_proj{sfx}.weight": (44, 384),
-                      f"mixer.dt_proj{sfx}.weight": (384, 12),
-                      f"mixer.dt_proj{sfx}.bias": (384,), f"mixer.D{sfx}": (384,)})
+        layer.update(
+            {
+                f"mixer.conv1d{sfx}.weight": (384, 1, 4),
+                f"mixer.conv1d{sfx}.bias": (384,),
+                f"mixer.x_proj{sfx}.weight": (44, 384),
+                f"mixer.dt_proj{sfx}.weight": (384, 12),
+                f"mixer.dt_proj{sfx}.bias": (384,),
+                f"mixer.D{sfx}": (384,),
+            }
+        )
     layer["mixer.A_log"] = layer["mixer.A_b_log"] = (384, 16)
     expected = dict(top)
     for i in range(24):
@@ -96,8 +134,18 @@ def test_timm_contract(name):
 
 
 def test_overrides_and_errors():
-    m = vimc.create_model("vim_small", depth=2, embed_dim=48, d_state=8, img_size=48, patch_size=8,
-                          stride=4, num_classes=5, drop_path_rate=0.1, dtype=torch.float64)
+    m = vimc.create_model(
+        "vim_small",
+        depth=2,
+        embed_dim=48,
+        d_state=8,
+        img_size=48,
+        patch_size=8,
+        stride=4,
+        num_classes=5,
+        drop_path_rate=0.1,
+        dtype=torch.float64,
+    )
     assert m.layers[0].mixer.A_log.shape == (96, 8) and m.pos_embed.shape == (1, 11 * 11 + 1, 48)
     assert m.head.weight.dtype == torch.float64
     with pytest.raises(ValueError, match="unknown model"):
@@ -121,8 +169,9 @@ def test_register_variant_with_packaged_weights(tmp_path, small_model):
     src.save_pretrained(tmp_path / "w")
     saved = (dict(M._VARIANTS), dict(M._ALIASES))
     try:
-        register_variant("vim_test_digits", VimConfig(**{**SMALL, "in_chans": 1}),
-                         weights=str(tmp_path / "w"))
+        register_variant(
+            "vim_test_digits", VimConfig(**{**SMALL, "in_chans": 1}), weights=str(tmp_path / "w")
+        )
         assert "vim_test_digits" in vimc.list_models(pretrained=True)
         m = vimc.create_model("vim_test_digits", pretrained=True).eval()
         x = torch.randn(2, 1, 32, 32)
@@ -161,6 +210,7 @@ def test_dynamic_img_size_resizes_pos_embed(small_model):
 # vim.md, written out literally from the state_dict: the oracle for the model's plumbing
 # ---------------------------------------------------------------------------------------------
 
+
 def _rmsnorm(x, w):
     x = x.float()
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w.float()
@@ -171,16 +221,27 @@ def _branch(sd, prefix, xx, z, s, A_name, N):
     dt_proj without bias, the reference scan with delta_bias and softplus."""
     E, L = xx.shape[1], xx.shape[2]
     R = sd[f"{prefix}dt_proj{s}.weight"].shape[1]
-    u = F.silu(F.conv1d(xx, sd[f"{prefix}conv1d{s}.weight"], sd[f"{prefix}conv1d{s}.bias"],
-                        padding=3, groups=E)[..., :L])
+    u = F.silu(
+        F.conv1d(
+            xx, sd[f"{prefix}conv1d{s}.weight"], sd[f"{prefix}conv1d{s}.bias"], padding=3, groups=E
+        )[..., :L]
+    )
     x_dbl = u.transpose(1, 2) @ sd[f"{prefix}x_proj{s}.weight"].T
     dt = sd[f"{prefix}dt_proj{s}.weight"] @ x_dbl[..., :R].transpose(1, 2)
-    Bm = x_dbl[..., R:R + N].transpose(1, 2)
-    Cm = x_dbl[..., R + N:].transpose(1, 2)
+    Bm = x_dbl[..., R : R + N].transpose(1, 2)
+    Cm = x_dbl[..., R + N :].transpose(1, 2)
     A = -torch.exp(sd[prefix + A_name].float())
-    return selective_scan_reference(u, dt, A, Bm, Cm, D=sd[f"{prefix}D{s}"].float(), z=z,
-                                    delta_bias=sd[f"{prefix}dt_proj{s}.bias"].float(),
-                                    delta_softplus=True)
+    return selective_scan_reference(
+        u,
+        dt,
+        A,
+        Bm,
+        Cm,
+        D=sd[f"{prefix}D{s}"].float(),
+        z=z,
+        delta_bias=sd[f"{prefix}dt_proj{s}.bias"].float(),
+        delta_softplus=True,
+    )
 
 
 def _vim_md_forward(sd, img, depth, patch, stride, N=16):
@@ -232,6 +293,7 @@ def test_class_token_sits_in_the_middle(small_model):
 # dtypes
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 6e-2), (torch.float16, 1e-2)])
 def test_half_models_track_float32(small_model, dtype, tol):
     """Whole-model .to(dtype): logits within tol (relative to the float32 logits' max), the
@@ -264,6 +326,7 @@ def test_autocast_bfloat16(small_model):
 # initialization
 # ---------------------------------------------------------------------------------------------
 
+
 def test_official_initialization():
     m = vimc.create_model("vim_tiny", depth=4)
     N, R = 16, 12
@@ -274,7 +337,7 @@ def test_official_initialization():
     assert (mx.D == 1).all() and (mx.D_b == 1).all()
     dt = F.softplus(mx.dt_proj.bias)
     assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
-    assert mx.dt_proj.weight.abs().max() <= R ** -0.5
+    assert mx.dt_proj.weight.abs().max() <= R**-0.5
     assert (mx.dt_proj_b.bias == 0).all()  # zeroed with the other Linear biases, as officially
     assert (mx.conv1d.bias.abs() > 0).any()  # conv biases keep PyTorch's default init
     bound = (1 / 384) ** 0.5 / math.sqrt(4)  # kaiming-uniform(a=sqrt5) / sqrt(depth)

@@ -20,14 +20,20 @@ def test_anticausal_conv_equals_flip_formulation(L):
     x = torch.randn(3, E, L, dtype=torch.float64)
     conv = torch.nn.Conv1d(E, E, K, groups=E, padding=K - 1, dtype=torch.float64)
     flip = conv(x.flip(-1))[..., :L].flip(-1)  # the official backward branch's conv
-    torch.testing.assert_close(anticausal_conv1d(x, conv.weight, conv.bias), flip,
-                               rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(causal_conv1d(x, conv.weight, conv.bias), conv(x)[..., :L],
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        anticausal_conv1d(x, conv.weight, conv.bias), flip, rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        causal_conv1d(x, conv.weight, conv.bias), conv(x)[..., :L], rtol=1e-12, atol=1e-12
+    )
     # and on a non-contiguous slice, as the mixer feeds it
     xz = torch.randn(2, 2 * E, L, dtype=torch.float64)
-    torch.testing.assert_close(anticausal_conv1d(xz[:, :E], conv.weight, conv.bias),
-                               conv(xz[:, :E].flip(-1))[..., :L].flip(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        anticausal_conv1d(xz[:, :E], conv.weight, conv.bias),
+        conv(xz[:, :E].flip(-1))[..., :L].flip(-1),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("L", [1, 5, 17, 64])

@@ -38,8 +38,16 @@ def test_loss_falls_on_digits():
     perm = torch.randperm(len(y), generator=g)
     train, test = perm[:1500], perm[1500:]
     torch.manual_seed(0)
-    m = vimc.create_model("vim_tiny", depth=2, embed_dim=48, img_size=16, patch_size=4, stride=4,
-                          in_chans=1, num_classes=10)
+    m = vimc.create_model(
+        "vim_tiny",
+        depth=2,
+        embed_dim=48,
+        img_size=16,
+        patch_size=4,
+        stride=4,
+        in_chans=1,
+        num_classes=10,
+    )
     opt = torch.optim.AdamW(m.parameters(), lr=4e-3, weight_decay=0.01)
 
     def evaluate():
@@ -52,7 +60,7 @@ def test_loss_falls_on_digits():
     loss0, _ = evaluate()
     order = train[torch.randperm(len(train), generator=g)]
     for i in range(0, len(order), 64):  # one epoch, 24 steps
-        idx = order[i:i + 64]
+        idx = order[i : i + 64]
         loss = F.cross_entropy(m(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()

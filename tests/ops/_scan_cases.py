@@ -31,8 +31,17 @@ class Case:
 
     @property
     def id(self) -> str:
-        flags = "".join(f for f, on in (("-D", self.D), ("-z", self.z), ("-bias", self.bias),
-                                         ("-sp", self.softplus), ("-rev", self.reverse)) if on)
+        flags = "".join(
+            f
+            for f, on in (
+                ("-D", self.D),
+                ("-z", self.z),
+                ("-bias", self.bias),
+                ("-sp", self.softplus),
+                ("-rev", self.reverse),
+            )
+            if on
+        )
         g = f"-G{self.G}" if self.G else ""
         return f"B{self.Bt}-E{self.E}-L{self.L}-N{self.N}{g}{flags}"
 
@@ -43,14 +52,15 @@ def make_inputs(c: Case, dtype=torch.float32, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
 
     def rn(*shape, scale=1.0, shift=0.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift)
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift
 
     bc_shape = (c.Bt, c.N, c.L) if not c.G else (c.Bt, c.G, c.N, c.L)
     A_log = torch.log(torch.arange(1, c.N + 1, dtype=torch.float64)).repeat(c.E, 1)
     ins = dict(
         u=rn(c.Bt, c.E, c.L),
         delta=rn(c.Bt, c.E, c.L, scale=0.5, shift=-2.0 if c.softplus else 0.0)
-        if c.softplus else torch.rand(c.Bt, c.E, c.L, generator=g, dtype=torch.float64) * 0.2,
+        if c.softplus
+        else torch.rand(c.Bt, c.E, c.L, generator=g, dtype=torch.float64) * 0.2,
         A=-torch.exp(A_log + rn(c.E, c.N, scale=0.1)),
         B=rn(*bc_shape),
         C=rn(*bc_shape),
@@ -61,9 +71,12 @@ def make_inputs(c: Case, dtype=torch.float32, seed: int = 0) -> dict:
     )
     # A, D and delta_bias are float32 parameters in Vim whatever the activation dtype
     keep32 = {"A", "D", "delta_bias"}
-    return {k: None if v is None else v.to(torch.float32 if (k in keep32 and dtype != torch.float64)
-                                           else dtype)
-            for k, v in ins.items()}
+    return {
+        k: None
+        if v is None
+        else v.to(torch.float32 if (k in keep32 and dtype != torch.float64) else dtype)
+        for k, v in ins.items()
+    }
 
 
 def flags(c: Case) -> dict:
@@ -89,5 +102,7 @@ def describe_mismatch(got: torch.Tensor, ref: torch.Tensor, tol: float) -> str:
     diff = (got - ref).abs()
     bad = (diff > tol * ref.abs().max().clamp_min(1e-30)).nonzero()
     first = bad[:3].tolist()
-    return (f"rel_err={rel_err(got, ref):.3e} (tol {tol:.1e}), max_abs={diff.max().item():.3e}, "
-            f"non-finite={nan}, mismatches={len(bad)} first at {first}")
+    return (
+        f"rel_err={rel_err(got, ref):.3e} (tol {tol:.1e}), max_abs={diff.max().item():.3e}, "
+        f"non-finite={nan}, mismatches={len(bad)} first at {first}"
+    )

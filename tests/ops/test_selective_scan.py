@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
 from vimc.ops import selective_scan, selective_scan_reference
 from vimc.ops.selective_scan import cpu
 
@@ -53,6 +52,7 @@ CASES = [
 # forward
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=lambda d: str(d).removeprefix("torch."))
 def test_forward_matches_float64_reference(impl, c, dtype):
@@ -67,10 +67,17 @@ def test_forward_matches_float64_reference(impl, c, dtype):
 
 
 @given(
-    Bt=st.integers(1, 3), E=st.integers(1, 20), L=st.sampled_from([1, 2, 3, 7, 13, 31, 64, 101]),
-    N=st.sampled_from([1, 2, 5, 8, 16, 64]), grouped=st.booleans(),
-    D=st.booleans(), z=st.booleans(), bias=st.booleans(), softplus=st.booleans(),
-    reverse=st.booleans(), seed=st.integers(0, 2**16),
+    Bt=st.integers(1, 3),
+    E=st.integers(1, 20),
+    L=st.sampled_from([1, 2, 3, 7, 13, 31, 64, 101]),
+    N=st.sampled_from([1, 2, 5, 8, 16, 64]),
+    grouped=st.booleans(),
+    D=st.booleans(),
+    z=st.booleans(),
+    bias=st.booleans(),
+    softplus=st.booleans(),
+    reverse=st.booleans(),
+    seed=st.integers(0, 2**16),
 )
 def test_forward_property(Bt, E, L, N, grouped, D, z, bias, softplus, reverse, seed):
     G = next(g for g in (3, 2, 1) if E % g == 0) if grouped else 0
@@ -86,8 +93,10 @@ def test_reverse_equals_flipped_forward():
     c = Case(E=10, L=29, N=4)
     ins = make_inputs(c)
     rev = run(ins, dataclasses.replace(c, reverse=True))
-    flipped = {k: (v.flip(-1) if k in ("u", "delta", "z", "B", "C") and v is not None else v)
-               for k, v in ins.items()}
+    flipped = {
+        k: (v.flip(-1) if k in ("u", "delta", "z", "B", "C") and v is not None else v)
+        for k, v in ins.items()
+    }
     fwd = run(flipped, c).flip(-1)
     torch.testing.assert_close(rev, fwd, rtol=1e-5, atol=1e-6)
 
@@ -96,8 +105,14 @@ def test_non_contiguous_inputs():
     c = Case(E=12, L=21, N=4)
     ins = make_inputs(c)
     # the same values through transposed / strided storage
-    strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() >= 2
-                   else v) for k, v in ins.items()}
+    strided = {
+        k: (
+            v.transpose(-1, -2).contiguous().transpose(-1, -2)
+            if v is not None and v.dim() >= 2
+            else v
+        )
+        for k, v in ins.items()
+    }
     wide = torch.randn(c.Bt, c.E, 2 * c.L)
     wide[..., ::2] = ins["u"]
     strided["u"] = wide[..., ::2]
@@ -176,8 +191,15 @@ def test_gradients_match_autograd_through_reference(impl, c):
         assert err <= 1e-4, f"d{name}: " + describe_mismatch(got[name], ref[name], 1e-4)
 
 
-@given(E=st.integers(1, 12), L=st.sampled_from([1, 4, 17, 40]), N=st.sampled_from([1, 3, 16]),
-       z=st.booleans(), softplus=st.booleans(), reverse=st.booleans(), seed=st.integers(0, 999))
+@given(
+    E=st.integers(1, 12),
+    L=st.sampled_from([1, 4, 17, 40]),
+    N=st.sampled_from([1, 3, 16]),
+    z=st.booleans(),
+    softplus=st.booleans(),
+    reverse=st.booleans(),
+    seed=st.integers(0, 999),
+)
 def test_gradients_property(E, L, N, z, softplus, reverse, seed):
     c = Case(Bt=2, E=E, L=L, N=N, z=z, softplus=softplus, bias=softplus, reverse=reverse)
     ins = make_inputs(c, seed=seed)
@@ -187,7 +209,8 @@ def test_gradients_property(E, L, N, z, softplus, reverse, seed):
     ref = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
     for name in got:
         assert rel_err(got[name], ref[name]) <= 1e-4, f"{c.id} d{name}: " + describe_mismatch(
-            got[name], ref[name], 1e-4)
+            got[name], ref[name], 1e-4
+        )
 
 
 def test_only_out_used_gives_same_grads_as_zero_state_cotangent():
@@ -208,6 +231,7 @@ def test_only_out_used_gives_same_grads_as_zero_state_cotangent():
 # registration and compilation
 # ---------------------------------------------------------------------------------------------
 
+
 def _op_args(c: Case, requires_grad=True):
     ins = make_inputs(c)
     B, C = ins["B"], ins["C"]
@@ -218,9 +242,11 @@ def _op_args(c: Case, requires_grad=True):
     return (*args, c.softplus, c.reverse)
 
 
-@pytest.mark.parametrize("c", [Case(E=8, L=7, N=4), Case(E=6, L=5, N=3, G=2, D=False, z=False,
-                                                           bias=False, reverse=True)],
-                         ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "c",
+    [Case(E=8, L=7, N=4), Case(E=6, L=5, N=3, G=2, D=False, z=False, bias=False, reverse=True)],
+    ids=lambda c: c.id,
+)
 def test_opcheck(c):
     torch.library.opcheck(torch.ops.vimc.selective_scan_fwd.default, _op_args(c))
 
@@ -230,8 +256,11 @@ def test_opcheck_backward_op():
     args = _op_args(c, requires_grad=False)
     dout = torch.randn(c.Bt, c.E, c.L)
     dlast = torch.randn(c.Bt, c.E, c.N)
-    torch.library.opcheck(torch.ops.vimc.selective_scan_bwd.default, (dout, dlast, *args),
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(
+        torch.ops.vimc.selective_scan_bwd.default,
+        (dout, dlast, *args),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
 
 
 def test_compile_fullgraph_forward_and_backward():
@@ -268,8 +297,10 @@ def test_export_keeps_one_node_per_scan():
     ep = torch.export.export(M(), (ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]))
     targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
     assert targets.count(torch.ops.vimc.selective_scan_fwd.default) == 1
-    torch.testing.assert_close(ep.module()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]),
-                               M()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]))
+    torch.testing.assert_close(
+        ep.module()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]),
+        M()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]),
+    )
 
 
 def test_poisoned_outputs_are_nan():
@@ -283,25 +314,29 @@ def test_poisoned_outputs_are_nan():
 # bad input
 # ---------------------------------------------------------------------------------------------
 
+
 def _good():
     return make_inputs(Case(Bt=2, E=4, L=5, N=3))
 
 
-@pytest.mark.parametrize("mutate, exc, words", [
-    (lambda a: a.update(delta=a["delta"][..., :4]), ValueError, ["delta", "(Bt, E, L)"]),
-    (lambda a: a.update(A=a["A"][:3]), ValueError, ["A", "(E, N)"]),
-    (lambda a: a.update(B=a["B"][:1]), ValueError, ["B", "(Bt, N, L)"]),
-    (lambda a: a.update(C=a["C"][..., :4]), ValueError, ["C"]),
-    (lambda a: a.update(u=a["u"].to(torch.int64)), TypeError, ["u", "floating"]),
-    (lambda a: a.update(D=a["D"][:2]), ValueError, ["D", "(E,)"]),
-    (lambda a: a.update(z=a["z"][:1]), ValueError, ["z"]),
-    (lambda a: a.update(delta_bias=a["delta_bias"].to(torch.int32)), TypeError, ["delta_bias"]),
-    (lambda a: a.update(u=a["u"][0]), ValueError, ["u", "3 dimensions"]),
-    (lambda a: a.update(A=torch.zeros(4, 300)), ValueError, ["N", "256"]),
-    (lambda a: a.update(B=a["B"].reshape(2, 1, 3, 5).expand(2, 3, 3, 5)), ValueError, ["G"]),
-    (lambda a: a.update(u=a["u"].to("meta")), ValueError, ["one device", "u on meta"]),
-    (lambda a: a.update(B=[1, 2]), TypeError, ["B", "torch.Tensor"]),
-])
+@pytest.mark.parametrize(
+    "mutate, exc, words",
+    [
+        (lambda a: a.update(delta=a["delta"][..., :4]), ValueError, ["delta", "(Bt, E, L)"]),
+        (lambda a: a.update(A=a["A"][:3]), ValueError, ["A", "(E, N)"]),
+        (lambda a: a.update(B=a["B"][:1]), ValueError, ["B", "(Bt, N, L)"]),
+        (lambda a: a.update(C=a["C"][..., :4]), ValueError, ["C"]),
+        (lambda a: a.update(u=a["u"].to(torch.int64)), TypeError, ["u", "floating"]),
+        (lambda a: a.update(D=a["D"][:2]), ValueError, ["D", "(E,)"]),
+        (lambda a: a.update(z=a["z"][:1]), ValueError, ["z"]),
+        (lambda a: a.update(delta_bias=a["delta_bias"].to(torch.int32)), TypeError, ["delta_bias"]),
+        (lambda a: a.update(u=a["u"][0]), ValueError, ["u", "3 dimensions"]),
+        (lambda a: a.update(A=torch.zeros(4, 300)), ValueError, ["N", "256"]),
+        (lambda a: a.update(B=a["B"].reshape(2, 1, 3, 5).expand(2, 3, 3, 5)), ValueError, ["G"]),
+        (lambda a: a.update(u=a["u"].to("meta")), ValueError, ["one device", "u on meta"]),
+        (lambda a: a.update(B=[1, 2]), TypeError, ["B", "torch.Tensor"]),
+    ],
+)
 def test_bad_input_is_named(mutate, exc, words):
     args = _good()
     mutate(args)
