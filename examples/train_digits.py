@@ -37,20 +37,8 @@ from tqdm import tqdm
 import vimc
 from vimc import data
 
-# the architecture of the shipped vim_digits (used when the registry does not define it)
-DIGITS_ARCH = dict(
-    img_size=32,
-    patch_size=4,
-    stride=4,
-    embed_dim=64,
-    depth=4,
-    d_state=16,
-    num_classes=10,
-    mean=(0.31, 0.31, 0.31),
-    std=(0.35, 0.35, 0.35),
-    crop_pct=1.0,
-    interpolation="bicubic",
-)
+# the architecture of the shipped vim_digits, as registered in vimc/model.py
+DIGITS_ARCH = vimc.model.get_variant("vim_digits").config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="random translation in pixels of the 32x32 input (0: none)",
     )
     p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
-    p.add_argument("--embed-dim", type=int, default=DIGITS_ARCH["embed_dim"])
-    p.add_argument("--depth", type=int, default=DIGITS_ARCH["depth"])
-    p.add_argument("--d-state", type=int, default=DIGITS_ARCH["d_state"])
+    p.add_argument("--embed-dim", type=int, default=DIGITS_ARCH.embed_dim)
+    p.add_argument("--depth", type=int, default=DIGITS_ARCH.depth)
+    p.add_argument("--d-state", type=int, default=DIGITS_ARCH.d_state)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument(
@@ -116,21 +104,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(args) -> vimc.VisionMamba:
-    arch = {
-        **DIGITS_ARCH,
-        "embed_dim": args.embed_dim,
-        "depth": args.depth,
-        "d_state": args.d_state,
-        "drop_path_rate": args.drop_path,
-    }
-    if "vim_digits" in vimc.list_models():
-        keep = ("embed_dim", "depth", "d_state", "drop_path_rate")
-        return vimc.create_model("vim_digits", **{k: arch[k] for k in keep})
-    # a registry without vim_digits: register it from the architecture above
-    vimc.register_variant(
-        "vim_digits", vimc.VimConfig(**{k: v for k, v in arch.items() if k != "drop_path_rate"})
-    )
-    return vimc.create_model("vim_digits", drop_path_rate=args.drop_path)
+    return vimc.create_model("vim_digits", embed_dim=args.embed_dim, depth=args.depth,
+                             d_state=args.d_state, drop_path_rate=args.drop_path)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
