@@ -64,11 +64,15 @@ def test_variant_param_count_and_alias(short, long, D, stride, stated):
 
 
 def test_list_models():
-    # the official variants plus vimc's built-in vim_digits (the only one with packaged weights)
-    assert vimc.list_models() == sorted([v[0] for v in VARIANTS] + ["vim_digits"])
-    assert vimc.list_models(pretrained=True) == ["vim_digits"]
+    # other test modules may register variants of their own (tests/export registers one), so
+    # the registry is checked for what vimc ships rather than for equality
+    names = vimc.list_models()
+    assert names == sorted(names)
+    assert set(names) >= {v[0] for v in VARIANTS} | {"vim_digits"}
     assert set(vimc.list_models(include_aliases=True)) >= {v[1] for v in VARIANTS}
     assert vimc.list_models("vim_tiny*") == ["vim_tiny", "vim_tiny_s8"]
+    # vim_digits is the only variant with weights in the package
+    assert vimc.list_models(pretrained=True) == ["vim_digits"]
 
 
 def test_vim_tiny_state_dict_names_and_shapes():
