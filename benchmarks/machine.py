@@ -7,22 +7,7 @@ import os
 import platform
 import re
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(mod: str) -> str:
-    try:
-        return __import__(mod).__version__
-    except Exception:  # noqa: BLE001 - any import failure means "not installed" here
-        return "not installed"
+from vimc._env import cpu_name, package_version
 
 
 def header(device: str = "cpu") -> str:
@@ -31,12 +16,12 @@ def header(device: str = "cpu") -> str:
     dev = (
         torch.cuda.get_device_name() + f", driver CUDA {torch.version.cuda}"
         if device == "cuda" and torch.cuda.is_available()
-        else f"{_cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        else f"{cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
     )
     return (
         f"date {datetime.date.today()} | device {dev} | python {platform.python_version()} | "
-        f"torch {torch.__version__} | triton {_version('triton')} | "
-        f"onnxruntime {_version('onnxruntime')} | tensorrt {_version('tensorrt')}"
+        f"torch {torch.__version__} | triton {package_version('triton')} | "
+        f"onnxruntime {package_version('onnxruntime')} | tensorrt {package_version('tensorrt')}"
     )
 
 
@@ -46,5 +31,5 @@ def machine_tag(device: str = "cpu") -> str:
     if device == "cuda" and torch.cuda.is_available():
         name = torch.cuda.get_device_name()
     else:
-        name = f"{_cpu_name()}-{os.cpu_count()}c"
+        name = f"{cpu_name()}-{os.cpu_count()}c"
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()

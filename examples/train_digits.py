@@ -104,8 +104,13 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(args) -> vimc.VisionMamba:
-    return vimc.create_model("vim_digits", embed_dim=args.embed_dim, depth=args.depth,
-                             d_state=args.d_state, drop_path_rate=args.drop_path)
+    return vimc.create_model(
+        "vim_digits",
+        embed_dim=args.embed_dim,
+        depth=args.depth,
+        d_state=args.d_state,
+        drop_path_rate=args.drop_path,
+    )
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -3,13 +3,13 @@ machine and version information."""
 
 from __future__ import annotations
 
-import importlib
 import os
-import platform
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from vimc._env import cpu_name, versions  # noqa: F401  (re-exported for export/)
 
 DTYPES = {
     "float32": torch.float32,
@@ -140,38 +140,8 @@ def export_example(example: torch.Tensor, dynamic_batch: bool) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# machine and versions
+# machine and versions (cpu_name, versions: vimc._env, shared with benchmarks and vimc bench)
 # ---------------------------------------------------------------------------------------------
-
-
-def _version(mod: str) -> str:
-    try:
-        return importlib.import_module(mod).__version__
-    except Exception:  # noqa: BLE001  (an absent or broken package is "not installed")
-        return "not installed"
-
-
-def versions() -> dict[str, str]:
-    return {
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime"),
-        "tensorrt": _version("tensorrt"),
-        "torch_tensorrt": _version("torch_tensorrt"),
-        "python": platform.python_version(),
-    }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device=None) -> str:

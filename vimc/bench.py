@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vimc._env import cpu_name
+
 PAPER_RESOLUTIONS = (512, 640, 738, 1024, 1248)
 CUDA_RESOLUTIONS = (224, 512, 640, 738, 1024, 1248)
 CPU_RESOLUTIONS = (224, 512, 768, 1248)
@@ -380,13 +382,7 @@ def run_bench(
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def environment(device: torch.device) -> dict:
