@@ -29,3 +29,10 @@ def poison_outputs(enabled: bool = True):
         yield
     finally:
         _poison = old
+
+
+def new_output_like(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty_like(like, dtype=dtype)``: like's layout (what the fake kernels return)."""
+    if _poison:
+        return torch.full_like(like, float("nan"), dtype=dtype)
+    return torch.empty_like(like, dtype=dtype)

@@ -12,6 +12,7 @@ The torch path is chunked: within a chunk of ``CHUNK`` steps the state is a mask
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import hashlib
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ._alloc import new_output
+from ._alloc import new_output, new_output_like
 from .reference import softplus
 
 CHUNK = 16
@@ -50,6 +51,18 @@ _FLAGS = [
 
 LANES = 8  # must match cpu_kernel.c
 _SCRATCH_ROWS = 12  # (L, 8) staging rows per thread, must match cpu_kernel.c
+
+
+class _Strides3(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("b", "e", "t")]
+
+
+class _Strides4(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("b", "g", "n", "t")]
+
+
+_STRIDED3 = ("u", "delta", "z", "out", "dout", "du", "ddelta", "dz")  # (Bt, E, L)
+_STRIDED4 = ("B", "C")  # (Bt, G, N, L)
 
 
 class _ScanArgs(ctypes.Structure):
@@ -85,6 +98,8 @@ class _ScanArgs(ctypes.Structure):
             )
         ]
         + [("scratch_floats", ctypes.c_int64)]
+        + [("s_" + n, _Strides3) for n in _STRIDED3]
+        + [("s_" + n, _Strides4) for n in _STRIDED4]
     )
 
 
@@ -152,7 +167,7 @@ def _build() -> ctypes.CDLL:
     if lib.vimc_scan_abi() != ctypes.sizeof(_ScanArgs) * 1000 + LANES:
         raise RuntimeError("cpu_kernel.c and cpu.py disagree on the argument struct")
     for fn in (lib.vimc_scan_fwd, lib.vimc_scan_bwd):
-        fn.argtypes = [ctypes.POINTER(_ScanArgs)]
+        fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _call)
         fn.restype = ctypes.c_int
     return lib
 
@@ -177,8 +192,16 @@ def c_kernel_error() -> str | None:
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+    """float32 with t's strides (the kernel reads any strides; (E,), (E, N) are contiguous)."""
+    if t is None or t.dtype == torch.float32:
         return t  # the common case: no conversion, no Python-level call into torch
+    return t.to(torch.float32)
+
+
+def _vec(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The per-channel parameters (A, D, delta_bias): float32, contiguous."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
     return t.to(torch.float32).contiguous()
 
 
@@ -198,28 +221,35 @@ def _threads(items: int) -> int:
     return max(1, min(torch.get_num_threads(), items, 64))
 
 
+# _ScanArgs is all 8-byte words (int64 and pointers), so a call packs it as one flat int64
+# array.array: filling the ctypes Structure field by field, or a ctypes array, cost 13-20 us
+# per call (a Vim forward makes 48 calls); array.array takes ~1 us
+_WORDS = ctypes.sizeof(_ScanArgs) // 8
+_AT = {name: getattr(_ScanArgs, name).offset // 8 for name, _ in _ScanArgs._fields_}
+assert ctypes.sizeof(_ScanArgs) == 8 * _WORDS and all(
+    getattr(_ScanArgs, n).size % 8 == 0 for n in _AT
+)
+
+
 def _call(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, nthreads, **bufs):
     Bt, E, L = u.shape
     N, G = A.shape[1], B.shape[1]
     per_thread = _SCRATCH_ROWS * L * LANES
     scratch = _scratch_buffer(nthreads * per_thread)
-    args = _ScanArgs(
-        Bt=Bt,
-        E=E,
-        L=L,
-        N=N,
-        G=G,
-        delta_softplus=int(delta_softplus),
-        reverse=int(reverse),
-        nthreads=nthreads,
-        scratch_floats=per_thread,
-    )
+    words = [Bt, E, L, N, G, int(delta_softplus), int(reverse), nthreads] + [0] * (_WORDS - 8)
+    words[_AT["scratch_floats"]] = per_thread
     tensors = dict(
         u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, bias=delta_bias, scratch=scratch, **bufs
     )
     for name, t in tensors.items():
-        setattr(args, name, None if t is None else t.data_ptr())
-    fn(ctypes.byref(args))
+        if t is None:
+            continue
+        words[_AT[name]] = t.data_ptr()
+        if name in _STRIDED3 or name in _STRIDED4:
+            at = _AT["s_" + name]
+            words[at : at + t.dim()] = t.stride()
+    packed = array.array("q", words)
+    fn(packed.buffer_info()[0])  # packed stays alive until the call returns
 
 
 def _items(u: torch.Tensor, B: torch.Tensor) -> int:
@@ -228,11 +258,15 @@ def _items(u: torch.Tensor, B: torch.Tensor) -> int:
     return Bt * G * (-(-(E // G) // LANES))
 
 
+def _inputs(u, delta, A, B, C, D, z, delta_bias) -> list:
+    return [_f32(u), _f32(delta), _vec(A), _f32(B), _f32(C), _vec(D), _f32(z), _vec(delta_bias)]
+
+
 def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     Bt, E, L = u.shape
     N = A.shape[1]
-    ins = [_f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
-    out = new_output((Bt, E, L), torch.float32, u.device)
+    ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
+    out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
     last = new_output((Bt, E, N), torch.float32, u.device)
     _call(
         _lib.vimc_scan_fwd,
@@ -250,11 +284,12 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
     Bt, E, L = u.shape
     N, G = A.shape[1], B.shape[1]
     T = _threads(_items(u, B))
-    f32, dev = torch.float32, u.device
-    ins = [_f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
-    du = new_output((Bt, E, L), f32, dev)
-    ddelta = new_output((Bt, E, L), f32, dev)
-    dz = new_output((Bt, E, L), f32, dev) if z is not None else None
+    f32 = torch.float32
+    ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
+    # each gradient in its input's layout, as the fake kernel promises
+    du = new_output_like(u, f32)
+    ddelta = new_output_like(delta, f32)
+    dz = new_output_like(z, f32) if z is not None else None
     # partial sums, one slice per thread, added up below
     dA_p = torch.zeros(T, E, N, dtype=f32)
     dD_p = torch.zeros(T, E, dtype=f32)
@@ -268,7 +303,7 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
         reverse,
         T,
         dout=_f32(dout),
-        dlast=_f32(dlast),
+        dlast=_vec(dlast),
         du=du,
         ddelta=ddelta,
         dz=dz,

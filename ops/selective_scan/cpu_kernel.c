@@ -7,11 +7,15 @@
 // Built at first use by cpu.py with the system C compiler (the one torch.compile needs on a
 // CPU) and called through ctypes: no build step at install, no torch headers, ~1 s to build.
 //
+// Every (Bt, E, L) and (Bt, G, N, L) tensor comes with its element strides, so both layouts a
+// model produces are read in place: channel-major (stride 1 along L) and token-major views
+// of (Bt, L, E) memory (stride 1 along E), as a Vim mixer's linears produce them.
+//
 // Work item = (batch, group, block of 8 channels of that group). One vector lane per channel:
 // B_t and C_t are shared by a group, so they broadcast, and the forward needs no horizontal
 // sums. Each item first stages its rows of u, delta, z into a per-thread (L, 8) scratch
-// (a transposing copy), so the time loop reads one vector per step, and writes its outputs
-// back the same way. Lanes past the group's last channel run with d = 0 and A = 0, which
+// (8x8 transposes for channel-major rows, plain vector loads for token-major ones), so the
+// time loop reads one vector per step, and writes its outputs back the same way. Lanes past the group's last channel run with d = 0 and A = 0, which
 // keeps their state at 0, and are never written out.
 //
 // Backward recomputes one state component at a time into a per-thread (L, 8) scratch, then
@@ -28,14 +32,19 @@ typedef float v8f_mem __attribute__((vector_size(32), aligned(4), may_alias));
 #define LANES 8
 #define NB 4  // state components advanced together in the forward's time loop
 
+// element (b, e, t) of a (Bt, E, L) tensor sits at b * b + e * e + t * t
+typedef struct { int64_t b, e, t; } Strides3;
+// element (b, g, n, t) of a (Bt, G, N, L) tensor
+typedef struct { int64_t b, g, n, t; } Strides4;
+
 typedef struct {
     int64_t Bt, E, L, N, G;
     int64_t delta_softplus, reverse, nthreads;
-    const float *u;          // (Bt, E, L)
+    const float *u;          // (Bt, E, L)   strided: s_u
     const float *delta;      // (Bt, E, L)   before bias and softplus
     const float *A;          // (E, N)
-    const float *B;          // (Bt, G, N, L)
-    const float *C;          // (Bt, G, N, L)
+    const float *B;          // (Bt, G, N, L) strided: s_B
+    const float *C;          // (Bt, G, N, L) strided: s_C
     const float *D;          // (E,) or NULL
     const float *z;          // (Bt, E, L) or NULL
     const float *bias;       // (E,) or NULL
@@ -54,6 +63,8 @@ typedef struct {
     float *dC_part;          // (nthreads, Bt, G, N, L, 8)
     float *scratch;          // (nthreads, scratch_floats)
     int64_t scratch_floats;  // per thread: >= 12 * L * 8
+    Strides3 s_u, s_delta, s_z, s_out, s_dout, s_du, s_ddelta, s_dz;
+    Strides4 s_B, s_C;
 } ScanArgs;
 
 typedef struct {
@@ -103,6 +114,27 @@ static inline v8f vexp8(v8f x) {
     p = p * r + splat(0.5f);
     p = p * r + splat(1.0f);
     p = p * r + splat(1.0f);
+    const v8i ki = __builtin_convertvector(k, v8i);
+    return p * (v8f)((ki + 127) << 23);
+}
+
+// 2^x for x <= 0 (the forward's decays when every exponent delta * A is <= 0, as in Vim: A < 0,
+// delta = softplus(.) >= 0, with log2(e) folded into A once per item): no upper clamp, no
+// two-constant reduction (r = x - round(x) is exact), and a degree-5 polynomial for 2^r on
+// |r| <= 1/2, fitted by this project for minimax relative error: 2.4e-7 evaluated in float32
+// (~4 ulp). Below 2^-126 the result stays at 2^-126 ~ 1.2e-38 (a long-decayed state), as
+// vexp8 does.
+#define LOG2E 1.44269504088896341f
+static inline v8f vexp2_nonpos8(v8f x) {
+    x = vmax8(x, splat(-126.0f));
+    const v8f k = vround8(x);
+    const v8f r = x - k;
+    v8f p = splat(1.327644568e-03f);
+    p = p * r + splat(9.675541893e-03f);
+    p = p * r + splat(5.550713465e-02f);
+    p = p * r + splat(2.402212024e-01f);
+    p = p * r + splat(6.931469440e-01f);
+    p = p * r + splat(1.000000119e+00f);
     const v8i ki = __builtin_convertvector(k, v8i);
     return p * (v8f)((ki + 127) << 23);
 }
@@ -169,43 +201,50 @@ static inline void transpose8x8(__m256 r[8]) {
 #define TILE_T 0
 #endif
 
-// dst (L, 8) <- the rows src[k * L + t] of `lanes` channels; lanes past them are 0
-static void stage_in(float *dst, const float *src, int64_t L, int64_t lanes) {
+// dst (L, 8) <- element (k, t) at src[k * se + t * st] for the `lanes` channels k; lanes
+// past them are 0
+static void stage_in(float *dst, const float *src, int64_t L, int64_t lanes, int64_t se,
+                     int64_t st) {
+    if (lanes == LANES && se == 1) {  // token-major: a time step's 8 channels are adjacent
+        for (int64_t t = 0; t < L; ++t) store8(dst + t * LANES, load8(src + t * st));
+        return;
+    }
     int64_t t0 = 0;
 #if TILE_T
-    if (lanes == LANES) {
+    if (lanes == LANES && st == 1) {  // channel-major rows
         for (; t0 + TILE_T <= L; t0 += TILE_T) {
             __m256 r[8];
-            for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * L + t0);
+            for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * se + t0);
             transpose8x8(r);
             for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (t0 + t) * LANES, r[t]);
         }
     }
 #endif
     if (lanes < LANES) memset(dst + t0 * LANES, 0, sizeof(float) * (L - t0) * LANES);
-    for (int64_t k = 0; k < lanes; ++k) {
-        const float *row = src + k * L;
-        for (int64_t t = t0; t < L; ++t) dst[t * LANES + k] = row[t];
-    }
+    for (int64_t k = 0; k < lanes; ++k)
+        for (int64_t t = t0; t < L; ++t) dst[t * LANES + k] = src[k * se + t * st];
 }
 
-// the inverse: rows dst[k * L + t] of `lanes` channels <- src (L, 8)
-static void stage_out(float *dst, const float *src, int64_t L, int64_t lanes) {
+// the inverse: element (k, t) at dst[k * se + t * st] <- src (L, 8), for `lanes` channels
+static void stage_out(float *dst, const float *src, int64_t L, int64_t lanes, int64_t se,
+                      int64_t st) {
+    if (lanes == LANES && se == 1) {
+        for (int64_t t = 0; t < L; ++t) store8(dst + t * st, load8(src + t * LANES));
+        return;
+    }
     int64_t t0 = 0;
 #if TILE_T
-    if (lanes == LANES) {
+    if (lanes == LANES && st == 1) {
         for (; t0 + TILE_T <= L; t0 += TILE_T) {
             __m256 r[8];
             for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(src + (t0 + t) * LANES);
             transpose8x8(r);
-            for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + k * L + t0, r[k]);
+            for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + k * se + t0, r[k]);
         }
     }
 #endif
-    for (int64_t k = 0; k < lanes; ++k) {
-        float *row = dst + k * L;
-        for (int64_t t = t0; t < L; ++t) row[t] = src[t * LANES + k];
-    }
+    for (int64_t k = 0; k < lanes; ++k)
+        for (int64_t t = t0; t < L; ++t) dst[k * se + t * st] = src[t * LANES + k];
 }
 
 typedef struct {
@@ -231,11 +270,24 @@ static v8f gather_chan(const float *p, const Item *m, int64_t stride) {  // p[(e
     return v;
 }
 
+// an item's 8 channels of a strided (Bt, E, L) tensor, in and out of (L, 8) scratch
+static void item_in(float *dst, const float *x, Strides3 s, const ScanArgs *a, const Item *m) {
+    stage_in(dst, x + m->b * s.b + m->e0 * s.e, a->L, m->lanes, s.e, s.t);
+}
+static void item_out(float *x, Strides3 s, const float *src, const ScanArgs *a, const Item *m) {
+    stage_out(x + m->b * s.b + m->e0 * s.e, src, a->L, m->lanes, s.e, s.t);
+}
+
+// the item's group of a strided (Bt, G, N, L) tensor: element (n, t) at [n * s.n + t * s.t]
+static const float *group_of(const float *x, Strides4 s, const Item *m) {
+    return x + m->b * s.b + m->g * s.g;
+}
+
 // stage u and the final delta (bias, softplus; 0 on padding lanes) of one item
 static void stage_u_delta(const ScanArgs *a, const Item *m, float *su, float *sd, float *sx) {
-    const int64_t L = a->L, row = (m->b * a->E + m->e0) * L;
-    stage_in(su, a->u + row, L, m->lanes);
-    stage_in(sd, a->delta + row, L, m->lanes);
+    const int64_t L = a->L;
+    item_in(su, a->u, a->s_u, a, m);
+    item_in(sd, a->delta, a->s_delta, a, m);
     const v8f bias = a->bias ? gather_chan(a->bias, m, 1) : splat(0.0f);
     for (int64_t t = 0; t < L; ++t) {
         v8f x = load8(sd + t * LANES) + bias;
@@ -250,17 +302,55 @@ static void stage_u_delta(const ScanArgs *a, const Item *m, float *su, float *sd
 // state with time innermost; exp's constants then stay in registers for a whole row.
 // ---------------------------------------------------------------------------------------------
 
+// whether every exponent delta * A of this item is <= 0, so the decays can use vexp2_nonpos8
+static int exponents_nonpositive(const ScanArgs *a, const Item *m, const float *sd) {
+    v8i ok = splat(0.0f) == splat(0.0f);
+    for (int64_t n = 0; n < a->N; ++n) ok &= gather_chan(a->A + n, m, a->N) <= splat(0.0f);
+    if (!a->delta_softplus)  // softplus is >= 0; a raw delta must be checked
+        for (int64_t t = 0; t < a->L; ++t) ok &= load8(sd + t * LANES) >= splat(0.0f);
+    for (int k = 0; k < LANES; ++k)
+        if (!ok[k]) return 0;
+    return 1;
+}
+
+// nb (<= NB) state components n.. of one item over all steps, y accumulated in sy. Inlined
+// with constant nb and base2, so each caller gets its own unrolled loop.
+static inline __attribute__((always_inline)) void fwd_states(
+    const ScanArgs *a, const Item *m, int64_t n, const int nb, const int base2, const float *sd,
+    const float *sdu, float *sy, const float *Bp, const float *Cp) {
+    const int64_t L = a->L, N = a->N, E = a->E;
+    const int64_t Bsn = a->s_B.n, Bst = a->s_B.t, Csn = a->s_C.n, Cst = a->s_C.t;
+    const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
+    v8f Ak[NB], h[NB];
+    for (int j = 0; j < nb; ++j) {
+        Ak[j] = gather_chan(a->A + n + j, m, N) * splat(base2 ? LOG2E : 1.0f);
+        h[j] = splat(0.0f);
+    }
+    const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
+    for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
+        const v8f d = load8(sd + t * LANES), du = load8(sdu + t * LANES);
+        const float *Bt = Bn + t * Bst, *Ct = Cn + t * Cst;
+        v8f y = load8(sy + t * LANES);
+        for (int j = 0; j < nb; ++j) {
+            const v8f decay = base2 ? vexp2_nonpos8(d * Ak[j]) : vexp8(d * Ak[j]);
+            h[j] = decay * h[j] + du * splat(Bt[j * Bsn]);
+            y += h[j] * splat(Ct[j * Csn]);
+        }
+        store8(sy + t * LANES, y);
+    }
+    for (int64_t k = 0; k < m->lanes; ++k)
+        for (int j = 0; j < nb; ++j) a->last_state[(m->b * E + m->e0 + k) * N + n + j] = h[j][k];
+}
+
 static void fwd_items(const Work *w) {
     const ScanArgs *a = w->a;
-    const int64_t L = a->L, N = a->N, E = a->E;
+    const int64_t L = a->L, N = a->N;
     float *sc = a->scratch + w->tid * a->scratch_floats;
     float *su = sc, *sd = sc + L * LANES, *sz = sc + 2 * L * LANES, *sy = sc + 3 * L * LANES;
     float *sdu = sc + 4 * L * LANES;
-    const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
-        const int64_t row = (m.b * E + m.e0) * L;
-        const float *Bp = a->B + (m.b * a->G + m.g) * N * L, *Cp = a->C + (m.b * a->G + m.g) * N * L;
+        const float *Bp = group_of(a->B, a->s_B, &m), *Cp = group_of(a->C, a->s_C, &m);
         stage_u_delta(a, &m, su, sd, NULL);
         const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
         for (int64_t t = 0; t < L; ++t) {
@@ -268,45 +358,24 @@ static void fwd_items(const Work *w) {
             store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
             store8(sy + t * LANES, Dv * ut);
         }
+        const int base2 = exponents_nonpositive(a, &m, sd);
         int64_t n = 0;
         for (; n + NB <= N; n += NB) {  // NB components per pass: d, d*u and y loaded once
-            v8f Ak[NB], h[NB];
-            for (int j = 0; j < NB; ++j) {
-                Ak[j] = gather_chan(a->A + n + j, &m, N);
-                h[j] = splat(0.0f);
-            }
-            const float *Bn = Bp + n * L, *Cn = Cp + n * L;
-            for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
-                const v8f d = load8(sd + t * LANES), du = load8(sdu + t * LANES);
-                v8f y = load8(sy + t * LANES);
-                for (int j = 0; j < NB; ++j) {
-                    h[j] = vexp8(d * Ak[j]) * h[j] + du * splat(Bn[j * L + t]);
-                    y += h[j] * splat(Cn[j * L + t]);
-                }
-                store8(sy + t * LANES, y);
-            }
-            for (int64_t k = 0; k < m.lanes; ++k)
-                for (int j = 0; j < NB; ++j)
-                    a->last_state[(m.b * E + m.e0 + k) * N + n + j] = h[j][k];
+            if (base2) fwd_states(a, &m, n, NB, 1, sd, sdu, sy, Bp, Cp);
+            else fwd_states(a, &m, n, NB, 0, sd, sdu, sy, Bp, Cp);
         }
         for (; n < N; ++n) {
-            const v8f An = gather_chan(a->A + n, &m, N);
-            const float *Bn = Bp + n * L, *Cn = Cp + n * L;
-            v8f h = splat(0.0f);
-            for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
-                h = vexp8(load8(sd + t * LANES) * An) * h + load8(sdu + t * LANES) * splat(Bn[t]);
-                store8(sy + t * LANES, load8(sy + t * LANES) + h * splat(Cn[t]));
-            }
-            for (int64_t k = 0; k < m.lanes; ++k) a->last_state[(m.b * E + m.e0 + k) * N + n] = h[k];
+            if (base2) fwd_states(a, &m, n, 1, 1, sd, sdu, sy, Bp, Cp);
+            else fwd_states(a, &m, n, 1, 0, sd, sdu, sy, Bp, Cp);
         }
         if (a->z) {
-            stage_in(sz, a->z + row, L, m.lanes);
+            item_in(sz, a->z, a->s_z, a, &m);
             for (int64_t t = 0; t < L; ++t) {
                 const v8f zt = load8(sz + t * LANES);
                 store8(sy + t * LANES, load8(sy + t * LANES) * zt * vsigmoid8(zt));
             }
         }
-        stage_out(a->out + row, sy, L, m.lanes);
+        item_out(a->out, a->s_out, sy, a, &m);
     }
 }
 
@@ -328,13 +397,14 @@ static void bwd_items(const Work *w) {
     const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
-        const int64_t row = (m.b * E + m.e0) * L, bg = m.b * G + m.g;
-        const float *Bp = a->B + bg * N * L, *Cp = a->C + bg * N * L;
+        const int64_t bg = m.b * G + m.g;
+        const float *Bp = group_of(a->B, a->s_B, &m), *Cp = group_of(a->C, a->s_C, &m);
+        const int64_t Bsn = a->s_B.n, Bst = a->s_B.t, Csn = a->s_C.n, Cst = a->s_C.t;
         float *dBp = a->dB_part + (w->tid * a->Bt * G + bg) * N * L * LANES;
         float *dCp = a->dC_part + (w->tid * a->Bt * G + bg) * N * L * LANES;
         stage_u_delta(a, &m, su, sd, sx);
-        stage_in(sgo, a->dout + row, L, m.lanes);
-        if (a->z) stage_in(sz, a->z + row, L, m.lanes);
+        item_in(sgo, a->dout, a->s_dout, a, &m);
+        if (a->z) item_in(sz, a->z, a->s_z, a, &m);
         const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
         for (int64_t t = 0; t < L; ++t) {
             v8f go = load8(sgo + t * LANES);
@@ -351,25 +421,25 @@ static void bwd_items(const Work *w) {
         }
         for (int64_t n = 0; n < N; ++n) {
             const v8f An = gather_chan(a->A + n, &m, N);
-            const float *Bn = Bp + n * L, *Cn = Cp + n * L;
+            const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
             float *dBn = dBp + n * L * LANES, *dCn = dCp + n * L * LANES;
             v8f h = splat(0.0f);
             for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
                 const v8f decay = vexp8(load8(sd + t * LANES) * An);
-                h = decay * h + load8(sdu + t * LANES) * splat(Bn[t]);
+                h = decay * h + load8(sdu + t * LANES) * splat(Bn[t * Bst]);
                 store8(sh + t * LANES, h);
                 store8(sdecay + t * LANES, decay);
-                store8(sy + t * LANES, load8(sy + t * LANES) + h * splat(Cn[t]));
+                store8(sy + t * LANES, load8(sy + t * LANES) + h * splat(Cn[t * Cst]));
             }
             v8f dh = splat(0.0f), dAn = splat(0.0f);
             if (a->dlast)
                 for (int64_t k = 0; k < m.lanes; ++k) dh[k] = a->dlast[(m.b * E + m.e0 + k) * N + n];
             for (int64_t s = L - 1, t = t0 + (L - 1) * dt; s >= 0; --s, t -= dt) {
                 const v8f dy = load8(sdy + t * LANES), d = load8(sd + t * LANES);
-                const v8f Bt = splat(Bn[t]);
+                const v8f Bt = splat(Bn[t * Bst]);
                 const v8f hprev = s > 0 ? load8(sh + (t - dt) * LANES) : splat(0.0f);
                 const v8f decay = load8(sdecay + t * LANES);
-                const v8f dhn = dh + dy * splat(Cn[t]);
+                const v8f dhn = dh + dy * splat(Cn[t * Cst]);
                 store8(dCn + t * LANES, load8(dCn + t * LANES) + dy * load8(sh + t * LANES));
                 store8(dBn + t * LANES, load8(dBn + t * LANES) + dhn * load8(sdu + t * LANES));
                 const v8f gh = dhn * decay * hprev;  // d loss / d (d * A_n)
@@ -398,9 +468,9 @@ static void bwd_items(const Work *w) {
                                         (splat(1.0f) + zt * (splat(1.0f) - sg)));
             }
         }
-        stage_out(a->du + row, sgu, L, m.lanes);
-        stage_out(a->ddelta + row, sgd, L, m.lanes);
-        if (a->z) stage_out(a->dz + row, sdy, L, m.lanes);
+        item_out(a->du, a->s_du, sgu, a, &m);
+        item_out(a->ddelta, a->s_ddelta, sgd, a, &m);
+        if (a->z) item_out(a->dz, a->s_dz, sdy, a, &m);
         for (int64_t k = 0; k < m.lanes; ++k) {
             dD_acc[m.e0 + k] += dD[k];
             db_acc[m.e0 + k] += dbias[k];

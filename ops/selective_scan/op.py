@@ -32,12 +32,25 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0)
 
 
+def _like(result: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``result`` in the layout of ``torch.empty_like(t)``, the one the fake kernels promise
+    (compiled graphs assert those strides)."""
+    if result.shape == t.shape and result.stride() == t.stride():
+        return result
+    return torch.empty_like(t, dtype=result.dtype).copy_(result)
+
+
+def _contiguous(*ts):
+    return [None if t is None else t.contiguous() for t in ts]
+
+
 def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     if u.device.type == "cuda":
         from .triton import selective_scan_fwd_triton
 
+        # the Triton kernels read contiguous (Bt, E, L) rows; the CPU kernel reads any strides
         out, last = selective_scan_fwd_triton(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+            *_contiguous(u, delta, A, B, C, D, z, delta_bias), delta_softplus, reverse
         )
         return out, last.to(_state_dtype(u))  # float64 inputs: computed in float32 on CUDA
     return cpu.selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
@@ -48,7 +61,9 @@ def _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus
         from .triton import selective_scan_bwd_triton
 
         return selective_scan_bwd_triton(
-            dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+            *_contiguous(dout, dlast, u, delta, A, B, C, D, z, delta_bias),
+            delta_softplus,
+            reverse,
         )
     return cpu.selective_scan_bwd_cpu(
         dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
@@ -68,11 +83,11 @@ def selective_scan_fwd(
     delta_softplus: bool,
     reverse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); D, delta_bias (E,).
-    Returns (out in u's dtype, last state (Bt, E, N) in float32, float64 for float64 u)."""
+    """u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); D, delta_bias (E,); any strides.
+    Returns (out in u's dtype and layout, last state (Bt, E, N) contiguous, float32; float64
+    for float64 u)."""
     out, last = _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-    # the fake kernel promises contiguous outputs; compiled graphs assert those strides
-    return out.contiguous(), last.contiguous()
+    return _like(out, u), last.contiguous()
 
 
 @selective_scan_fwd.register_fake
@@ -106,10 +121,12 @@ def selective_scan_bwd(
     torch.Tensor,
     torch.Tensor,
 ]:
-    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each shaped and typed like its
-    input; an absent optional input gets an empty tensor (ops cannot return None)."""
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each shaped, typed and laid
+    out like its input; an absent optional input gets an empty tensor (ops cannot return
+    None)."""
     grads = _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-    return tuple(g.contiguous() if g is not None else _empty(u) for g in grads)
+    like = (u, delta, A, B, C, D, z, delta_bias)
+    return tuple(_empty(u) if g is None else _like(g, t) for g, t in zip(grads, like))
 
 
 @selective_scan_bwd.register_fake
@@ -235,26 +252,19 @@ def selective_scan(
     Shapes: u, delta, z (Bt, E, L); A (E, N); B, C (Bt, N, L) or grouped (Bt, G, N, L) with G
     dividing E; D, delta_bias (E,). ``reverse=True`` runs the recurrence from t = L-1 down to 0
     (Vim's backward direction without flip copies). Arithmetic and state are float32 (float64
-    for float64 inputs); ``out`` has u's dtype. With ``return_last_state`` returns
+    for float64 inputs); ``out`` has u's dtype and layout. Any strides are accepted: on CPU
+    the kernel reads them in place, so token-major views of (Bt, L, E) activations, as a
+    mixer's linears produce them, cost no copy. With ``return_last_state`` returns
     ``(out, last_state)``, the state after the last step taken, shape (Bt, E, N).
     Differentiable in every tensor argument; compiles with ``fullgraph=True``.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias)
     B4 = B if B.dim() == 4 else B.unsqueeze(1)
     C4 = C if C.dim() == 4 else C.unsqueeze(1)
-    args = (
-        u.contiguous(),
-        delta.contiguous(),
-        A.contiguous(),
-        B4.contiguous(),
-        C4.contiguous(),
-        None if D is None else D.contiguous(),
-        None if z is None else z.contiguous(),
-        None if delta_bias is None else delta_bias.contiguous(),
-        bool(delta_softplus),
-        bool(reverse),
-    )
+    args = (u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus), bool(reverse))
     if _use_triton_op(u):
+        # the triton_op twin's kernels take contiguous rows
+        args = (*_contiguous(*args[:8]), *args[8:])
         out, last = torch.ops.vimc.selective_scan_fwd_cuda(*args)
     else:
         out, last = torch.ops.vimc.selective_scan_fwd(*args)
