@@ -7,9 +7,9 @@ official checkpoint loads without renaming.
 
 Two implementations of the mixer share these parameters (``scan_impl``):
 
-- ``"fast"``: channel-major all the way (``(B, E, L)``, what the scan kernel reads), the
-  backward direction as an anti-causal conv plus ``selective_scan(..., reverse=True)``: no flip
-  copies of activations.
+- ``"fast"``: token-major all the way (``(B, L, E)``, as the linears produce it; the scan
+  reads ``(B, E, L)`` views of it in place), the backward direction as an anti-causal conv
+  plus ``selective_scan(..., reverse=True)``: no flip or transpose copies of activations.
 - ``"reference"``: vim.md's formulation as written (flip, causal conv, the python-loop reference
   scan, flip back). Slow; for debugging and as the oracle of the fast path.
 """
@@ -108,28 +108,31 @@ class PatchEmbed(nn.Module):
 
 
 def _shifted_sum(x, weight, bias, taps, pad, silu):
-    """sum_k w[:, k] * xpad[..., off_k : off_k + L] (+ bias, silu), in float32 (float64 for
-    float64 inputs), cast once."""
-    L, ct = x.shape[-1], torch.promote_types(x.dtype, torch.float32)  # float64 stays
-    xp = F.pad(x.to(ct), pad)
-    w = weight[:, 0, :, None].to(ct)  # (E, K, 1)
+    """sum_k w[:, k] * xpad[:, off_k : off_k + L] (+ bias, silu) over token-major x (B, L, E),
+    in float32 (float64 for float64 inputs), cast once."""
+    L, ct = x.shape[1], torch.promote_types(x.dtype, torch.float32)  # float64 stays
+    xp = F.pad(x.to(ct), (0, 0, *pad))
+    # (K, E), a real copy: Inductor vectorizes over E only when each tap's weights are
+    # contiguous (with weight[:, 0, k]'s stride of K it emits scalar code, 3x slower); a
+    # stack is realized as its own buffer, a .contiguous() would be inlined away
+    w = torch.stack(weight[:, 0, :].to(ct).unbind(1))
     out = None
     for k, off in taps:
-        term = w[:, k] * xp[..., off : off + L]
+        term = w[k] * xp[:, off : off + L]
         out = term if out is None else out + term
     if bias is not None:
-        out = out + bias[:, None].to(ct)
+        out = out + bias.to(ct)
     return (F.silu(out) if silu else out).to(x.dtype)
 
 
 def causal_conv1d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool = False
 ) -> torch.Tensor:
-    """Depthwise causal conv: out[t] = b + sum_k w[k] x[t - (K-1) + k] (left zero-padding K-1),
-    optionally followed by silu; x (B, E, L), weight (E, 1, K). Written as K shifted
-    multiply-adds, accumulated in float32 and rounded once (as the official fused kernel):
-    pointwise ops that Inductor fuses into one loop, and no conv backend choice that would
-    guard on the batch size."""
+    """Depthwise causal conv over time: out[t] = b + sum_k w[k] x[t - (K-1) + k] (left
+    zero-padding K-1), optionally followed by silu; x token-major (B, L, E), weight (E, 1, K)
+    as nn.Conv1d holds it. Written as K shifted multiply-adds, accumulated in float32 and
+    rounded once (as the official fused kernel): pointwise ops that Inductor fuses into one
+    loop, and no conv backend choice that would guard on the batch size."""
     K = weight.shape[-1]
     return _shifted_sum(x, weight, bias, [(k, k) for k in range(K)], (K - 1, 0), silu)
 
@@ -139,7 +142,7 @@ def anticausal_conv1d(
 ) -> torch.Tensor:
     """The backward direction's conv without flipping activations:
     ``flip(causal_conv1d(flip(x)))`` = right zero-padding K-1 and the kernel taken reversed,
-    out[t] = b + sum_k w[k] x[t + (K-1) - k]."""
+    out[t] = b + sum_k w[k] x[t + (K-1) - k]; x token-major (B, L, E)."""
     K = weight.shape[-1]
     return _shifted_sum(
         x, weight, bias, [(k, K - 1 - k) for k in range(K - 1, -1, -1)], (0, K - 1), silu
@@ -210,45 +213,33 @@ class BiMambaMixer(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self._scan_impl == "reference":
             return self._forward_reference(h)
-        # Layouts, measured (benchmarks/model.py notes): eager runs best channel-major (the
-        # projections produce (B, E, L) directly, as the scan reads it); under torch.compile
-        # the token-major linears win (Inductor fuses the transposes into the conv/silu loop).
-        token_major = torch.compiler.is_compiling()
+        # token-major (B, L, .) throughout, as the linears produce it; the scan reads the
+        # (B, E, L) views (.mT) in place, so neither eager nor Inductor copies a transpose
         E, R, N = self.d_inner, self.dt_rank, self.d_state
-        if token_major:
-            xz = F.linear(h, self.in_proj.weight).transpose(1, 2)  # (B, 2E, L) view
-            z = xz[:, E:].contiguous()  # one copy for both scans
-        else:
-            # (2E, D) @ (B, D, L) -> (B, 2E, L): channel-major, the layout the scan reads
-            xz = torch.matmul(self.in_proj.weight, h.transpose(1, 2))
-            z = xz[:, E:]
-        x = xz[:, :E]
+        xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
+        x, z = xz[..., :E], xz[..., E:]
         ys = []
         for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
-            u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, E, L)
-            if token_major:
-                x_dbl = F.linear(u.transpose(1, 2), xp.weight).transpose(1, 2)
-                delta = F.linear(x_dbl[:, :R].transpose(1, 2), dtp.weight).transpose(1, 2)
-            else:
-                x_dbl = torch.matmul(xp.weight, u)  # (B, R+2N, L)
-                delta = torch.matmul(dtp.weight, x_dbl[:, :R])  # (B, E, L), no bias
+            u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, L, E)
+            x_dbl = F.linear(u, xp.weight)  # (B, L, R + 2N)
+            delta = F.linear(x_dbl[..., :R], dtp.weight)  # (B, L, E); the bias is the scan's
             ys.append(
                 selective_scan(
-                    u,
-                    delta,
+                    u.mT,
+                    delta.mT,
                     -torch.exp(A_log.float()),
-                    x_dbl[:, R : R + N],
-                    x_dbl[:, R + N :],
+                    x_dbl[..., R : R + N].mT,
+                    x_dbl[..., R + N :].mT,
                     D=Dskip.float(),
-                    z=z,
+                    z=z.mT,
                     delta_bias=dtp.bias.float(),
                     delta_softplus=True,
                     reverse=bool(sfx),
                 )
             )
-        y = (ys[0] + ys[1]) / 2
-        return F.linear(y.transpose(1, 2), self.out_proj.weight)
+        y = (ys[0] + ys[1]) / 2  # (B, E, L) view of (B, L, E) memory
+        return F.linear(y.mT, self.out_proj.weight)
 
     def _forward_reference(self, h: torch.Tensor) -> torch.Tensor:
         """vim.md as written: flip, causal conv with padding 3 cut to L, reference scan."""

@@ -1,4 +1,4 @@
-"""The fast path (anti-causal conv + reverse scan, channel-major layouts, the fused kernel)
+"""The fast path (anti-causal conv + reverse scan, token-major layouts, the fused kernel)
 against the reference path (vim.md's flip formulation with the python-loop scan)."""
 
 import pytest
@@ -20,17 +20,18 @@ def test_anticausal_conv_equals_flip_formulation(L):
     x = torch.randn(3, E, L, dtype=torch.float64)
     conv = torch.nn.Conv1d(E, E, K, groups=E, padding=K - 1, dtype=torch.float64)
     flip = conv(x.flip(-1))[..., :L].flip(-1)  # the official backward branch's conv
+    xt = x.mT.contiguous()  # the convs take token-major (B, L, E)
     torch.testing.assert_close(
-        anticausal_conv1d(x, conv.weight, conv.bias), flip, rtol=1e-12, atol=1e-12
+        anticausal_conv1d(xt, conv.weight, conv.bias).mT, flip, rtol=1e-12, atol=1e-12
     )
     torch.testing.assert_close(
-        causal_conv1d(x, conv.weight, conv.bias), conv(x)[..., :L], rtol=1e-12, atol=1e-12
+        causal_conv1d(xt, conv.weight, conv.bias).mT, conv(x)[..., :L], rtol=1e-12, atol=1e-12
     )
-    # and on a non-contiguous slice, as the mixer feeds it
-    xz = torch.randn(2, 2 * E, L, dtype=torch.float64)
+    # and on a non-contiguous slice, as the mixer feeds it (x = xz[..., :E])
+    xz = torch.randn(2, L, 2 * E, dtype=torch.float64)
     torch.testing.assert_close(
-        anticausal_conv1d(xz[:, :E], conv.weight, conv.bias),
-        conv(xz[:, :E].flip(-1))[..., :L].flip(-1),
+        anticausal_conv1d(xz[..., :E], conv.weight, conv.bias).mT,
+        conv(xz[..., :E].mT.flip(-1))[..., :L].flip(-1),
         rtol=1e-12,
         atol=1e-12,
     )
