@@ -2,6 +2,7 @@
 
     python benchmarks/export.py                      # Vim-Ti 224, batch 1 and 8
     python benchmarks/export.py --batches 1 --repeats 5 --backends eager,onnxruntime
+    python benchmarks/export.py --backends compiled,onnxruntime --onnx-scan bidir,step,scan
 
 One run: export/compile time and file size per backend, then latency per batch with the
 backends interleaved round-robin (so load from other processes hits all of them alike),
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from vimc.export import load_aoti, onnxruntime_session, to_aoti, to_onnx
 from vimc.export._common import cpu_name, versions
-from vimc.export.onnx import run_onnxruntime
+from vimc.export.onnx import DEFAULT_SCAN, SCAN_FORMULATIONS, run_onnxruntime
 
 import vimc
 
@@ -48,8 +49,39 @@ def machine_slug() -> str:
     return re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")[:48] or "cpu"
 
 
-def prepare(name, model, example, workdir):
-    """-> (run callable, seconds to export/compile, file size in bytes or None)."""
+def parse_onnx_scans(spec: str) -> list[tuple[str, int | None]]:
+    """--onnx-scan "bidir,unrolled:8" -> [("bidir", None), ("unrolled", 8)]."""
+    scans = []
+    for item in (s.strip() for s in spec.split(",")):
+        name, _, k = item.partition(":")
+        if name not in SCAN_FORMULATIONS or name == "custom":
+            known = ", ".join(f for f in SCAN_FORMULATIONS if f != "custom")
+            raise ValueError(f"--onnx-scan: unknown {name!r}; choose from {known}")
+        if k and not (k.isdigit() and int(k) >= 1):
+            raise ValueError(f"--onnx-scan: bad steps per iteration in {item!r}")
+        scans.append((name, int(k) if k else None))
+    return scans
+
+
+def expand_backends(backends: list[str], scans: list[tuple[str, int | None]]) -> list[str]:
+    """One "onnxruntime:<formulation>" backend per --onnx-scan entry when there are several."""
+    if len(scans) < 2:
+        return backends
+    out = []
+    for b in backends:
+        if b == "onnxruntime":
+            out += [f"onnxruntime:{f}" + (f":{k}" if k else "") for f, k in scans]
+        else:
+            out.append(b)
+    return out
+
+
+def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None)):
+    """-> (run callable, seconds to export/compile, file size in bytes or None). ``name``
+    "onnxruntime:<formulation>[:k]" picks the ONNX scan formulation, else ``scan``."""
+    if name.startswith("onnxruntime:"):
+        f, _, k = name.removeprefix("onnxruntime:").partition(":")
+        name, scan = "onnxruntime", (f, int(k) if k else None)
     t0 = time.perf_counter()
     size = None
     if name == "eager":
@@ -60,7 +92,9 @@ def prepare(name, model, example, workdir):
         path = to_aoti(model, Path(workdir) / "m.pt2", example=example)
         size, run = path.stat().st_size, load_aoti(path)
     elif name == "onnxruntime":
-        path = to_onnx(model, Path(workdir) / "m.onnx", example=example)
+        f, k = scan
+        path = Path(workdir) / f"m_{f}_{k or 0}.onnx"
+        path = to_onnx(model, path, example=example, scan=f, unroll=k)
         size = path.stat().st_size
         sess = onnxruntime_session(path, threads=torch.get_num_threads())
         run = lambda x: run_onnxruntime(sess, x)  # noqa: E731
@@ -75,12 +109,19 @@ def main(argv=None) -> int:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument(
+        "--onnx-scan",
+        default=DEFAULT_SCAN,
+        help="ONNX scan formulation(s), comma-separated, 'name' or 'name:k' (k steps per "
+        "Scan iteration); several give one onnxruntime backend each",
+    )
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out-dir", default=str(Path(__file__).with_name("results")))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
-    backends = [b for b in args.backends.split(",") if b]
+    scans = parse_onnx_scans(args.onnx_scan)
+    backends = expand_backends([b for b in args.backends.split(",") if b], scans)
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     model = vimc.create_model(args.model, img_size=args.img_size).eval()
@@ -95,7 +136,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         example = torch.randn(2, 3, args.img_size, args.img_size)
         for b in backends:
-            runs[b], secs, size = prepare(b, model, example, tmp)
+            runs[b], secs, size = prepare(b, model, example, tmp, scans[0])
             setup[b] = {"export_s": secs, "file_mb": None if size is None else size / 1e6}
             print(
                 f"prepared {b}: {secs:.1f} s" + (f", {size / 1e6:.1f} MB" if size else ""),
@@ -140,7 +181,8 @@ def main(argv=None) -> int:
         f"Machine: {header['cpu']}, {header['cores']} cores, {header['torch_threads']} "
         f"torch threads; load average {header['loadavg_at_start']} at start, "
         f"{header['loadavg_at_end']} at end. "
-        + ", ".join(f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt")),
+        + ", ".join(f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt"))
+        + f"; ONNX scan formulation {args.onnx_scan}",
         "",
         "| backend | batch | p50 ms | p20 ms | p80 ms | img/s | x compiled |",
         "|---|---|---|---|---|---|---|",
@@ -171,6 +213,7 @@ def main(argv=None) -> int:
         stem = out / f"export_{machine_slug()}"
         payload = {
             "model": args.model,
+            "onnx_scan": args.onnx_scan,
             "img_size": args.img_size,
             "machine": header,
             "setup": setup,

@@ -12,8 +12,10 @@ from vimc.export.onnx import (
     export_onnx_proto,
     iter_nodes,
     lower_scan_node,
+    lower_scans,
     nonstandard_nodes,
     run_onnxruntime,
+    scan_pairs,
 )
 from vimc.ops import selective_scan
 
@@ -53,7 +55,9 @@ def test_vim_tiny_onnx_standard_ops_batch_1_and_3(tiny_model, tiny_onnx, images)
 @pytest.mark.slow
 def test_small_onnx_standard_ops_batch_1_and_3(small_model, small_onnx, images):
     mp = _check_file(small_onnx, img=64)
-    assert sum(n.op_type == "Scan" for n in mp.graph.node) == 2 * 2  # 2 layers x 2 directions
+    # 2 layers, the two directions of each in one Scan ("bidir", the default)
+    assert sum(n.op_type == "Scan" for n in mp.graph.node) == 2
+    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "bidir"
     _parity(small_onnx, small_model, images[64])
 
 
@@ -69,17 +73,23 @@ def test_non_default_img_size(tmp_path):
 
 
 @pytest.mark.slow
-def test_unrolled_formulation_and_fixed_batch(small_model, images, tmp_path):
+@pytest.mark.parametrize(
+    "scan,unroll,tag",
+    [("unrolled", 5, "unrolled(5)"), ("step", 2, "step(2)"), ("scan", None, "scan")],
+)
+def test_other_formulations_and_fixed_batch(small_model, images, tmp_path, scan, unroll, tag):
     path = to_onnx(
         small_model,
         tmp_path / "u.onnx",
-        scan="unrolled",
-        unroll=5,
+        scan=scan,
+        unroll=unroll,
         dynamic_batch=False,
         example=images[64][:2],
     )
     mp = onnx.load(str(path))
     assert nonstandard_nodes(mp) == []
+    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == tag
+    assert sum(n.op_type == "Scan" for n in mp.graph.node) == 4  # one per direction
     assert mp.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
     with torch.no_grad():
         ref = small_model(images[64][:2])
@@ -160,25 +170,21 @@ def _scan_model(formulation, unroll, present, reverse, softplus, dtype=TensorPro
     return mp, [n for n in ins if n]
 
 
-@pytest.mark.parametrize("formulation,unroll", [("scan", 1), ("unrolled", 4), ("unrolled", 7)])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("case", ["all-G1", "bare-G2", "D-bias-G4"])
-def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
-    import onnxruntime as ort
+LOWERINGS = [("scan", 1), ("unrolled", 4), ("unrolled", 7), ("step", 1), ("step", 3), ("bidir", 1)]
+LOWERING_IDS = [f"{f}-k{k}" for f, k in LOWERINGS]
+CASES = {  # name: (inputs present beside u, delta, A, B, C; softplus; groups G)
+    "all-G1": ({"D", "z", "delta_bias"}, True, 1),
+    "bare-G2": (set(), False, 2),
+    "D-bias-G4": ({"D", "delta_bias"}, True, 4),
+}
 
-    G = {"all-G1": 1, "bare-G2": 2, "D-bias-G4": 4}[case]
-    present = {
-        "all-G1": {"D", "z", "delta_bias"},
-        "bare-G2": set(),
-        "D-bias-G4": {"D", "delta_bias"},
-    }[case]
-    softplus = case != "bare-G2"
-    Bt, E, N, L = 2, 8, 5, 13  # L prime: never a multiple of unroll
-    g = torch.Generator().manual_seed(3)
-    t = {
+
+def _scan_inputs(seed, Bt, E, N, L, G, softplus):
+    g = torch.Generator().manual_seed(seed)
+    delta = torch.randn(Bt, E, L, generator=g)
+    return {
         "u": torch.randn(Bt, E, L, generator=g),
-        "delta": torch.randn(Bt, E, L, generator=g) * (1 if softplus else 0.1)
-        + (0 if softplus else 0.5),
+        "delta": delta if softplus else delta.abs() * 0.1 + 0.5,
         "A": -torch.rand(E, N, generator=g) * 2,
         "B": torch.randn(Bt, G, N, L, generator=g),
         "C": torch.randn(Bt, G, N, L, generator=g),
@@ -186,60 +192,156 @@ def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
         "z": torch.randn(Bt, E, L, generator=g),
         "delta_bias": torch.randn(E, generator=g),
     }
-    if not softplus:
-        t["delta"] = t["delta"].abs()
-    mp, names = _scan_model(formulation, unroll, present, reverse, softplus)
-    sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
-    out, last = sess.run(None, {n: t[n].numpy() for n in names})
-    kw = {k: t[k] for k in present}
-    ref, ref_last = selective_scan(
+
+
+def _reference(t, present, softplus, reverse):
+    return selective_scan(
         t["u"],
         t["delta"],
         t["A"],
         t["B"],
         t["C"],
-        **kw,
+        **{k: t[k] for k in present},
         delta_softplus=softplus,
         return_last_state=True,
         reverse=reverse,
     )
+
+
+@pytest.mark.parametrize("formulation,unroll", LOWERINGS, ids=LOWERING_IDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
+    import onnxruntime as ort
+
+    present, softplus, G = CASES[case]
+    t = _scan_inputs(3, Bt=2, E=8, N=5, L=13, G=G, softplus=softplus)  # L prime: never k * n
+    mp, names = _scan_model(formulation, unroll, present, reverse, softplus)
+    assert nonstandard_nodes(mp) == []
+    sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, last = sess.run(None, {n: t[n].numpy() for n in names})
+    ref, ref_last = _reference(t, present, softplus, reverse)
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(last, ref_last.numpy(), atol=1e-5, rtol=1e-4)
 
 
-def test_lowered_scan_keeps_half_precision_io():
+def test_lowering_names_a_bad_formulation_or_unroll():
+    node = helper.make_node(SCAN_OP, ["u", "d", "A", "B", "C"], ["o"], domain=SCAN_DOMAIN)
+    with pytest.raises(ValueError, match="formulation"):
+        lower_scan_node(node, "loop")
+    with pytest.raises(ValueError, match="unroll"):
+        lower_scan_node(node, "step", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# "bidir": the two directions of a layer (one z) in one Scan
+# ---------------------------------------------------------------------------------------------
+
+PAIR = dict(Bt=2, E=8, N=4, L=11)
+
+
+def _placeholder(prefix, reverse, z, u=None):
+    ins = [u or f"{prefix}u"] + [prefix + n for n in ("delta", "A", "B", "C", "D")]
+    return helper.make_node(
+        SCAN_OP,
+        ins + [z, prefix + "delta_bias"],
+        [prefix + "out", prefix + "last"],
+        domain=SCAN_DOMAIN,
+        name=prefix + "ss",
+        delta_softplus=1,
+        reverse=int(reverse),
+    )
+
+
+def _pair_graph(reverse=(False, True), groups=(1, 1), chained=False):
+    """Placeholders f, r sharing z (with a node reading f's output between them) and a lone
+    placeholder s with its own z. ``chained``: r reads f's output as its u."""
+    Bt, E, N, L = PAIR.values()
+    shapes = {"u": [Bt, E, L], "delta": [Bt, E, L], "A": [E, N], "D": [E], "delta_bias": [E]}
+    nodes = [
+        _placeholder("f", reverse[0], "z"),
+        helper.make_node("Neg", ["fout"], ["neg_fout"]),
+        _placeholder("r", reverse[1], "z", u="fout" if chained else None),
+        _placeholder("s", False, "sz"),
+    ]
+    inputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, [Bt, E, L])]
+    inputs.append(helper.make_tensor_value_info("sz", TensorProto.FLOAT, [Bt, E, L]))
+    for p, G in zip("frs", (*groups, 1)):
+        dims = {**shapes, "B": [Bt, G, N, L], "C": [Bt, G, N, L]}
+        inputs += [
+            helper.make_tensor_value_info(p + n, TensorProto.FLOAT, d)
+            for n, d in dims.items()
+            if not (chained and p + n == "ru")
+        ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [Bt, E, N if "last" in n else L])
+        for n in ("fout", "flast", "rout", "rlast", "sout", "slast", "neg_fout")
+    ]
+    graph = helper.make_graph(nodes, "pair", inputs, outputs)
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(SCAN_DOMAIN, 1)],
+    )
+
+
+def _run_pair_graph(mp, groups=(1, 1), chained=False):
     import onnxruntime as ort
 
-    mp, names = _scan_model(
-        "scan", 1, {"D", "z", "delta_bias"}, False, True, dtype=TensorProto.FLOAT16
-    )
-    g = torch.Generator().manual_seed(4)
-    Bt, E, N, L = 1, 4, 3, 6
-    t = {
-        "u": torch.randn(Bt, E, L, generator=g).half(),
-        "delta": torch.randn(Bt, E, L, generator=g).half(),
-        "A": -torch.rand(E, N, generator=g),
-        "B": torch.randn(Bt, 1, N, L, generator=g),
-        "C": torch.randn(Bt, 1, N, L, generator=g),
-        "D": torch.randn(E, generator=g),
-        "z": torch.randn(Bt, E, L, generator=g).half(),
-        "delta_bias": torch.randn(E, generator=g),
-    }
+    Bt, E, N, L = PAIR.values()
+    t = {}
+    for seed, (p, G) in enumerate(zip("frs", (*groups, 1))):
+        for n, v in _scan_inputs(seed, Bt, E, N, L, G, True).items():
+            t[p + n] = v
+    t["z"], t["sz"] = t.pop("fz"), t.pop("sz")
+    feeds = {i.name: t[i.name].numpy() for i in mp.graph.input}
     sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
-    out, _ = sess.run(None, {n: t[n].numpy() for n in names})
-    assert out.dtype == np.float16
-    ref = selective_scan(
-        t["u"],
-        t["delta"],
-        t["A"],
-        t["B"],
-        t["C"],
-        D=t["D"],
-        z=t["z"],
-        delta_bias=t["delta_bias"],
-        delta_softplus=True,
-    )
-    np.testing.assert_allclose(out.astype(np.float32), ref.float().numpy(), atol=2e-2, rtol=2e-2)
+    got = dict(zip([o.name for o in mp.graph.output], sess.run(None, feeds)))
+    present = {"D", "z", "delta_bias"}
+    for p, z, reverse in (("f", "z", False), ("r", "z", True), ("s", "sz", False)):
+        inputs = {n: t[p + n] for n in ("u", "delta", "A", "B", "C", "D", "delta_bias")}
+        if p == "r" and chained:
+            inputs["u"] = torch.from_numpy(got["fout"])
+        ref, ref_last = _reference({**inputs, "z": t[z]}, present, True, reverse)
+        np.testing.assert_allclose(got[p + "out"], ref.numpy(), atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(got[p + "last"], ref_last.numpy(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(got["neg_fout"], -got["fout"])
+
+
+@pytest.mark.parametrize("formulation", ["bidir", "step", "scan"])
+def test_forward_and_reverse_sharing_z_pair_into_one_scan(formulation):
+    mp = _pair_graph()
+    assert scan_pairs(mp.graph) == [(0, 2)]
+    assert lower_scans(mp, formulation) == 3
+    onnx.checker.check_model(mp, full_check=True)
+    assert nonstandard_nodes(mp) == []
+    assert [o.domain for o in mp.opset_import] == [""]
+    scans = sum(n.op_type == "Scan" for n in mp.graph.node)
+    assert scans == (2 if formulation == "bidir" else 3)
+    _run_pair_graph(mp)
+
+
+def test_pair_with_different_groups_still_shares_one_scan():
+    mp = _pair_graph(groups=(1, 2))
+    assert scan_pairs(mp.graph) == [(0, 2)]
+    assert lower_scans(mp, "bidir") == 3
+    onnx.checker.check_model(mp, full_check=True)
+    assert sum(n.op_type == "Scan" for n in mp.graph.node) == 2
+    _run_pair_graph(mp, groups=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "why,kw",
+    [("same-direction", dict(reverse=(False, False))), ("r-reads-f", dict(chained=True))],
+)
+def test_placeholders_that_cannot_pair_are_lowered_alone(why, kw):
+    mp = _pair_graph(**kw)
+    assert scan_pairs(mp.graph) == []
+    assert lower_scans(mp, "bidir") == 3
+    onnx.checker.check_model(mp, full_check=True)
+    assert nonstandard_nodes(mp) == []
+    assert sum(n.op_type == "Scan" for n in mp.graph.node) == 3
+    if why == "r-reads-f":  # the references assume f forward and r reverse
+        _run_pair_graph(mp, chained=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +352,8 @@ def test_lowered_scan_keeps_half_precision_io():
 def test_bad_arguments_name_the_argument(small_model, tmp_path):
     with pytest.raises(ValueError, match="scan"):
         to_onnx(small_model, tmp_path / "m.onnx", scan="loop")
+    with pytest.raises(ValueError, match="unroll"):
+        to_onnx(small_model, tmp_path / "m.onnx", scan="step", unroll=0)
     with pytest.raises(ValueError, match="opset"):
         to_onnx(small_model, tmp_path / "m.onnx", opset=11)
     with pytest.raises(TypeError, match="opset"):
