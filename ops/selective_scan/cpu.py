@@ -175,7 +175,9 @@ def _build() -> ctypes.CDLL:
 def c_kernel_available() -> bool:
     """Whether the fused C kernel can be used (builds it on first call)."""
     global _lib, _lib_error
-    if os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch":
+    if _lib is not None:  # the per-call fast path: one global read, no lock, no environ
+        return not _forced_torch()
+    if _forced_torch():
         return False
     with _lib_lock:
         if _lib is None and _lib_error is None:
@@ -184,6 +186,10 @@ def c_kernel_available() -> bool:
             except (RuntimeError, OSError) as exc:
                 _lib_error = str(exc)
     return _lib is not None
+
+
+def _forced_torch() -> bool:
+    return os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
 
 
 def c_kernel_error() -> str | None:
@@ -229,25 +235,32 @@ _AT = {name: getattr(_ScanArgs, name).offset // 8 for name, _ in _ScanArgs._fiel
 assert ctypes.sizeof(_ScanArgs) == 8 * _WORDS and all(
     getattr(_ScanArgs, n).size % 8 == 0 for n in _AT
 )
+_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "bias")  # the order of _inputs()
+# per tensor argument: (word of its pointer, word of its first stride or None)
+_SLOTS = {n: (_AT[n], _AT["s_" + n] if n in _STRIDED3 or n in _STRIDED4 else None) for n in _AT}
+_IN_SLOTS = [_SLOTS[n] for n in _INPUTS]
 
 
-def _call(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, nthreads, **bufs):
-    Bt, E, L = u.shape
-    N, G = A.shape[1], B.shape[1]
+def _call(fn, ins, delta_softplus, reverse, nthreads, outs):
+    """Pack ``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (name ->
+    tensor) into a _ScanArgs word array and call ``fn`` on it. Kept lean: it runs per scan."""
+    Bt, E, L = ins[0].shape
     per_thread = _SCRATCH_ROWS * L * LANES
-    scratch = _scratch_buffer(nthreads * per_thread)
-    words = [Bt, E, L, N, G, int(delta_softplus), int(reverse), nthreads] + [0] * (_WORDS - 8)
+    words = [0] * _WORDS
+    words[:8] = Bt, E, L, ins[2].shape[1], ins[3].shape[1], delta_softplus, reverse, nthreads
     words[_AT["scratch_floats"]] = per_thread
-    tensors = dict(
-        u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, bias=delta_bias, scratch=scratch, **bufs
-    )
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        words[_AT[name]] = t.data_ptr()
-        if name in _STRIDED3 or name in _STRIDED4:
-            at = _AT["s_" + name]
-            words[at : at + t.dim()] = t.stride()
+    words[_AT["scratch"]] = _scratch_buffer(nthreads * per_thread).data_ptr()
+    for (at, st), t in zip(_IN_SLOTS, ins):
+        if t is not None:
+            words[at] = t.data_ptr()
+            if st is not None:
+                words[st : st + t.dim()] = t.stride()
+    for name, t in outs.items():
+        if t is not None:
+            at, st = _SLOTS[name]
+            words[at] = t.data_ptr()
+            if st is not None:
+                words[st : st + t.dim()] = t.stride()
     packed = array.array("q", words)
     fn(packed.buffer_info()[0])  # packed stays alive until the call returns
 
@@ -264,19 +277,11 @@ def _inputs(u, delta, A, B, C, D, z, delta_bias) -> list:
 
 def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     Bt, E, L = u.shape
-    N = A.shape[1]
     ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
     out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
-    last = new_output((Bt, E, N), torch.float32, u.device)
-    _call(
-        _lib.vimc_scan_fwd,
-        *ins,
-        delta_softplus,
-        reverse,
-        _threads(_items(u, B)),
-        out=out,
-        last_state=last,
-    )
+    last = new_output((Bt, E, A.shape[1]), torch.float32, u.device)
+    outs = {"out": out, "last_state": last}
+    _call(_lib.vimc_scan_fwd, ins, delta_softplus, reverse, _threads(_items(u, B)), outs)
     return (out if u.dtype == torch.float32 else out.to(u.dtype)), last
 
 
@@ -296,12 +301,7 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
     db_p = torch.zeros(T, E, dtype=f32)
     dB_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
     dC_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
-    _call(
-        _lib.vimc_scan_bwd,
-        *ins,
-        delta_softplus,
-        reverse,
-        T,
+    outs = dict(
         dout=_f32(dout),
         dlast=_vec(dlast),
         du=du,
@@ -313,6 +313,7 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
         dB_part=dB_p,
         dC_part=dC_p,
     )
+    _call(_lib.vimc_scan_bwd, ins, delta_softplus, reverse, T, outs)
     dB, dC = dB_p.sum((0, -1)), dC_p.sum((0, -1))
     return (
         du.to(u.dtype),

@@ -77,6 +77,7 @@ typedef struct {
 // ---------------------------------------------------------------------------------------------
 
 static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+static inline v8i splat_i(int32_t x) { return (v8i){x, x, x, x, x, x, x, x}; }
 static inline v8f load8(const float *p) { return *(const v8f_mem *)p; }
 static inline void store8(float *p, v8f v) { *(v8f_mem *)p = v; }
 static inline v8f select8(v8i mask, v8f a, v8f b) {  // mask ? a : b, lane by lane
@@ -119,55 +120,48 @@ static inline v8f vexp8(v8f x) {
 }
 
 // 2^x for x <= 0 (the forward's decays when every exponent delta * A is <= 0, as in Vim: A < 0,
-// delta = softplus(.) >= 0, with log2(e) folded into A once per item): no upper clamp, no
-// two-constant reduction (r = x - round(x) is exact), and a degree-5 polynomial for 2^r on
-// |r| <= 1/2, fitted by this project for minimax relative error: 2.4e-7 evaluated in float32
-// (~4 ulp). Below 2^-126 the result stays at 2^-126 ~ 1.2e-38 (a long-decayed state), as
-// vexp8 does.
+// delta = softplus(.) >= 0, with log2(e) folded into A once per item): no upper clamp, and a
+// degree-5 polynomial for 2^r on |r| <= 1/2, fitted by this project for minimax relative
+// error: 2.4e-7 evaluated in float32 (~4 ulp). Rounding by adding 1.5 * 2^23 (+ 127, the
+// exponent bias) leaves k + 127 in the low mantissa bits, so r = x - k is exact and one shift
+// builds 2^k: no round or float->int conversion instructions. Below 2^-126 the result stays
+// at 2^-126 ~ 1.2e-38 (a long-decayed state), as vexp8 does.
 #define LOG2E 1.44269504088896341f
+#define ROUND_MAGIC 12582912.0f  // 1.5 * 2^23: x + it rounds x to an integer (|x| < 2^22)
 static inline v8f vexp2_nonpos8(v8f x) {
     x = vmax8(x, splat(-126.0f));
-    const v8f k = vround8(x);
-    const v8f r = x - k;
+    const v8f t = x + splat(ROUND_MAGIC + 127.0f);  // k + 127 in the low mantissa bits
+    const v8f r = x - (t - splat(ROUND_MAGIC + 127.0f));
     v8f p = splat(1.327644568e-03f);
     p = p * r + splat(9.675541893e-03f);
     p = p * r + splat(5.550713465e-02f);
     p = p * r + splat(2.402212024e-01f);
     p = p * r + splat(6.931469440e-01f);
     p = p * r + splat(1.000000119e+00f);
-    const v8i ki = __builtin_convertvector(k, v8i);
-    return p * (v8f)((ki + 127) << 23);
+    return p * (v8f)((v8i)t << 23);  // the magic's own bits shift out past bit 31
 }
 
-// log(x) for x in [1, 2]: one halving above sqrt(2), then the Cephes logf polynomial.
-static inline v8f vlog_1_2(v8f x) {
-    v8i big = x > splat(1.41421356f);
-    v8f e = select8(big, splat(1.0f), splat(0.0f));
-    v8f f = select8(big, x * splat(0.5f), x) - splat(1.0f);
-    v8f z = f * f;
-    v8f p = splat(7.0376836292e-2f);
-    p = p * f + splat(-1.1514610310e-1f);
-    p = p * f + splat(1.1676998740e-1f);
-    p = p * f + splat(-1.2420140846e-1f);
-    p = p * f + splat(1.4249322787e-1f);
-    p = p * f + splat(-1.6668057665e-1f);
-    p = p * f + splat(2.0000714765e-1f);
-    p = p * f + splat(-2.4999993993e-1f);
-    p = p * f + splat(3.3333331174e-1f);
-    v8f y = p * f * z - e * splat(2.12194440e-4f) - splat(0.5f) * z;
-    return f + y + e * splat(0.693359375f);
+// log1p(w) / w on [0, 1]: a degree-8 polynomial fitted by this project (weighted least
+// squares toward minimax relative error): 2.1e-7 relative for log1p(w) = w * P(w) evaluated in
+// float32, tiny w included (P(0) ~ 1), with no log, division or cancellation.
+static inline v8f vlog1p_01(v8f w) {
+    v8f p = splat(5.232705735e-03f);
+    p = p * w + splat(-2.950528450e-02f);
+    p = p * w + splat(7.822602987e-02f);
+    p = p * w + splat(-1.366325170e-01f);
+    p = p * w + splat(1.910600960e-01f);
+    p = p * w + splat(-2.484298348e-01f);
+    p = p * w + splat(3.331909776e-01f);
+    p = p * w + splat(-4.999949336e-01f);
+    p = p * w + splat(9.999999404e-01f);
+    return w * p;
 }
 
 // softplus as the official kernels define it: log1p(exp(x)) for x <= 20, else x; computed as
-// max(x, 0) + log1p(exp(-|x|)), with log1p(w) = log(1 + w) * w / ((1 + w) - 1) so that tiny w
-// keep their relative accuracy.
+// max(x, 0) + log1p(exp(-|x|)), exp(-|x|) in (0, 1].
 static inline v8f vsoftplus8(v8f x) {
-    v8f ax = select8(x < splat(0.0f), -x, x);
-    v8f w = vexp8(-ax);
-    v8f onep = splat(1.0f) + w;
-    v8f den = onep - splat(1.0f);
-    v8f l1p = select8(den == splat(0.0f), w, vlog_1_2(onep) * w / select8(den == splat(0.0f), splat(1.0f), den));
-    v8f sp = select8(x > splat(0.0f), x, splat(0.0f)) + l1p;
+    const v8f ax = (v8f)((v8i)x & splat_i(0x7fffffff));
+    const v8f sp = vmax8(x, splat(0.0f)) + vlog1p_01(vexp8(-ax));
     return select8(x > splat(20.0f), x, sp);
 }
 
