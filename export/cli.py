@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ._common import DTYPE_NAMES
+from .onnx import DEFAULT_SCAN, SCAN_FORMULATIONS
 
 FORMATS = ("onnx", "aoti", "tensorrt")
 _SUFFIX = {"onnx": ".onnx", "aoti": ".pt2", "tensorrt": ".ep"}
@@ -126,11 +127,12 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
     p.add_argument(
         "--scan",
-        choices=("scan", "unrolled", "custom"),
-        default="scan",
-        help="ONNX form of the selective scan: a standard Scan loop (default), its "
-        "unrolled variant, or a custom-domain vimc.SelectiveScan node that "
-        "needs a runtime plugin",
+        choices=SCAN_FORMULATIONS,
+        default=DEFAULT_SCAN,
+        help=f"ONNX form of the selective scan (default {DEFAULT_SCAN!r}): 'bidir' and "
+        "'step' run each step inside a standard Scan loop (bidir pairs a layer's two "
+        "directions in one loop), 'scan'/'unrolled' precompute decays outside it, "
+        "'custom' keeps a vimc.SelectiveScan node that needs a runtime plugin",
     )
     p.add_argument(
         "--no-validate",
