@@ -400,6 +400,7 @@ static void bwd_items(const Work *w) {
         item_in(sgo, a->dout, a->s_dout, a, &m);
         if (a->z) item_in(sz, a->z, a->s_z, a, &m);
         const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
+        const int base2 = exponents_nonpositive(a, &m, sd);
         for (int64_t t = 0; t < L; ++t) {
             v8f go = load8(sgo + t * LANES);
             if (a->z) {
@@ -414,12 +415,13 @@ static void bwd_items(const Work *w) {
             store8(sgd + t * LANES, splat(0.0f));
         }
         for (int64_t n = 0; n < N; ++n) {
-            const v8f An = gather_chan(a->A + n, &m, N);
+            const v8f An = gather_chan(a->A + n, &m, N), An2 = An * splat(LOG2E);
             const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
             float *dBn = dBp + n * L * LANES, *dCn = dCp + n * L * LANES;
             v8f h = splat(0.0f);
             for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
-                const v8f decay = vexp8(load8(sd + t * LANES) * An);
+                const v8f d = load8(sd + t * LANES);
+                const v8f decay = base2 ? vexp2_nonpos8(d * An2) : vexp8(d * An);
                 h = decay * h + load8(sdu + t * LANES) * splat(Bn[t * Bst]);
                 store8(sh + t * LANES, h);
                 store8(sdecay + t * LANES, decay);

@@ -294,6 +294,25 @@ def test_gradients_match_autograd_through_reference(impl, c):
         assert err <= 1e-4, f"d{name}: " + describe_mismatch(got[name], ref[name], 1e-4)
 
 
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw_delta"])
+def test_growing_state_takes_the_general_exp(impl, softplus):
+    """Some A > 0 (a growing state, legal if unusual): positive exponents, which the C
+    kernel routes past its exp for non-positive ones, forward and backward."""
+    c = Case(E=8, L=12, N=4, softplus=softplus)
+    ins = make_inputs(c)
+    ins["A"] = ins["A"].clone()
+    ins["A"][::3] = 0.3  # every third channel grows
+    out = run(ins, c)
+    assert rel_err(out, reference64(ins, c)) <= 1e-5
+    g_out = torch.randn(c.Bt, c.E, c.L, dtype=torch.float64)
+    g_last = torch.randn(c.Bt, c.E, c.N, dtype=torch.float64)
+    got = _grads(selective_scan, ins, c, g_out, g_last)
+    ref = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
+    for name in got:
+        err = rel_err(got[name], ref[name])
+        assert err <= 1e-4, f"d{name}: " + describe_mismatch(got[name], ref[name], 1e-4)
+
+
 @given(
     E=st.integers(1, 12),
     L=st.sampled_from([1, 4, 17, 40]),
