@@ -272,6 +272,13 @@ static void item_out(float *x, Strides3 s, const float *src, const ScanArgs *a, 
     stage_out(x + m->b * s.b + m->e0 * s.e, src, a->L, m->lanes, s.e, s.t);
 }
 
+// whether an item's 8 channels of a (Bt, E, L) tensor are adjacent at every step (token-major,
+// no padding lanes): then loops read and write it in place instead of staging it
+static inline int direct(Strides3 s, const Item *m) { return m->lanes == LANES && s.e == 1; }
+static inline const float *at3(const float *x, Strides3 s, const Item *m) {
+    return x + m->b * s.b + m->e0 * s.e;
+}
+
 // the item's group of a strided (Bt, G, N, L) tensor: element (n, t) at [n * s.n + t * s.t]
 static const float *group_of(const float *x, Strides4 s, const Item *m) {
     return x + m->b * s.b + m->g * s.g;
@@ -345,12 +352,26 @@ static void fwd_items(const Work *w) {
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
         const float *Bp = group_of(a->B, a->s_B, &m), *Cp = group_of(a->C, a->s_C, &m);
-        stage_u_delta(a, &m, su, sd, NULL);
         const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
-        for (int64_t t = 0; t < L; ++t) {
-            const v8f ut = load8(su + t * LANES);
-            store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
-            store8(sy + t * LANES, Dv * ut);
+        if (direct(a->s_u, &m) && direct(a->s_delta, &m)) {
+            // token-major: read u and delta in place, one pass (no staging copies)
+            const float *up = at3(a->u, a->s_u, &m), *dp = at3(a->delta, a->s_delta, &m);
+            const int64_t ust = a->s_u.t, dst = a->s_delta.t;
+            const v8f bias = a->bias ? gather_chan(a->bias, &m, 1) : splat(0.0f);
+            for (int64_t t = 0; t < L; ++t) {
+                const v8f ut = load8(up + t * ust), x = load8(dp + t * dst) + bias;
+                const v8f d = a->delta_softplus ? vsoftplus8(x) : x;
+                store8(sd + t * LANES, d);
+                store8(sdu + t * LANES, d * ut);
+                store8(sy + t * LANES, Dv * ut);
+            }
+        } else {
+            stage_u_delta(a, &m, su, sd, NULL);
+            for (int64_t t = 0; t < L; ++t) {
+                const v8f ut = load8(su + t * LANES);
+                store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
+                store8(sy + t * LANES, Dv * ut);
+            }
         }
         const int base2 = exponents_nonpositive(a, &m, sd);
         int64_t n = 0;
@@ -361,6 +382,16 @@ static void fwd_items(const Work *w) {
         for (; n < N; ++n) {
             if (base2) fwd_states(a, &m, n, 1, 1, sd, sdu, sy, Bp, Cp);
             else fwd_states(a, &m, n, 1, 0, sd, sdu, sy, Bp, Cp);
+        }
+        if (a->z && direct(a->s_z, &m) && direct(a->s_out, &m)) {  // gate and write, one pass
+            const float *zp = at3(a->z, a->s_z, &m);
+            float *op = a->out + m.b * a->s_out.b + m.e0 * a->s_out.e;
+            const int64_t zst = a->s_z.t, ost = a->s_out.t;
+            for (int64_t t = 0; t < L; ++t) {
+                const v8f zt = load8(zp + t * zst);
+                store8(op + t * ost, load8(sy + t * LANES) * zt * vsigmoid8(zt));
+            }
+            continue;
         }
         if (a->z) {
             item_in(sz, a->z, a->s_z, a, &m);
