@@ -9,7 +9,8 @@ Two implementations of the mixer share these parameters (``scan_impl``):
 
 - ``"fast"``: token-major all the way (``(B, L, E)``, as the linears produce it; the scan
   reads ``(B, E, L)`` views of it in place), the backward direction as an anti-causal conv
-  plus ``selective_scan(..., reverse=True)``: no flip or transpose copies of activations.
+  plus a reverse scan: no flip or transpose copies of activations. Both directions, their
+  shared gate and their average are one ``selective_scan_bidirectional`` call.
 - ``"reference"``: vim.md's formulation as written (flip, causal conv, the python-loop reference
   scan, flip back). Slow; for debugging and as the oracle of the fast path.
 """
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vimc.ops import selective_scan, selective_scan_reference
+from vimc.ops import selective_scan_bidirectional, selective_scan_reference
 
 SCAN_IMPLS = ("fast", "reference")
 
@@ -218,27 +219,23 @@ class BiMambaMixer(nn.Module):
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
         x, z = xz[..., :E], xz[..., E:]
-        ys = []
+        args = []
         for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
             u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, L, E)
             x_dbl = F.linear(u, xp.weight)  # (B, L, R + 2N)
             delta = F.linear(x_dbl[..., :R], dtp.weight)  # (B, L, E); the bias is the scan's
-            ys.append(
-                selective_scan(
-                    u.mT,
-                    delta.mT,
-                    -torch.exp(A_log.float()),
-                    x_dbl[..., R : R + N].mT,
-                    x_dbl[..., R + N :].mT,
-                    D=Dskip.float(),
-                    z=z.mT,
-                    delta_bias=dtp.bias.float(),
-                    delta_softplus=True,
-                    reverse=bool(sfx),
-                )
-            )
-        y = (ys[0] + ys[1]) / 2  # (B, E, L) view of (B, L, E) memory
+            args += [
+                u.mT,
+                delta.mT,
+                -torch.exp(A_log.float()),
+                x_dbl[..., R : R + N].mT,
+                x_dbl[..., R + N :].mT,
+                Dskip.float(),
+                dtp.bias.float(),
+            ]
+        # (y_f + y_b) / 2, each gated by silu(z): one op call for both directions on CPU
+        y = selective_scan_bidirectional(*args, z=z.mT, delta_softplus=True)  # (B, E, L) view
         return F.linear(y.mT, self.out_proj.weight)
 
     def _forward_reference(self, h: torch.Tensor) -> torch.Tensor:

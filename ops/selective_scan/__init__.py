@@ -2,7 +2,14 @@
 and ``vimc::selective_scan_bwd``, with a float64-capable reference beside it."""
 
 from ._alloc import poison_outputs
+from .bidirectional import selective_scan_bidirectional
 from .op import MAX_D_STATE, selective_scan
 from .reference import selective_scan_reference
 
-__all__ = ["MAX_D_STATE", "poison_outputs", "selective_scan", "selective_scan_reference"]
+__all__ = [
+    "MAX_D_STATE",
+    "poison_outputs",
+    "selective_scan",
+    "selective_scan_bidirectional",
+    "selective_scan_reference",
+]

@@ -100,6 +100,7 @@ class _ScanArgs(ctypes.Structure):
         + [("scratch_floats", ctypes.c_int64)]
         + [("s_" + n, _Strides3) for n in _STRIDED3]
         + [("s_" + n, _Strides4) for n in _STRIDED4]
+        + [("pair", ctypes.c_void_p)]
     )
 
 
@@ -241,9 +242,9 @@ _SLOTS = {n: (_AT[n], _AT["s_" + n] if n in _STRIDED3 or n in _STRIDED4 else Non
 _IN_SLOTS = [_SLOTS[n] for n in _INPUTS]
 
 
-def _call(fn, ins, delta_softplus, reverse, nthreads, outs):
-    """Pack ``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (name ->
-    tensor) into a _ScanArgs word array and call ``fn`` on it. Kept lean: it runs per scan."""
+def _pack(ins, delta_softplus, reverse, nthreads, outs) -> array.array:
+    """``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (name ->
+    tensor) as a _ScanArgs word array. Kept lean: it runs per scan."""
     Bt, E, L = ins[0].shape
     per_thread = _SCRATCH_ROWS * L * LANES
     words = [0] * _WORDS
@@ -261,8 +262,14 @@ def _call(fn, ins, delta_softplus, reverse, nthreads, outs):
             words[at] = t.data_ptr()
             if st is not None:
                 words[st : st + t.dim()] = t.stride()
-    packed = array.array("q", words)
-    fn(packed.buffer_info()[0])  # packed stays alive until the call returns
+    return array.array("q", words)
+
+
+def _call(fn, ins, delta_softplus, reverse, nthreads, outs, pair=None):
+    packed = _pack(ins, delta_softplus, reverse, nthreads, outs)
+    if pair is not None:  # a second packed scan, averaged in by the forward kernel
+        packed[_AT["pair"]] = pair.buffer_info()[0]
+    fn(packed.buffer_info()[0])  # packed (and pair) stay alive until the call returns
 
 
 def _items(u: torch.Tensor, B: torch.Tensor) -> int:
@@ -283,6 +290,25 @@ def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     outs = {"out": out, "last_state": last}
     _call(_lib.vimc_scan_fwd, ins, delta_softplus, reverse, _threads(_items(u, B)), outs)
     return (out if u.dtype == torch.float32 else out.to(u.dtype)), last
+
+
+def _fwd_pair_c(first: tuple, second: tuple, z, delta_softplus):
+    """Two scans over one shape, ``first`` forward and ``second`` reverse, each a tuple
+    (u, delta, A, B, C, D, delta_bias): out = (y_first + y_second) / 2 * silu(z) in one
+    kernel call. -> (out in u's dtype, last state of first, last state of second)."""
+    u = first[0]
+    Bt, E, L = u.shape
+    N = first[2].shape[1]
+    ins1 = _inputs(*first[:6], z, first[6])
+    ins2 = _inputs(*second[:6], None, second[6])
+    out = new_output_like(u, torch.float32)
+    last1 = new_output((Bt, E, N), torch.float32, u.device)
+    last2 = new_output((Bt, E, N), torch.float32, u.device)
+    T = _threads(_items(u, first[3]))
+    pair = _pack(ins2, delta_softplus, True, T, {"last_state": last2})
+    outs = {"out": out, "last_state": last1}
+    _call(_lib.vimc_scan_fwd, ins1, delta_softplus, False, T, outs, pair=pair)
+    return (out if u.dtype == torch.float32 else out.to(u.dtype)), last1, last2
 
 
 def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):

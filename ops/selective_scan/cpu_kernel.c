@@ -65,6 +65,10 @@ typedef struct {
     int64_t scratch_floats;  // per thread: >= 12 * L * 8
     Strides3 s_u, s_delta, s_z, s_out, s_dout, s_du, s_ddelta, s_dz;
     Strides4 s_B, s_C;
+    // forward only: a second scan over the same (Bt, E, L, N, G) whose output is averaged
+    // with this one's before the gate: out = (y + y_pair) / 2 * silu(z), Vim's two
+    // directions in one call. Its own u, delta, A, B, C, D, bias, reverse, last_state.
+    const void *pair;
 } ScanArgs;
 
 typedef struct {
@@ -343,45 +347,57 @@ static inline __attribute__((always_inline)) void fwd_states(
         for (int j = 0; j < nb; ++j) a->last_state[(m->b * E + m->e0 + k) * N + n + j] = h[j][k];
 }
 
-static void fwd_items(const Work *w) {
-    const ScanArgs *a = w->a;
+// one direction of an item: d and d*u staged, y = D*u + <h_t, C_t> into sy, last state out
+static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd, float *sdu,
+                          float *sy) {
     const int64_t L = a->L, N = a->N;
+    const float *Bp = group_of(a->B, a->s_B, m), *Cp = group_of(a->C, a->s_C, m);
+    const v8f Dv = a->D ? gather_chan(a->D, m, 1) : splat(0.0f);
+    if (direct(a->s_u, m) && direct(a->s_delta, m)) {
+        // token-major: read u and delta in place, one pass (no staging copies)
+        const float *up = at3(a->u, a->s_u, m), *dp = at3(a->delta, a->s_delta, m);
+        const int64_t ust = a->s_u.t, dst = a->s_delta.t;
+        const v8f bias = a->bias ? gather_chan(a->bias, m, 1) : splat(0.0f);
+        for (int64_t t = 0; t < L; ++t) {
+            const v8f ut = load8(up + t * ust), x = load8(dp + t * dst) + bias;
+            const v8f d = a->delta_softplus ? vsoftplus8(x) : x;
+            store8(sd + t * LANES, d);
+            store8(sdu + t * LANES, d * ut);
+            store8(sy + t * LANES, Dv * ut);
+        }
+    } else {
+        stage_u_delta(a, m, su, sd, NULL);
+        for (int64_t t = 0; t < L; ++t) {
+            const v8f ut = load8(su + t * LANES);
+            store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
+            store8(sy + t * LANES, Dv * ut);
+        }
+    }
+    const int base2 = exponents_nonpositive(a, m, sd);
+    int64_t n = 0;
+    for (; n + NB <= N; n += NB) {  // NB components per pass: d, d*u and y loaded once
+        if (base2) fwd_states(a, m, n, NB, 1, sd, sdu, sy, Bp, Cp);
+        else fwd_states(a, m, n, NB, 0, sd, sdu, sy, Bp, Cp);
+    }
+    for (; n < N; ++n) {
+        if (base2) fwd_states(a, m, n, 1, 1, sd, sdu, sy, Bp, Cp);
+        else fwd_states(a, m, n, 1, 0, sd, sdu, sy, Bp, Cp);
+    }
+}
+
+static void fwd_items(const Work *w) {
+    const ScanArgs *a = w->a, *p = (const ScanArgs *)a->pair;
+    const int64_t L = a->L;
     float *sc = a->scratch + w->tid * a->scratch_floats;
     float *su = sc, *sd = sc + L * LANES, *sz = sc + 2 * L * LANES, *sy = sc + 3 * L * LANES;
-    float *sdu = sc + 4 * L * LANES;
+    float *sdu = sc + 4 * L * LANES, *sy2 = sc + 5 * L * LANES;
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
-        const float *Bp = group_of(a->B, a->s_B, &m), *Cp = group_of(a->C, a->s_C, &m);
-        const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
-        if (direct(a->s_u, &m) && direct(a->s_delta, &m)) {
-            // token-major: read u and delta in place, one pass (no staging copies)
-            const float *up = at3(a->u, a->s_u, &m), *dp = at3(a->delta, a->s_delta, &m);
-            const int64_t ust = a->s_u.t, dst = a->s_delta.t;
-            const v8f bias = a->bias ? gather_chan(a->bias, &m, 1) : splat(0.0f);
-            for (int64_t t = 0; t < L; ++t) {
-                const v8f ut = load8(up + t * ust), x = load8(dp + t * dst) + bias;
-                const v8f d = a->delta_softplus ? vsoftplus8(x) : x;
-                store8(sd + t * LANES, d);
-                store8(sdu + t * LANES, d * ut);
-                store8(sy + t * LANES, Dv * ut);
-            }
-        } else {
-            stage_u_delta(a, &m, su, sd, NULL);
-            for (int64_t t = 0; t < L; ++t) {
-                const v8f ut = load8(su + t * LANES);
-                store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
-                store8(sy + t * LANES, Dv * ut);
-            }
-        }
-        const int base2 = exponents_nonpositive(a, &m, sd);
-        int64_t n = 0;
-        for (; n + NB <= N; n += NB) {  // NB components per pass: d, d*u and y loaded once
-            if (base2) fwd_states(a, &m, n, NB, 1, sd, sdu, sy, Bp, Cp);
-            else fwd_states(a, &m, n, NB, 0, sd, sdu, sy, Bp, Cp);
-        }
-        for (; n < N; ++n) {
-            if (base2) fwd_states(a, &m, n, 1, 1, sd, sdu, sy, Bp, Cp);
-            else fwd_states(a, &m, n, 1, 0, sd, sdu, sy, Bp, Cp);
+        fwd_direction(a, &m, su, sd, sdu, sy);
+        if (p) {  // the pair's y averaged in: (y + y_pair) / 2, before the gate
+            fwd_direction(p, &m, su, sd, sdu, sy2);
+            for (int64_t t = 0; t < L; ++t)
+                store8(sy + t * LANES, (load8(sy + t * LANES) + load8(sy2 + t * LANES)) * splat(0.5f));
         }
         if (a->z && direct(a->s_z, &m) && direct(a->s_out, &m)) {  // gate and write, one pass
             const float *zp = at3(a->z, a->s_z, &m);

@@ -1,0 +1,181 @@
+"""``selective_scan_bidirectional`` (Vim's two directions in one op) against two float64
+reference scans: forward, gradients, registration, compilation, export, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from vimc.ops import selective_scan_bidirectional, selective_scan_reference
+from vimc.ops.selective_scan import cpu
+
+from ._scan_cases import TOLERANCES, Case, describe_mismatch, make_inputs, rel_err
+
+DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+@pytest.fixture(params=["c_kernel", "torch_chunked"])
+def impl(request, monkeypatch):
+    if request.param == "c_kernel":
+        if not cpu.c_kernel_available():
+            pytest.skip(f"no C compiler for the fused CPU kernel: {cpu.c_kernel_error()}")
+    else:
+        monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
+    return request.param
+
+
+def _token_major(t):
+    return t.movedim(-1, 1).contiguous().movedim(1, -1)
+
+
+def make_pair(c: Case, dtype=torch.float32, layout="contiguous") -> dict:
+    """Two directions' inputs (``*_b`` the reverse one's, other values) and one z."""
+    fwd, bwd = make_inputs(c, dtype, seed=0), make_inputs(c, dtype, seed=1)
+    ins = {k: fwd[k] for k in DIRECTION} | {k + "_b": bwd[k] for k in DIRECTION}
+    ins["z"] = fwd["z"]
+    if layout == "token_major":  # as a Vim mixer hands them over
+        ins = {
+            k: _token_major(v)
+            if v is not None and k.rstrip("_b") in ("u", "delta", "z", "B", "C")
+            else v
+            for k, v in ins.items()
+        }
+    return ins
+
+
+def reference(ins: dict, softplus: bool) -> torch.Tensor:
+    x = {k: None if v is None else v.to(torch.float64) for k, v in ins.items()}  # keeps grad
+    f = selective_scan_reference(
+        *(x[k] for k in DIRECTION[:6]), x["z"], x["delta_bias"], delta_softplus=softplus
+    )
+    b = selective_scan_reference(
+        *(x[k + "_b"] for k in DIRECTION[:6]),
+        x["z"],
+        x["delta_bias_b"],
+        delta_softplus=softplus,
+        reverse=True,
+    )
+    return (f + b) / 2
+
+
+def run(ins: dict, softplus: bool):
+    return selective_scan_bidirectional(**ins, delta_softplus=softplus)
+
+
+CASES = [
+    Case(),
+    Case(Bt=1, E=16, L=1, N=16),
+    Case(E=13, L=29, N=3),  # a partial block of 8 channels
+    Case(E=12, L=17, N=4, G=3),
+    Case(E=9, L=13, N=6, D=False, z=False, bias=False),
+    Case(E=8, L=20, N=2, softplus=False, bias=False),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "token_major"])
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
+def test_matches_two_reference_scans(impl, c, layout):
+    ins = make_pair(c, layout=layout)
+    out = run(ins, c.softplus)
+    assert out.shape == ins["u"].shape and out.stride() == torch.empty_like(ins["u"]).stride()
+    ref = reference(ins, c.softplus)
+    tol = TOLERANCES[torch.float32][0]
+    assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision(dtype):
+    c = Case(E=16, L=24, N=8)
+    ins = make_pair(c, dtype)
+    out = run(ins, True)
+    assert out.dtype == dtype
+    tol = TOLERANCES[dtype][0]
+    assert rel_err(out, reference(ins, True)) <= tol
+
+
+@pytest.mark.parametrize(
+    "c", [Case(E=8, L=11, N=4), Case(E=6, L=9, N=3, G=2, D=False, bias=False)], ids=lambda c: c.id
+)
+def test_gradients_match_reference(impl, c):
+    ins = make_pair(c)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items() if v is not None}
+    ref_leaves = {k: v.detach().to(torch.float64).requires_grad_(True) for k, v in leaves.items()}
+    g = torch.randn(c.Bt, c.E, c.L, dtype=torch.float64)
+    run({k: leaves.get(k) for k in ins}, c.softplus).backward(g.float())
+    reference({k: ref_leaves.get(k) for k in ins}, c.softplus).backward(g)
+    for k, t in leaves.items():
+        err = rel_err(t.grad, ref_leaves[k].grad)
+        assert err <= 1e-4, f"d{k}: " + describe_mismatch(t.grad, ref_leaves[k].grad, 1e-4)
+
+
+def _op_args(c: Case):
+    ins = make_pair(c)
+    for k in ("B", "C", "B_b", "C_b"):
+        if ins[k].dim() == 3:
+            ins[k] = ins[k].unsqueeze(1)
+    order = [*DIRECTION, *(k + "_b" for k in DIRECTION), "z"]
+    args = [None if ins[k] is None else ins[k].requires_grad_(True) for k in order]
+    return (*args, c.softplus)
+
+
+@pytest.mark.parametrize(
+    "c", [Case(E=8, L=7, N=4), Case(E=6, L=5, N=3, G=2, D=False, z=False)], ids=lambda c: c.id
+)
+def test_opcheck(c):
+    torch.library.opcheck(torch.ops.vimc.selective_scan_bidirectional_fwd.default, _op_args(c))
+
+
+def test_compile_fullgraph_is_one_op_and_matches_eager():
+    c = Case(E=16, L=20, N=8)
+    ins = make_pair(c, layout="token_major")
+    leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
+    eager = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda **kw: run(kw, True), fullgraph=True, dynamic=False)
+    out, ref = compiled(**leaves), run(eager, True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    for k in leaves:
+        torch.testing.assert_close(leaves[k].grad, eager[k].grad, rtol=1e-4, atol=1e-5)
+
+
+def test_export_keeps_one_single_direction_node_per_scan():
+    """While torch.export traces, the two directions stay two ``selective_scan_fwd`` nodes,
+    the form ONNX, AOTInductor and TensorRT translate."""
+    ins = make_pair(Case(E=8, L=6, N=4))
+    names = list(ins)
+
+    class Pair(torch.nn.Module):
+        def forward(self, *xs):
+            return run(dict(zip(names, xs)), True)
+
+    ep = torch.export.export(Pair(), tuple(ins.values()))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert sum("selective_scan_fwd" in t for t in targets) == 2
+    assert not any("bidirectional" in t for t in targets)
+    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True))
+
+
+@pytest.mark.parametrize(
+    "name, mutate",
+    [
+        ("A", lambda ins: ins.update(A_b=ins["A_b"][:, :2].contiguous())),
+        ("D", lambda ins: ins.update(D_b=None)),
+        ("B", lambda ins: ins.update(B_b=ins["B_b"].unsqueeze(1).expand(-1, 2, -1, -1))),
+    ],
+)
+def test_directions_of_unequal_shapes_are_refused(name, mutate):
+    ins = make_pair(dataclasses.replace(Case(), E=12))
+    mutate(ins)
+    with pytest.raises(ValueError, match=f"{name} and {name}_b"):
+        run(ins, True)
+
+
+def test_reverse_direction_argument_of_wrong_type_is_named():
+    ins = make_pair(Case())
+    ins["delta_b"] = ins["delta_b"].long()
+    with pytest.raises(TypeError, match="delta_b must be a floating"):
+        run(ins, True)
