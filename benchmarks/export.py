@@ -96,7 +96,9 @@ def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None)):
         path = Path(workdir) / f"m_{f}_{k or 0}.onnx"
         path = to_onnx(model, path, example=example, scan=f, unroll=k)
         size = path.stat().st_size
-        sess = onnxruntime_session(path, threads=torch.get_num_threads())
+        # no spinning: ORT's idle threads would otherwise busy-wait after each run and slow
+        # the backend timed next (measured: eager 60 -> 106 ms right after a spinning run)
+        sess = onnxruntime_session(path, threads=torch.get_num_threads(), spinning=False)
         run = lambda x: run_onnxruntime(sess, x)  # noqa: E731
     else:
         raise ValueError(f"--backends: unknown {name!r}; choose from {', '.join(BACKENDS)}")

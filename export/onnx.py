@@ -268,15 +268,22 @@ def _recurrence_body(unroll: int, reverse: bool, prefix: str):
     )
 
 
-def _lower_materialized(node, unroll: int) -> list:
-    """Formulations "scan" (unroll == 1) and "unrolled"."""
+def _float_inputs(b: _Builder, node):
+    """A placeholder's inputs as float32 nodes: (u, A, B, C, the final delta (bias and softplus
+    applied)), its group count G and state size N (1-element tensors), and the rest of its
+    signature: (D, z, out, last, reverse)."""
     (u, delta, A, B, C, D, z, bias), out, last, softplus, reverse = _signature(node)
-    b = _Builder(node.name or "selective_scan")
     uf, Af, Bf, Cf = b.f32(u), b.f32(A), b.f32(B), b.f32(C)
     df = _delta(b, delta, bias, softplus)
+    G, N = b.shape(Bf, 1, 2, "G"), b.shape(Af, 1, 2, "N")
+    return (uf, Af, Bf, Cf, df), (G, N), (u, D, z, out, last, reverse)
+
+
+def _lower_materialized(node, unroll: int) -> list:
+    """Formulations "scan" (unroll == 1) and "unrolled"."""
+    b = _Builder(node.name or "selective_scan")
+    (uf, Af, Bf, Cf, df), (G, N), (u, D, z, out, last, reverse) = _float_inputs(b, node)
     # groups: (Bt, E, L) -> (Bt, G, Eg, L); A (E, N) -> (G, Eg, N)
-    G = b.shape(Bf, 1, 2, "G")
-    N = b.shape(Af, 1, 2, "N")
     to_groups = b(
         "Concat",
         [b.shape(uf, 0, 1, "bt"), G, b.const([-1]), b.shape(uf, 2, 3, "l")],
@@ -369,11 +376,7 @@ class _StepHalf:
 
 
 def _step_half(b: _Builder, node) -> _StepHalf:
-    (u, delta, A, B, C, D, z, bias), out, last, softplus, reverse = _signature(node)
-    uf, Af, Bf, Cf = b.f32(u), b.f32(A), b.f32(B), b.f32(C)
-    df = _delta(b, delta, bias, softplus)
-    G = b.shape(Bf, 1, 2, "G")
-    N = b.shape(Af, 1, 2, "N")
+    (uf, Af, Bf, Cf, df), (G, N), (u, D, z, out, last, reverse) = _float_inputs(b, node)
     # (Bt, E, L) -> (Bt, G, 1, Eg, L) -> time-major (L, Bt, G, 1, Eg)
     grouped = b(
         "Concat",
@@ -795,14 +798,21 @@ def to_onnx(
     return Path(path)
 
 
-def onnxruntime_session(path, *, threads: int | None = None, providers=None):
-    """An ``onnxruntime.InferenceSession`` for ``path`` with full graph optimization."""
+def onnxruntime_session(
+    path, *, threads: int | None = None, providers=None, spinning: bool | None = None
+):
+    """An ``onnxruntime.InferenceSession`` for ``path`` with full graph optimization.
+    ``spinning=False`` stops ONNX Runtime's idle threads from busy-waiting after each run
+    (its default keeps them spinning, which is fastest when it owns the machine but takes
+    the cores from whatever runs next in the process)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         opts.intra_op_num_threads = threads
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
 

@@ -59,6 +59,14 @@ def test_small_onnx_standard_ops_batch_1_and_3(small_model, small_onnx, images):
     assert sum(n.op_type == "Scan" for n in mp.graph.node) == 2
     assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "bidir"
     _parity(small_onnx, small_model, images[64])
+    # the session the export benchmark times ORT with: same numbers, idle threads not spinning
+    quiet = onnxruntime_session(small_onnx, threads=2, spinning=False)
+    key = "session.intra_op.allow_spinning"
+    assert quiet.get_session_options().get_session_config_entry(key) == "0"
+    x = images[64][:2]
+    torch.testing.assert_close(
+        run_onnxruntime(quiet, x), run_onnxruntime(onnxruntime_session(small_onnx), x)
+    )
 
 
 @pytest.mark.slow

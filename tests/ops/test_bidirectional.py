@@ -8,21 +8,10 @@ import dataclasses
 import pytest
 import torch
 from vimc.ops import selective_scan_bidirectional, selective_scan_reference
-from vimc.ops.selective_scan import cpu
 
 from ._scan_cases import TOLERANCES, Case, describe_mismatch, make_inputs, rel_err
 
 DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
-
-
-@pytest.fixture(params=["c_kernel", "torch_chunked"])
-def impl(request, monkeypatch):
-    if request.param == "c_kernel":
-        if not cpu.c_kernel_available():
-            pytest.skip(f"no C compiler for the fused CPU kernel: {cpu.c_kernel_error()}")
-    else:
-        monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
-    return request.param
 
 
 def _token_major(t):

@@ -15,19 +15,6 @@ from vimc.ops.selective_scan import cpu
 
 from ._scan_cases import TOLERANCES, Case, describe_mismatch, flags, make_inputs, rel_err, to64
 
-IMPLS = ["c_kernel", "torch_chunked"]
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request, monkeypatch):
-    """Runs a test once per CPU implementation behind the op."""
-    if request.param == "c_kernel":
-        if not cpu.c_kernel_available():
-            pytest.skip(f"no C compiler for the fused CPU kernel: {cpu.c_kernel_error()}")
-    else:
-        monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
-    return request.param
-
 
 def run(ins: dict, c: Case, **kw):
     return selective_scan(**ins, **flags(c), **kw)
