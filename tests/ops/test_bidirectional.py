@@ -9,7 +9,15 @@ import pytest
 import torch
 from vimc.ops import selective_scan_bidirectional, selective_scan_reference
 
-from ._scan_cases import TOLERANCES, Case, describe_mismatch, make_inputs, rel_err
+from ._scan_cases import (
+    TOLERANCES,
+    Case,
+    assert_compiled_matches_eager,
+    assert_grads_match,
+    describe_mismatch,
+    make_inputs,
+    rel_err,
+)
 
 DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
@@ -93,9 +101,9 @@ def test_gradients_match_reference(impl, c):
     g = torch.randn(c.Bt, c.E, c.L, dtype=torch.float64)
     run({k: leaves.get(k) for k in ins}, c.softplus).backward(g.float())
     reference({k: ref_leaves.get(k) for k in ins}, c.softplus).backward(g)
-    for k, t in leaves.items():
-        err = rel_err(t.grad, ref_leaves[k].grad)
-        assert err <= 1e-4, f"d{k}: " + describe_mismatch(t.grad, ref_leaves[k].grad, 1e-4)
+    assert_grads_match(
+        {k: t.grad for k, t in leaves.items()}, {k: t.grad for k, t in ref_leaves.items()}
+    )
 
 
 def _op_args(c: Case):
@@ -118,17 +126,7 @@ def test_opcheck(c):
 def test_compile_fullgraph_is_one_op_and_matches_eager():
     c = Case(E=16, L=20, N=8)
     ins = make_pair(c, layout="token_major")
-    leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
-    eager = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda **kw: run(kw, True), fullgraph=True, dynamic=False)
-    out, ref = compiled(**leaves), run(eager, True)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(out)
-    out.backward(g)
-    ref.backward(g)
-    for k in leaves:
-        torch.testing.assert_close(leaves[k].grad, eager[k].grad, rtol=1e-4, atol=1e-5)
+    assert_compiled_matches_eager(lambda **kw: run(kw, True), ins)
 
 
 def test_export_keeps_one_single_direction_node_per_scan():

@@ -13,7 +13,17 @@ from hypothesis import strategies as st
 from vimc.ops import selective_scan, selective_scan_reference
 from vimc.ops.selective_scan import cpu
 
-from ._scan_cases import TOLERANCES, Case, describe_mismatch, flags, make_inputs, rel_err, to64
+from ._scan_cases import (
+    TOLERANCES,
+    Case,
+    assert_compiled_matches_eager,
+    assert_grads_match,
+    describe_mismatch,
+    flags,
+    make_inputs,
+    rel_err,
+    to64,
+)
 
 
 def run(ins: dict, c: Case, **kw):
@@ -155,10 +165,7 @@ def test_strided_layouts_read_in_place(impl, layout, c):
     g_last = torch.randn(c.Bt, c.E, c.N, dtype=torch.float64)
     got = _grads(selective_scan, strided, c, g_out, g_last)
     want = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
-    for name in got:
-        assert rel_err(got[name], want[name]) <= 1e-4, f"d{name}: " + describe_mismatch(
-            got[name], want[name], 1e-4
-        )
+    assert_grads_match(got, want)
 
 
 def test_expanded_output_gradient():
@@ -275,10 +282,8 @@ def test_gradients_match_autograd_through_reference(impl, c):
     got = _grads(selective_scan, ins, c, g_out, g_last)
     ref = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
     assert set(got) == set(ref)
-    for name in got:
-        assert got[name].dtype == ins[name].dtype, name
-        err = rel_err(got[name], ref[name])
-        assert err <= 1e-4, f"d{name}: " + describe_mismatch(got[name], ref[name], 1e-4)
+    assert all(got[name].dtype == ins[name].dtype for name in got)
+    assert_grads_match(got, ref)
 
 
 @pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw_delta"])
@@ -295,9 +300,7 @@ def test_growing_state_takes_the_general_exp(impl, softplus):
     g_last = torch.randn(c.Bt, c.E, c.N, dtype=torch.float64)
     got = _grads(selective_scan, ins, c, g_out, g_last)
     ref = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
-    for name in got:
-        err = rel_err(got[name], ref[name])
-        assert err <= 1e-4, f"d{name}: " + describe_mismatch(got[name], ref[name], 1e-4)
+    assert_grads_match(got, ref)
 
 
 @given(
@@ -316,10 +319,7 @@ def test_gradients_property(E, L, N, z, softplus, reverse, seed):
     g_last = torch.randn(c.Bt, c.E, c.N, dtype=torch.float64)
     got = _grads(selective_scan, ins, c, g_out, g_last)
     ref = _grads(selective_scan_reference, to64(ins), c, g_out, g_last)
-    for name in got:
-        assert rel_err(got[name], ref[name]) <= 1e-4, f"{c.id} d{name}: " + describe_mismatch(
-            got[name], ref[name], 1e-4
-        )
+    assert_grads_match(got, ref, what=f"{c.id} ")
 
 
 def test_only_out_used_gives_same_grads_as_zero_state_cotangent():
@@ -392,18 +392,7 @@ def test_compile_fullgraph_forward_and_backward(layout):
         b = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, reverse=True)
         return f + b
 
-    torch._dynamo.reset()
-    compiled = torch.compile(bidirectional, fullgraph=True, dynamic=False)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
-    eager = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
-    out = compiled(**leaves)
-    ref = bidirectional(**eager)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(out)
-    out.backward(g)
-    ref.backward(g)
-    for k in leaves:
-        torch.testing.assert_close(leaves[k].grad, eager[k].grad, rtol=1e-4, atol=1e-5)
+    assert_compiled_matches_eager(bidirectional, ins)
 
 
 def test_export_keeps_one_node_per_scan():
