@@ -13,14 +13,16 @@
 //
 // Work item = (batch, group, block of 8 channels of that group). One vector lane per channel:
 // B_t and C_t are shared by a group, so they broadcast, and the forward needs no horizontal
-// sums. Each item first stages its rows of u, delta, z into a per-thread (L, 8) scratch
-// (8x8 transposes for channel-major rows, plain vector loads for token-major ones), so the
-// time loop reads one vector per step, and writes its outputs back the same way. Lanes past the group's last channel run with d = 0 and A = 0, which
-// keeps their state at 0, and are never written out.
+// sums. The time loop reads one vector per step from a per-thread (L, 8) scratch: an item's
+// rows of u, delta, z are staged there (8x8 transposes for channel-major rows), except in the
+// forward for a full block of token-major rows, which it reads and writes in place. Lanes
+// past the group's last channel run with d = 0 and A = 0, which keeps their state at 0, and
+// are never written out.
 //
 // Backward recomputes one state component at a time into a per-thread (L, 8) scratch, then
-// sweeps time backwards with its adjoint. Sums over channels (dB, dC) and over batch (dA, dD, dbias) go to
-// per-thread partials that cpu.py adds up, so no two threads write the same memory.
+// sweeps time backwards with its adjoint. Sums over channels (dB, dC) and over batch (dA, dD,
+// dbias) go to per-thread partials that cpu.py adds up, so no two threads write the same
+// memory.
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -67,7 +69,8 @@ typedef struct {
     Strides4 s_B, s_C;
     // forward only: a second scan over the same (Bt, E, L, N, G) whose output is averaged
     // with this one's before the gate: out = (y + y_pair) / 2 * silu(z), Vim's two
-    // directions in one call. Its own u, delta, A, B, C, D, bias, reverse, last_state.
+    // directions in one call. Its own u, delta, A, B, C, D, bias, reverse, last_state; its
+    // z, out and scratch are unused (this one's serve both).
     const void *pair;
 } ScanArgs;
 
@@ -268,20 +271,20 @@ static v8f gather_chan(const float *p, const Item *m, int64_t stride) {  // p[(e
     return v;
 }
 
+// the offset of an item's first channel, step 0, in a strided (Bt, E, L) tensor
+static inline int64_t at3(Strides3 s, const Item *m) { return m->b * s.b + m->e0 * s.e; }
+
 // an item's 8 channels of a strided (Bt, E, L) tensor, in and out of (L, 8) scratch
 static void item_in(float *dst, const float *x, Strides3 s, const ScanArgs *a, const Item *m) {
-    stage_in(dst, x + m->b * s.b + m->e0 * s.e, a->L, m->lanes, s.e, s.t);
+    stage_in(dst, x + at3(s, m), a->L, m->lanes, s.e, s.t);
 }
 static void item_out(float *x, Strides3 s, const float *src, const ScanArgs *a, const Item *m) {
-    stage_out(x + m->b * s.b + m->e0 * s.e, src, a->L, m->lanes, s.e, s.t);
+    stage_out(x + at3(s, m), src, a->L, m->lanes, s.e, s.t);
 }
 
 // whether an item's 8 channels of a (Bt, E, L) tensor are adjacent at every step (token-major,
 // no padding lanes): then loops read and write it in place instead of staging it
 static inline int direct(Strides3 s, const Item *m) { return m->lanes == LANES && s.e == 1; }
-static inline const float *at3(const float *x, Strides3 s, const Item *m) {
-    return x + m->b * s.b + m->e0 * s.e;
-}
 
 // the item's group of a strided (Bt, G, N, L) tensor: element (n, t) at [n * s.n + t * s.t]
 static const float *group_of(const float *x, Strides4 s, const Item *m) {
@@ -347,15 +350,16 @@ static inline __attribute__((always_inline)) void fwd_states(
         for (int j = 0; j < nb; ++j) a->last_state[(m->b * E + m->e0 + k) * N + n + j] = h[j][k];
 }
 
-// one direction of an item: d and d*u staged, y = D*u + <h_t, C_t> into sy, last state out
+// one direction of an item: d and d*u staged, D*u + <h_t, C_t> written into sy (or, with
+// `add`, added to what sy holds: a pair's second direction), last state out
 static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd, float *sdu,
-                          float *sy) {
+                          float *sy, int add) {
     const int64_t L = a->L, N = a->N;
     const float *Bp = group_of(a->B, a->s_B, m), *Cp = group_of(a->C, a->s_C, m);
     const v8f Dv = a->D ? gather_chan(a->D, m, 1) : splat(0.0f);
     if (direct(a->s_u, m) && direct(a->s_delta, m)) {
         // token-major: read u and delta in place, one pass (no staging copies)
-        const float *up = at3(a->u, a->s_u, m), *dp = at3(a->delta, a->s_delta, m);
+        const float *up = a->u + at3(a->s_u, m), *dp = a->delta + at3(a->s_delta, m);
         const int64_t ust = a->s_u.t, dst = a->s_delta.t;
         const v8f bias = a->bias ? gather_chan(a->bias, m, 1) : splat(0.0f);
         for (int64_t t = 0; t < L; ++t) {
@@ -363,14 +367,14 @@ static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd
             const v8f d = a->delta_softplus ? vsoftplus8(x) : x;
             store8(sd + t * LANES, d);
             store8(sdu + t * LANES, d * ut);
-            store8(sy + t * LANES, Dv * ut);
+            store8(sy + t * LANES, add ? load8(sy + t * LANES) + Dv * ut : Dv * ut);
         }
     } else {
         stage_u_delta(a, m, su, sd, NULL);
         for (int64_t t = 0; t < L; ++t) {
             const v8f ut = load8(su + t * LANES);
             store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
-            store8(sy + t * LANES, Dv * ut);
+            store8(sy + t * LANES, add ? load8(sy + t * LANES) + Dv * ut : Dv * ut);
         }
     }
     const int base2 = exponents_nonpositive(a, m, sd);
@@ -390,31 +394,30 @@ static void fwd_items(const Work *w) {
     const int64_t L = a->L;
     float *sc = a->scratch + w->tid * a->scratch_floats;
     float *su = sc, *sd = sc + L * LANES, *sz = sc + 2 * L * LANES, *sy = sc + 3 * L * LANES;
-    float *sdu = sc + 4 * L * LANES, *sy2 = sc + 5 * L * LANES;
+    float *sdu = sc + 4 * L * LANES;
+    const v8f scale = splat(p ? 0.5f : 1.0f);  // a pair: the mean of its two y
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
-        fwd_direction(a, &m, su, sd, sdu, sy);
-        if (p) {  // the pair's y averaged in: (y + y_pair) / 2, before the gate
-            fwd_direction(p, &m, su, sd, sdu, sy2);
-            for (int64_t t = 0; t < L; ++t)
-                store8(sy + t * LANES, (load8(sy + t * LANES) + load8(sy2 + t * LANES)) * splat(0.5f));
-        }
+        fwd_direction(a, &m, su, sd, sdu, sy, 0);
+        if (p) fwd_direction(p, &m, su, sd, sdu, sy, 1);  // y summed into sy
         if (a->z && direct(a->s_z, &m) && direct(a->s_out, &m)) {  // gate and write, one pass
-            const float *zp = at3(a->z, a->s_z, &m);
-            float *op = a->out + m.b * a->s_out.b + m.e0 * a->s_out.e;
+            const float *zp = a->z + at3(a->s_z, &m);
+            float *op = a->out + at3(a->s_out, &m);
             const int64_t zst = a->s_z.t, ost = a->s_out.t;
             for (int64_t t = 0; t < L; ++t) {
                 const v8f zt = load8(zp + t * zst);
-                store8(op + t * ost, load8(sy + t * LANES) * zt * vsigmoid8(zt));
+                store8(op + t * ost, load8(sy + t * LANES) * scale * zt * vsigmoid8(zt));
             }
             continue;
         }
-        if (a->z) {
-            item_in(sz, a->z, a->s_z, a, &m);
-            for (int64_t t = 0; t < L; ++t) {
+        if (a->z) item_in(sz, a->z, a->s_z, a, &m);
+        for (int64_t t = 0; t < L && (a->z || p); ++t) {  // the gate and/or the mean
+            v8f y = load8(sy + t * LANES) * scale;
+            if (a->z) {
                 const v8f zt = load8(sz + t * LANES);
-                store8(sy + t * LANES, load8(sy + t * LANES) * zt * vsigmoid8(zt));
+                y = y * zt * vsigmoid8(zt);
             }
+            store8(sy + t * LANES, y);
         }
         item_out(a->out, a->s_out, sy, a, &m);
     }
