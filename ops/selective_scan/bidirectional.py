@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import cpu
-from .op import _FLOATS, _kernel_fwd, _like, _state_dtype, _validate, selective_scan
+from .op import _FLOATS, _grouped, _kernel_fwd, _like, _state_dtype, _validate, selective_scan
 
 _DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
@@ -48,7 +48,7 @@ def selective_scan_bidirectional_fwd(
     fwd = (u, delta, A, B, C, D, delta_bias)
     bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
     if u.device.type == "cpu" and u.dtype != torch.float64 and cpu.c_kernel_available():
-        out, last, last_b = cpu._fwd_pair_c(fwd, bwd, z, delta_softplus)
+        out, last, last_b = cpu._fwd_c(*fwd[:6], z, fwd[6], delta_softplus, False, pair=bwd)
         return _like(out, u), last, last_b
     out, last = _kernel_fwd(*fwd[:6], z, fwd[6], delta_softplus, False)
     out_b, last_b = _kernel_fwd(*bwd[:6], z, bwd[6], delta_softplus, True)
@@ -139,11 +139,9 @@ def selective_scan_bidirectional(
         out = selective_scan(*fwd[:6], z, fwd[6], delta_softplus)
         out_b = selective_scan(*bwd[:6], z, bwd[6], delta_softplus, reverse=True)
         return (out + out_b) / 2
-    B4 = (B if B.dim() == 4 else B.unsqueeze(1), B_b if B_b.dim() == 4 else B_b.unsqueeze(1))
-    C4 = (C if C.dim() == 4 else C.unsqueeze(1), C_b if C_b.dim() == 4 else C_b.unsqueeze(1))
     out, _, _ = torch.ops.vimc.selective_scan_bidirectional_fwd(
-        u, delta, A, B4[0], C4[0], D, delta_bias,
-        u_b, delta_b, A_b, B4[1], C4[1], D_b, delta_bias_b,
+        u, delta, A, _grouped(B), _grouped(C), D, delta_bias,
+        u_b, delta_b, A_b, _grouped(B_b), _grouped(C_b), D_b, delta_bias_b,
         z, bool(delta_softplus),
     )  # fmt: skip
     return out

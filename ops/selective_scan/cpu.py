@@ -176,7 +176,7 @@ def _build() -> ctypes.CDLL:
 def c_kernel_available() -> bool:
     """Whether the fused C kernel can be used (builds it on first call)."""
     global _lib, _lib_error
-    if _lib is not None:  # the per-call fast path: one global read, no lock, no environ
+    if _lib is not None:  # the per-call fast path: no lock
         return not _forced_torch()
     if _forced_torch():
         return False
@@ -238,7 +238,7 @@ assert ctypes.sizeof(_ScanArgs) == 8 * _WORDS and all(
 )
 _INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "bias")  # the order of _inputs()
 # per tensor argument: (word of its pointer, word of its first stride or None)
-_SLOTS = {n: (_AT[n], _AT["s_" + n] if n in _STRIDED3 or n in _STRIDED4 else None) for n in _AT}
+_SLOTS = {n: (_AT[n], _AT.get("s_" + n)) for n in _AT}
 _IN_SLOTS = [_SLOTS[n] for n in _INPUTS]
 
 
@@ -251,25 +251,18 @@ def _pack(ins, delta_softplus, reverse, nthreads, outs) -> array.array:
     words[:8] = Bt, E, L, ins[2].shape[1], ins[3].shape[1], delta_softplus, reverse, nthreads
     words[_AT["scratch_floats"]] = per_thread
     words[_AT["scratch"]] = _scratch_buffer(nthreads * per_thread).data_ptr()
-    for (at, st), t in zip(_IN_SLOTS, ins):
+    slots = [*zip(_IN_SLOTS, ins), *((_SLOTS[n], t) for n, t in outs.items())]
+    for (at, st), t in slots:
         if t is not None:
-            words[at] = t.data_ptr()
-            if st is not None:
-                words[st : st + t.dim()] = t.stride()
-    for name, t in outs.items():
-        if t is not None:
-            at, st = _SLOTS[name]
             words[at] = t.data_ptr()
             if st is not None:
                 words[st : st + t.dim()] = t.stride()
     return array.array("q", words)
 
 
-def _call(fn, ins, delta_softplus, reverse, nthreads, outs, pair=None):
+def _call(fn, ins, delta_softplus, reverse, nthreads, outs):
     packed = _pack(ins, delta_softplus, reverse, nthreads, outs)
-    if pair is not None:  # a second packed scan, averaged in by the forward kernel
-        packed[_AT["pair"]] = pair.buffer_info()[0]
-    fn(packed.buffer_info()[0])  # packed (and pair) stay alive until the call returns
+    fn(packed.buffer_info()[0])  # packed stays alive until the call returns
 
 
 def _items(u: torch.Tensor, B: torch.Tensor) -> int:
@@ -282,33 +275,24 @@ def _inputs(u, delta, A, B, C, D, z, delta_bias) -> list:
     return [_f32(u), _f32(delta), _vec(A), _f32(B), _f32(C), _vec(D), _f32(z), _vec(delta_bias)]
 
 
-def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, pair=None):
+    """The forward kernel on one scan, or with ``pair`` (u, delta, A, B, C, D, delta_bias of
+    a second scan over the same shape, run reversed) on both at once: out = (y + y_pair) / 2
+    gated by silu(z). -> (out in u's dtype and layout, last state[, the pair's last state])."""
     Bt, E, L = u.shape
+    N = A.shape[1]
+    T = _threads(_items(u, B))
     ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
     out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
-    last = new_output((Bt, E, A.shape[1]), torch.float32, u.device)
-    outs = {"out": out, "last_state": last}
-    _call(_lib.vimc_scan_fwd, ins, delta_softplus, reverse, _threads(_items(u, B)), outs)
-    return (out if u.dtype == torch.float32 else out.to(u.dtype)), last
-
-
-def _fwd_pair_c(first: tuple, second: tuple, z, delta_softplus):
-    """Two scans over one shape, ``first`` forward and ``second`` reverse, each a tuple
-    (u, delta, A, B, C, D, delta_bias): out = (y_first + y_second) / 2 * silu(z) in one
-    kernel call. -> (out in u's dtype, last state of first, last state of second)."""
-    u = first[0]
-    Bt, E, L = u.shape
-    N = first[2].shape[1]
-    ins1 = _inputs(*first[:6], z, first[6])
-    ins2 = _inputs(*second[:6], None, second[6])
-    out = new_output_like(u, torch.float32)
-    last1 = new_output((Bt, E, N), torch.float32, u.device)
-    last2 = new_output((Bt, E, N), torch.float32, u.device)
-    T = _threads(_items(u, first[3]))
-    pair = _pack(ins2, delta_softplus, True, T, {"last_state": last2})
-    outs = {"out": out, "last_state": last1}
-    _call(_lib.vimc_scan_fwd, ins1, delta_softplus, False, T, outs, pair=pair)
-    return (out if u.dtype == torch.float32 else out.to(u.dtype)), last1, last2
+    lasts = [new_output((Bt, E, N), torch.float32, u.device)]
+    packed = _pack(ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0]})
+    if pair is not None:  # its z, out and scratch are the first scan's
+        pair_ins = _inputs(*pair[:6], None, pair[6])
+        lasts.append(new_output((Bt, E, N), torch.float32, u.device))
+        packed_pair = _pack(pair_ins, delta_softplus, True, T, {"last_state": lasts[1]})
+        packed[_AT["pair"]] = packed_pair.buffer_info()[0]
+    _lib.vimc_scan_fwd(packed.buffer_info()[0])  # what it points to is alive until here
+    return ((out if u.dtype == torch.float32 else out.to(u.dtype)), *lasts)
 
 
 def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):

@@ -40,6 +40,11 @@ def _like(result: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t, dtype=result.dtype).copy_(result)
 
 
+def _grouped(M: torch.Tensor) -> torch.Tensor:
+    """B or C as the ops take it: (Bt, G, N, L), a view (G = 1) of an ungrouped (Bt, N, L)."""
+    return M if M.dim() == 4 else M.unsqueeze(1)
+
+
 def _contiguous(*ts):
     return [None if t is None else t.contiguous() for t in ts]
 
@@ -259,9 +264,8 @@ def selective_scan(
     Differentiable in every tensor argument; compiles with ``fullgraph=True``.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias)
-    B4 = B if B.dim() == 4 else B.unsqueeze(1)
-    C4 = C if C.dim() == 4 else C.unsqueeze(1)
-    args = (u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus), bool(reverse))
+    args = (u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias)
+    args = (*args, bool(delta_softplus), bool(reverse))
     if _use_triton_op(u):
         # the triton_op twin's kernels take contiguous rows
         args = (*_contiguous(*args[:8]), *args[8:])
