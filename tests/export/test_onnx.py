@@ -233,6 +233,22 @@ def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
     np.testing.assert_allclose(last, ref_last.numpy(), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("formulation", ["scan", "step"])
+def test_lowered_scan_keeps_half_precision_io(formulation):
+    """float16 u, delta, z in, float16 out (CastLike), the arithmetic in float32 inside."""
+    import onnxruntime as ort
+
+    present = {"D", "z", "delta_bias"}
+    mp, names = _scan_model(formulation, 1, present, False, True, dtype=TensorProto.FLOAT16)
+    t = _scan_inputs(4, Bt=1, E=4, N=3, L=6, G=1, softplus=True)
+    t = {k: v.half() if k in ("u", "delta", "z") else v for k, v in t.items()}
+    sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, _ = sess.run(None, {n: t[n].numpy() for n in names})
+    assert out.dtype == np.float16
+    ref, _ = _reference(t, present, True, False)
+    np.testing.assert_allclose(out.astype(np.float32), ref.float().numpy(), atol=2e-2, rtol=2e-2)
+
+
 def test_lowering_names_a_bad_formulation_or_unroll():
     node = helper.make_node(SCAN_OP, ["u", "d", "A", "B", "C"], ["o"], domain=SCAN_DOMAIN)
     with pytest.raises(ValueError, match="formulation"):
