@@ -97,7 +97,7 @@ def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None)):
         path = to_onnx(model, path, example=example, scan=f, unroll=k)
         size = path.stat().st_size
         # no spinning: ORT's idle threads would otherwise busy-wait after each run and slow
-        # the backend timed next (measured: eager 60 -> 106 ms right after a spinning run)
+        # the backend timed next on this 2-core machine
         sess = onnxruntime_session(path, threads=torch.get_num_threads(), spinning=False)
         run = lambda x: run_onnxruntime(sess, x)  # noqa: E731
     else:

@@ -2,8 +2,8 @@
 
 A Vim mixer runs a forward and a reverse scan over one shape, gates both with the same
 ``silu(z)`` and averages them. As one CPU kernel call that is one op dispatch instead of two
-(~65 us each on a 2-core machine, 48 per Vim-Ti image), one gate instead of two, and no
-separate add-and-halve pass over the outputs.
+(each tens of microseconds; benchmarks/bidirectional.py measures it), one gate instead of
+two, and no separate add-and-halve pass over the outputs.
 
 Contract: ``(selective_scan(u, ..., z=z) + selective_scan(u_b, ..., z=z, reverse=True)) / 2``,
 the two scans' arguments of equal shapes. Backward runs ``vimc::selective_scan_bwd`` once per

@@ -1,0 +1,159 @@
+"""Vim's two scan directions: two ``selective_scan`` calls and their mean vs one
+``selective_scan_bidirectional`` call, and what one op dispatch costs, on this CPU.
+
+    python benchmarks/bidirectional.py              # Vim-Ti layer shapes, batch 1 and 8
+    python benchmarks/bidirectional.py --repeats 50 --no-save
+
+Rows, timed round-robin in one process (load from other processes hits all alike), order
+rotated each round, under ``torch.no_grad()``:
+- ``dispatch``: ``torch.ops.vimc.selective_scan_fwd`` against the CPU function behind it
+  (``cpu.selective_scan_fwd_cpu``) on a one-step, 8-channel scan: the difference is the cost
+  of going through the torch.library op (argument parsing, the autograd and backend layers).
+- ``layer``: one Vim-Ti layer's scans, inputs token-major as the mixer passes them (views of
+  (Bt, L, E) memory), D, z, delta_bias and softplus on.
+Results: benchmarks/results/bidirectional-<machine>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import header, machine_tag  # noqa: E402
+from vimc.ops import selective_scan, selective_scan_bidirectional  # noqa: E402
+from vimc.ops.selective_scan import cpu  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def direction(Bt: int, E: int, L: int, N: int, g: torch.Generator) -> dict:
+    """One direction's inputs, token-major views as Vim's linears produce them."""
+
+    def tm(*shape):  # (Bt, ..., L) view of (Bt, L, ...) memory
+        return torch.randn(shape[0], shape[-1], *shape[1:-1], generator=g).movedim(1, -1)
+
+    return dict(
+        u=tm(Bt, E, L),
+        delta=tm(Bt, E, L) * 0.5 - 2.0,
+        A=-torch.exp(torch.log(torch.arange(1.0, N + 1)).repeat(E, 1)),
+        B=tm(Bt, 1, N, L),
+        C=tm(Bt, 1, N, L),
+        D=torch.randn(E, generator=g),
+        delta_bias=torch.randn(E, generator=g) * 0.3,
+    )
+
+
+def layer_cases(Bt: int, E: int = 384, L: int = 197, N: int = 16) -> dict:
+    g = torch.Generator().manual_seed(Bt)
+    f, b = direction(Bt, E, L, N, g), direction(Bt, E, L, N, g)
+    z = torch.randn(Bt, L, E, generator=g).mT
+
+    def two_calls():
+        y = selective_scan(*(f[k] for k in DIRECTION[:6]), z, f["delta_bias"], True)
+        y_b = selective_scan(*(b[k] for k in DIRECTION[:6]), z, b["delta_bias"], True, reverse=True)
+        return (y + y_b) / 2
+
+    def one_call():
+        pair = [f[k] for k in DIRECTION] + [b[k] for k in DIRECTION]
+        return selective_scan_bidirectional(*pair, z=z, delta_softplus=True)
+
+    return {"two selective_scan + mean": two_calls, "selective_scan_bidirectional": one_call}
+
+
+def dispatch_cases() -> dict:
+    g = torch.Generator().manual_seed(0)
+    Bt, E, L, N = 1, 8, 1, 16
+    args = (
+        torch.randn(Bt, E, L, generator=g),
+        torch.randn(Bt, E, L, generator=g),
+        -torch.rand(E, N, generator=g),
+        torch.randn(Bt, 1, N, L, generator=g),
+        torch.randn(Bt, 1, N, L, generator=g),
+        torch.randn(E, generator=g),
+        torch.randn(Bt, E, L, generator=g),
+        torch.randn(E, generator=g),
+        True,
+        False,
+    )
+    op = torch.ops.vimc.selective_scan_fwd.default
+    return {
+        "torch.ops.vimc.selective_scan_fwd": lambda: op(*args),
+        "cpu.selective_scan_fwd_cpu (no op)": lambda: cpu.selective_scan_fwd_cpu(*args),
+    }
+
+
+def interleaved(fns: dict, repeats: int, inner: int) -> dict:
+    """name -> (p20, median, p80) microseconds per call, ``inner`` calls per sample."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fns[k]()
+            times[k].append((time.perf_counter() - t0) / inner * 1e6)
+    out = {}
+    for k, ts in times.items():
+        q = statistics.quantiles(ts, n=5)
+        out[k] = (q[0], statistics.median(ts), q[3])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    if not cpu.c_kernel_available():
+        raise SystemExit(f"no C kernel here: {cpu.c_kernel_error()}")
+    head = header()
+    rows = []
+    with torch.no_grad():
+        groups = [("dispatch", "Bt=1 E=8 L=1 N=16", dispatch_cases(), 200)]
+        for Bt in (int(b) for b in args.batches.split(",")):
+            groups.append(("layer", f"Bt={Bt} E=384 L=197 N=16", layer_cases(Bt), 5))
+        for kind, shape, fns, inner in groups:
+            res = interleaved(fns, args.repeats, inner)
+            base = res[next(iter(fns))][1]
+            for name, (p20, med, p80) in res.items():
+                rows.append(dict(kind=kind, shape=shape, name=name, p20_us=p20, median_us=med,
+                                 p80_us=p80, x_first=med / base))  # fmt: skip
+    lines = [
+        "# Two scan directions: two calls vs one bidirectional call, and op dispatch\n",
+        head,
+        "",
+        f"Round-robin in one process, {args.repeats} samples per row; `x first`: median over "
+        "the group's first row. Dispatch cost = the op row minus the function row.",
+        "",
+        "| kind | shape | what | median us | p20 us | p80 us | x first |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | {r['shape']} | {r['name']} | {r['median_us']:.1f} | "
+            f"{r['p20_us']:.1f} | {r['p80_us']:.1f} | {r['x_first']:.2f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        stem = RESULTS / f"bidirectional-{machine_tag()}"
+        stem.with_suffix(".json").write_text(json.dumps({"machine": head, "rows": rows}, indent=2))
+        stem.with_suffix(".md").write_text(text + "\n")
+        print(f"\nsaved {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
