@@ -17,7 +17,6 @@ Results: benchmarks/results/bidirectional-<machine>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag  # noqa: E402
+from machine import header, machine_tag, save_results  # noqa: E402
 from vimc.ops import selective_scan, selective_scan_bidirectional  # noqa: E402
 from vimc.ops.selective_scan import cpu  # noqa: E402
 
@@ -147,11 +146,9 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        stem = RESULTS / f"bidirectional-{machine_tag()}"
-        stem.with_suffix(".json").write_text(json.dumps({"machine": head, "rows": rows}, indent=2))
-        stem.with_suffix(".md").write_text(text + "\n")
-        print(f"\nsaved {stem}.json and .md")
+        save_results(
+            RESULTS / f"bidirectional-{machine_tag()}", {"machine": head, "rows": rows}, text
+        )
     return 0
 
 

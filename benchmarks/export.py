@@ -13,7 +13,6 @@ benchmarks/results/export_<machine>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -24,6 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import save_results  # noqa: E402
 from vimc.export import load_aoti, onnxruntime_session, to_aoti, to_onnx
 from vimc.export._common import cpu_name, versions
 from vimc.export.onnx import DEFAULT_SCAN, SCAN_FORMULATIONS, run_onnxruntime
@@ -210,9 +212,6 @@ def main(argv=None) -> int:
     text = "\n".join(md)
     print(text)
     if not args.no_save:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"export_{machine_slug()}"
         payload = {
             "model": args.model,
             "onnx_scan": args.onnx_scan,
@@ -221,9 +220,7 @@ def main(argv=None) -> int:
             "setup": setup,
             "latency": results,
         }
-        stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-        stem.with_suffix(".md").write_text(text + "\n")
-        print(f"saved {stem}.json and .md")
+        save_results(Path(args.out_dir) / f"export_{machine_slug()}", payload, text)
     return 0
 
 

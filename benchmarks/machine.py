@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
+from pathlib import Path
 
 from vimc._env import cpu_name, package_version
 
@@ -33,3 +35,12 @@ def machine_tag(device: str = "cpu") -> str:
     else:
         name = f"{cpu_name()}-{os.cpu_count()}c"
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def save_results(stem: Path, payload: dict, markdown: str) -> None:
+    """``stem``.json (``payload``) and ``stem``.md (``markdown``), the folder made if needed."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
+    print(f"saved {stem}.json and .md")

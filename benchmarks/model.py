@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag  # noqa: E402
+from machine import header, machine_tag, save_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MS = 43.0  # the target for compiled Vim-Ti, batch 1, on this CPU
@@ -204,13 +204,8 @@ def main() -> None:
     text = "\n".join(md) + "\n"
     print(text)
     if not args.no_save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = RESULTS / f"model-{machine_tag()}"
-        stem.with_suffix(".json").write_text(
-            json.dumps({"header": header(), "rows": rows}, indent=2) + "\n"
-        )
-        stem.with_suffix(".md").write_text(text)
-        print(f"saved {stem}.json and .md")
+        payload = {"header": header(), "rows": rows}
+        save_results(RESULTS / f"model-{machine_tag()}", payload, text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the noise. Results go to benchmarks/results/onnx_scan-<machine>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ import torch
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag  # noqa: E402
+from machine import header, machine_tag, save_results  # noqa: E402
 from vimc.export.onnx import (  # noqa: E402
     LOWERINGS,
     SCAN_DOMAIN,
@@ -280,9 +279,6 @@ def main(argv=None) -> int:
     text = markdown(rows, head, args)
     print(text)
     if not args.no_save:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"onnx_scan-{machine_tag()}"
         payload = {
             "machine": head,
             "threads": args.threads,
@@ -291,9 +287,7 @@ def main(argv=None) -> int:
             "shape": {"E": E, "N": N, "L": L},
             "rows": rows,
         }
-        stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(text + "\n")
-        print(f"saved {stem}.json and .md")
+        save_results(Path(args.out_dir) / f"onnx_scan-{machine_tag()}", payload, text)
     return 0
 
 

@@ -13,7 +13,6 @@ Results go to benchmarks/results/scan-<machine>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag  # noqa: E402
+from machine import header, machine_tag, save_results  # noqa: E402
 from vimc.ops import selective_scan, selective_scan_reference  # noqa: E402
 from vimc.ops.selective_scan import cpu  # noqa: E402
 
@@ -212,11 +211,7 @@ def main(argv=None) -> int:
             f"= {mem['ratio_to_input']:.2f}x the inputs ({mem['input_mb']:.1f} MiB)"
         )
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
         tag = machine_tag(args.device)
-        (RESULTS / f"scan-{tag}.json").write_text(
-            json.dumps(dict(header=head, rows=rows, memory=mem), indent=1)
-        )
         md = [f"# Selective scan, {tag}", "", "```", head, "```", "", TABLE_HEAD]
         md += [format_row(r) for r in rows]
         if mem:
@@ -225,8 +220,8 @@ def main(argv=None) -> int:
                 f"Peak extra memory of one forward at {mem['shape']}: "
                 f"{mem['peak_extra_mb']:.1f} MiB = {mem['ratio_to_input']:.2f}x the inputs.",
             ]
-        (RESULTS / f"scan-{tag}.md").write_text("\n".join(md) + "\n")
-        print(f"\nsaved benchmarks/results/scan-{tag}.json and .md")
+        payload = dict(header=head, rows=rows, memory=mem)
+        save_results(RESULTS / f"scan-{tag}", payload, "\n".join(md))
     return 0
 
 
