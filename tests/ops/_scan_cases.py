@@ -79,6 +79,12 @@ def make_inputs(c: Case, dtype=torch.float32, seed: int = 0) -> dict:
     }
 
 
+def token_major(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a (Bt, ..., L) view of (Bt, L, ...) memory, as a mixer's linears
+    produce them."""
+    return t.movedim(-1, 1).contiguous().movedim(1, -1)
+
+
 def flags(c: Case) -> dict:
     return dict(delta_softplus=c.softplus, reverse=c.reverse)
 

@@ -17,13 +17,10 @@ from ._scan_cases import (
     describe_mismatch,
     make_inputs,
     rel_err,
+    token_major,
 )
 
 DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
-
-
-def _token_major(t):
-    return t.movedim(-1, 1).contiguous().movedim(1, -1)
 
 
 def make_pair(c: Case, dtype=torch.float32, layout="contiguous") -> dict:
@@ -33,8 +30,8 @@ def make_pair(c: Case, dtype=torch.float32, layout="contiguous") -> dict:
     ins["z"] = fwd["z"]
     if layout == "token_major":  # as a Vim mixer hands them over
         ins = {
-            k: _token_major(v)
-            if v is not None and k.rstrip("_b") in ("u", "delta", "z", "B", "C")
+            k: token_major(v)
+            if v is not None and k.removesuffix("_b") in ("u", "delta", "z", "B", "C")
             else v
             for k, v in ins.items()
         }

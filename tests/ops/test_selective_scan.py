@@ -23,6 +23,7 @@ from ._scan_cases import (
     make_inputs,
     rel_err,
     to64,
+    token_major,
 )
 
 
@@ -118,12 +119,6 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(run(strided, c), run(ins, c), rtol=0, atol=0)
 
 
-def _token_major(t: torch.Tensor) -> torch.Tensor:
-    """The same values as a (Bt, ..., L) view of (Bt, L, ...) memory, as a mixer's linears
-    produce them."""
-    return t.movedim(-1, 1).contiguous().movedim(1, -1)
-
-
 def _column_slice(t: torch.Tensor) -> torch.Tensor:
     """The same values as a token-major view into a wider buffer (z = xz[..., E:], B = x_dbl
     [..., R:R+N]): neither dense nor contiguous."""
@@ -135,7 +130,7 @@ def _column_slice(t: torch.Tensor) -> torch.Tensor:
 
 
 LAYOUTS = {
-    "token_major": _token_major,
+    "token_major": token_major,
     "column_slice": _column_slice,
     "every_other_step": lambda t: torch.stack([t, torch.randn_like(t)], -1)[..., 0],
 }
@@ -360,11 +355,11 @@ def test_opcheck(c):
     torch.library.opcheck(torch.ops.vimc.selective_scan_fwd.default, _op_args(c))
 
 
-def test_opcheck_token_major():
+def test_opchecktoken_major():
     """Fake and real kernels agree on output strides for token-major inputs."""
     args = list(_op_args(Case(E=8, L=7, N=4), requires_grad=False))
     for i in (0, 1, 3, 4, 6):  # u, delta, B, C, z
-        args[i] = _token_major(args[i]).requires_grad_(True)
+        args[i] = token_major(args[i]).requires_grad_(True)
     torch.library.opcheck(torch.ops.vimc.selective_scan_fwd.default, tuple(args))
 
 
@@ -385,7 +380,7 @@ def test_compile_fullgraph_forward_and_backward(layout):
     c = Case(E=12, L=20, N=8)
     ins = make_inputs(c)
     if layout == "token_major":
-        ins = {k: _token_major(v) if k in ("u", "delta", "z", "B") else v for k, v in ins.items()}
+        ins = {k: token_major(v) if k in ("u", "delta", "z", "B") else v for k, v in ins.items()}
 
     def bidirectional(u, delta, A, B, C, D, z, delta_bias):
         f = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
