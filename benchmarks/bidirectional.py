@@ -6,9 +6,11 @@
 
 Rows, timed round-robin in one process (load from other processes hits all alike), order
 rotated each round, under ``torch.no_grad()``:
-- ``dispatch``: ``torch.ops.vimc.selective_scan_fwd`` against the CPU function behind it
-  (``cpu.selective_scan_fwd_cpu``) on a one-step, 8-channel scan: the difference is the cost
-  of going through the torch.library op (argument parsing, the autograd and backend layers).
+- ``dispatch``: on a one-step, 8-channel scan, each op (``op`` rows) against the Python
+  function behind it (``fn`` rows): the difference is the cost of going through the
+  torch.library op (argument conversion, the autograd and backend layers). The ``_nograd``
+  twin of the bidirectional op has no autograd formula: the gap between the two op rows is
+  what the Python autograd kernel costs with grad mode off.
 - ``layer``: one Vim-Ti layer's scans, inputs token-major as the mixer passes them (views of
   (Bt, L, E) memory), D, z, delta_bias and softplus on.
 Results: benchmarks/results/bidirectional-<machine>.{json,md}.
@@ -27,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import header, machine_tag, save_results  # noqa: E402
 from vimc.ops import selective_scan, selective_scan_bidirectional  # noqa: E402
-from vimc.ops.selective_scan import cpu  # noqa: E402
+from vimc.ops.selective_scan import bidirectional, cpu  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -70,22 +72,21 @@ def layer_cases(Bt: int, E: int = 384, L: int = 197, N: int = 16) -> dict:
 def dispatch_cases() -> dict:
     g = torch.Generator().manual_seed(0)
     Bt, E, L, N = 1, 8, 1, 16
-    args = (
-        torch.randn(Bt, E, L, generator=g),
-        torch.randn(Bt, E, L, generator=g),
-        -torch.rand(E, N, generator=g),
-        torch.randn(Bt, 1, N, L, generator=g),
-        torch.randn(Bt, 1, N, L, generator=g),
-        torch.randn(E, generator=g),
-        torch.randn(Bt, E, L, generator=g),
-        torch.randn(E, generator=g),
-        True,
-        False,
-    )
-    op = torch.ops.vimc.selective_scan_fwd.default
+    f, b = direction(Bt, E, L, N, g), direction(Bt, E, L, N, g)  # B, C (Bt, 1, N, L)
+    z = torch.randn(Bt, E, L, generator=g)
+    one = (*(f[k] for k in DIRECTION[:6]), z, f["delta_bias"], True, False)
+    pair = (*(f[k] for k in DIRECTION), *(b[k] for k in DIRECTION), z, True)
+    ops = torch.ops.vimc
     return {
-        "torch.ops.vimc.selective_scan_fwd": lambda: op(*args),
-        "cpu.selective_scan_fwd_cpu (no op)": lambda: cpu.selective_scan_fwd_cpu(*args),
+        "op selective_scan_fwd": lambda: ops.selective_scan_fwd.default(*one),
+        "fn cpu.selective_scan_fwd_cpu": lambda: cpu.selective_scan_fwd_cpu(*one),
+        "op selective_scan_bidirectional_fwd": lambda: ops.selective_scan_bidirectional_fwd(*pair),
+        "op selective_scan_bidirectional_fwd_nograd": (
+            lambda: ops.selective_scan_bidirectional_fwd_nograd(*pair)
+        ),
+        "fn bidirectional.selective_scan_bidirectional_fwd": (
+            lambda: bidirectional.selective_scan_bidirectional_fwd(*pair)
+        ),
     }
 
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         head,
         "",
         f"Round-robin in one process, {args.repeats} samples per row; `x first`: median over "
-        "the group's first row. Dispatch cost = the op row minus the function row.",
+        "the group's first row. Dispatch cost = an `op` row minus the `fn` row of its function.",
         "",
         "| kind | shape | what | median us | p20 us | p80 us | x first |",
         "|---|---|---|---|---|---|---|",

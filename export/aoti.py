@@ -3,7 +3,7 @@
 Where it runs:
 
 - CPU packages: Inductor compiles everything but the scan to C++; the scan node stays a call
-  to the registered ``vimc::selective_scan_fwd`` op (a ``custom_op`` with a C kernel behind
+  to the registered ``vimc::selective_scan_fwd`` op (an opaque op with a C kernel behind
   ctypes), so the process that loads the package must ``import vimc`` first
   (``load_aoti`` does).
 - CUDA packages: on CUDA the model calls the ``triton_op`` twin of the scan, which Inductor

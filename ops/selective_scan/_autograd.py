@@ -1,4 +1,4 @@
-"""The autograd formula shared by the forward ops (custom_op and triton_op twin): save the
+"""The autograd formula shared by the forward ops (the opaque op and its triton_op twin): save the
 inputs, and in backward call the matching backward op, which recomputes the states."""
 
 from __future__ import annotations

@@ -8,23 +8,24 @@ two, and no separate add-and-halve pass over the outputs.
 Contract: ``(selective_scan(u, ..., z=z) + selective_scan(u_b, ..., z=z, reverse=True)) / 2``,
 the two scans' arguments of equal shapes. Backward runs ``vimc::selective_scan_bwd`` once per
 direction (the gradient of a mean of two gated scans is half of each one's), so it needs no
-kernel of its own. On CUDA, for float64, and while ``torch.export`` traces, the public
-function calls :func:`selective_scan` twice instead: exported programs keep one
-``vimc::selective_scan_fwd`` node per direction, which every deployment route (ONNX,
-AOTInductor, TensorRT) already translates.
+kernel of its own. With grad mode off the public function calls
+``vimc::selective_scan_bidirectional_fwd_nograd`` instead, the same kernel registered without
+an autograd formula (whose Python kernel would otherwise run on every call). On CUDA, for
+float64, and while ``torch.export`` traces, the public function calls :func:`selective_scan`
+twice instead: exported programs keep one ``vimc::selective_scan_fwd`` node per direction,
+which every deployment route (ONNX, AOTInductor, TensorRT) already translates.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import cpu
+from . import _library, cpu
 from .op import _FLOATS, _grouped, _kernel_fwd, _like, _state_dtype, _validate, selective_scan
 
 _DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
-@torch.library.custom_op("vimc::selective_scan_bidirectional_fwd", mutates_args=())
 def selective_scan_bidirectional_fwd(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -56,7 +57,16 @@ def selective_scan_bidirectional_fwd(
     return _like(mean.to(u.dtype), u), last.contiguous(), last_b.contiguous()
 
 
-@selective_scan_bidirectional_fwd.register_fake
+_BIDIR = _library.define(selective_scan_bidirectional_fwd)
+# The same kernel with no autograd formula, called when grad mode is off: an op's Python
+# autograd kernel runs on every call, grad mode or not, and costs about 20 us here
+# (benchmarks/bidirectional.py, "dispatch" rows); inference makes one call per layer.
+_BIDIR_NOGRAD = _library.define(
+    selective_scan_bidirectional_fwd, "selective_scan_bidirectional_fwd_nograd"
+)
+
+
+@_library.register_fake(_BIDIR, _BIDIR_NOGRAD)
 def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, sp):
     def state():
         return u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=_state_dtype(u))
@@ -86,9 +96,7 @@ def _backward(ctx, dout, dlast, dlast_b):
     return (*(g if t is not None else None for g, t in zip(flat, present)), None)
 
 
-torch.library.register_autograd(
-    "vimc::selective_scan_bidirectional_fwd", _backward, setup_context=_setup_context
-)
+_library.register_autograd(_BIDIR, _backward, _setup_context)
 
 
 def _fused(u: torch.Tensor) -> bool:
@@ -139,7 +147,8 @@ def selective_scan_bidirectional(
         out = selective_scan(*fwd[:6], z, fwd[6], delta_softplus)
         out_b = selective_scan(*bwd[:6], z, bwd[6], delta_softplus, reverse=True)
         return (out + out_b) / 2
-    out, _, _ = torch.ops.vimc.selective_scan_bidirectional_fwd(
+    op = _BIDIR if torch.is_grad_enabled() else _BIDIR_NOGRAD  # a constant to torch.compile
+    out, _, _ = op(
         u, delta, A, _grouped(B), _grouped(C), D, delta_bias,
         u_b, delta_b, A_b, _grouped(B_b), _grouped(C_b), D_b, delta_bias_b,
         z, bool(delta_softplus),

@@ -237,23 +237,46 @@ assert ctypes.sizeof(_ScanArgs) == 8 * _WORDS and all(
     getattr(_ScanArgs, n).size % 8 == 0 for n in _AT
 )
 _INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "bias")  # the order of _inputs()
-# per tensor argument: (word of its pointer, word of its first stride or None)
-_SLOTS = {n: (_AT[n], _AT.get("s_" + n)) for n in _AT}
+# The shape each tensor argument must have, an index into _pack's ``shapes``: 0 like u
+# (Bt, E, L), 1 like B (Bt, G, N, L), 2 a state (Bt, E, N), 3 (E, N), 4 (E,); -1 unchecked
+# (the per-thread partial sums, the kernel's own allocations).
+_SHAPE_OF = dict.fromkeys(_STRIDED3, 0) | dict.fromkeys(_STRIDED4, 1) | {"A": 3}
+_SHAPE_OF |= dict.fromkeys(("last_state", "dlast"), 2) | dict.fromkeys(("D", "bias"), 4)
+# per tensor argument: (its name, word of its pointer, word of its first stride or None, shape)
+_SLOTS = {n: (n, _AT[n], _AT.get("s_" + n), _SHAPE_OF.get(n, -1)) for n in _AT}
 _IN_SLOTS = [_SLOTS[n] for n in _INPUTS]
 
 
 def _pack(ins, delta_softplus, reverse, nthreads, outs) -> array.array:
     """``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (name ->
-    tensor) as a _ScanArgs word array. Kept lean: it runs per scan."""
-    Bt, E, L = ins[0].shape
+    tensor) as a _ScanArgs word array. Kept lean: it runs per scan. Called through
+    torch.ops.vimc.* directly, the ops reach here without selective_scan's validation, so
+    the shapes that size the kernel's loops are checked here (a mismatch would read out of
+    bounds); about 2 us of the call."""
+    u, A, B = ins[0], ins[2], ins[3]
+    us, Bs = u.shape, B.shape
+    if len(us) != 3 or A.dim() != 2 or len(Bs) != 4:
+        raise ValueError(
+            f"vimc scan kernel: u (Bt, E, L), A (E, N), B (Bt, G, N, L) expected, got shapes "
+            f"{tuple(us)}, {tuple(A.shape)}, {tuple(Bs)}"
+        )
+    Bt, E, L = us
+    N, G = A.shape[1], Bs[1]
+    shapes = (us, (Bt, G, N, L), (Bt, E, N), (E, N), (E,))
+    if G < 1 or E % G:
+        raise ValueError(f"vimc scan kernel: B's G = {G} must divide E = {E}")
     per_thread = _SCRATCH_ROWS * L * LANES
     words = [0] * _WORDS
-    words[:8] = Bt, E, L, ins[2].shape[1], ins[3].shape[1], delta_softplus, reverse, nthreads
+    words[:8] = Bt, E, L, N, G, delta_softplus, reverse, nthreads
     words[_AT["scratch_floats"]] = per_thread
     words[_AT["scratch"]] = _scratch_buffer(nthreads * per_thread).data_ptr()
-    slots = [*zip(_IN_SLOTS, ins), *((_SLOTS[n], t) for n, t in outs.items())]
-    for (at, st), t in slots:
+    for (name, at, st, k), t in [*zip(_IN_SLOTS, ins), *((_SLOTS[n], t) for n, t in outs.items())]:
         if t is not None:
+            if k >= 0 and t.shape != shapes[k]:
+                raise ValueError(
+                    f"vimc scan kernel: {name} must have shape {tuple(shapes[k])}, "
+                    f"got {tuple(t.shape)}"
+                )
             words[at] = t.data_ptr()
             if st is not None:
                 words[st : st + t.dim()] = t.stride()
@@ -290,6 +313,11 @@ def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, pair=No
         pair_ins = _inputs(*pair[:6], None, pair[6])
         lasts.append(new_output((Bt, E, N), torch.float32, u.device))
         packed_pair = _pack(pair_ins, delta_softplus, True, T, {"last_state": lasts[1]})
+        if packed_pair[:5] != packed[:5]:  # Bt, E, L, N, G: the kernel sizes both by the first
+            raise ValueError(
+                "vimc scan kernel: the pair's u, A, B must have the first scan's shapes, got "
+                f"(Bt, E, L, N, G) = {tuple(packed_pair[:5])} and {tuple(packed[:5])}"
+            )
         packed[_AT["pair"]] = packed_pair.buffer_info()[0]
     _lib.vimc_scan_fwd(packed.buffer_info()[0])  # what it points to is alive until here
     return ((out if u.dtype == torch.float32 else out.to(u.dtype)), *lasts)

@@ -7,7 +7,8 @@ these kernels. The kernel behind an op is picked by device: the fused CPU kernel
 Triton kernels (triton.py) on CUDA. On CUDA the public function routes to the ``triton_op``
 twins registered in triton.py, which Inductor can see into and AOTInductor can embed; on a
 machine without a GPU driver Inductor cannot compile a ``triton_op`` at all, so CPU tensors
-always take the opaque ``custom_op``.
+always take the opaque op. The ops are defined through a plain ``torch.library.Library``
+(_library.py says why not ``@custom_op``).
 
 ``selective_scan`` validates its arguments before anything is traced or launched.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu
+from . import _library, cpu
 from ._autograd import backward_with, setup_context
 
 MAX_D_STATE = 256  # the state of one channel lives in registers / on-chip; past this it won't fit
@@ -75,7 +76,6 @@ def _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus
     )
 
 
-@torch.library.custom_op("vimc::selective_scan_fwd", mutates_args=())
 def selective_scan_fwd(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -95,14 +95,16 @@ def selective_scan_fwd(
     return _like(out, u), last.contiguous()
 
 
-@selective_scan_fwd.register_fake
+_FWD = _library.define(selective_scan_fwd)
+
+
+@_library.register_fake(_FWD)
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     return torch.empty_like(u), u.new_empty(
         u.shape[0], u.shape[1], A.shape[1], dtype=_state_dtype(u)
     )
 
 
-@torch.library.custom_op("vimc::selective_scan_bwd", mutates_args=())
 def selective_scan_bwd(
     dout: torch.Tensor,
     dlast: torch.Tensor | None,
@@ -134,17 +136,16 @@ def selective_scan_bwd(
     return tuple(_empty(u) if g is None else _like(g, t) for g, t in zip(grads, like))
 
 
-@selective_scan_bwd.register_fake
+_BWD = _library.define(selective_scan_bwd)
+
+
+@_library.register_fake(_BWD)
 def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     like = (u, delta, A, B, C, D, z, delta_bias)
     return tuple(torch.empty_like(t) if t is not None else _empty(u) for t in like)
 
 
-torch.library.register_autograd(
-    "vimc::selective_scan_fwd",
-    backward_with(torch.ops.vimc.selective_scan_bwd),
-    setup_context=setup_context,
-)
+_library.register_autograd(_FWD, backward_with(_BWD), setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def _validate(u, delta, A, B, C, D, z, delta_bias):
 
 
 def _use_triton_op(u: torch.Tensor) -> bool:
-    # float64 keeps the custom_op, whose contract returns a float64 state
+    # float64 keeps the opaque op, whose contract returns a float64 state
     if u.device.type != "cuda" or u.dtype == torch.float64:
         return False
     from . import triton as _triton

@@ -103,21 +103,63 @@ def test_gradients_match_reference(impl, c):
     )
 
 
-def _op_args(c: Case):
+def _op_args(c: Case, requires_grad: bool = True):
     ins = make_pair(c)
     for k in ("B", "C", "B_b", "C_b"):
         if ins[k].dim() == 3:
             ins[k] = ins[k].unsqueeze(1)
     order = [*DIRECTION, *(k + "_b" for k in DIRECTION), "z"]
-    args = [None if ins[k] is None else ins[k].requires_grad_(True) for k in order]
+    args = [None if ins[k] is None else ins[k].requires_grad_(requires_grad) for k in order]
     return (*args, c.softplus)
 
 
-@pytest.mark.parametrize(
-    "c", [Case(E=8, L=7, N=4), Case(E=6, L=5, N=3, G=2, D=False, z=False)], ids=lambda c: c.id
-)
+OPCHECK_CASES = [Case(E=8, L=7, N=4), Case(E=6, L=5, N=3, G=2, D=False, z=False)]
+
+
+@pytest.mark.parametrize("c", OPCHECK_CASES, ids=lambda c: c.id)
 def test_opcheck(c):
     torch.library.opcheck(torch.ops.vimc.selective_scan_bidirectional_fwd.default, _op_args(c))
+
+
+@pytest.mark.parametrize("c", OPCHECK_CASES, ids=lambda c: c.id)
+def test_opcheck_nograd_twin(c):
+    """The grad-mode-off twin: same schema and kernel, no autograd formula."""
+    op = torch.ops.vimc.selective_scan_bidirectional_fwd_nograd.default
+    args = _op_args(c, requires_grad=False)
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+    with torch.no_grad():
+        ours = op(*args)
+        theirs = torch.ops.vimc.selective_scan_bidirectional_fwd.default(*args)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_grad_mode_picks_the_op(monkeypatch):
+    """With grad mode off the public function calls the twin without autograd (a cheaper
+    dispatch); with it on, the op whose backward the gradients need."""
+    from vimc.ops.selective_scan import bidirectional
+
+    ins = make_pair(Case(E=8, L=5, N=4))
+    seen = []
+    for name in ("_BIDIR", "_BIDIR_NOGRAD"):
+        op = getattr(bidirectional, name)
+        monkeypatch.setattr(
+            bidirectional, name, lambda *a, op=op, name=name: seen.append(name) or op(*a)
+        )
+    with torch.no_grad():
+        off = run(ins, True)
+    on = run(ins, True)
+    assert seen == ["_BIDIR_NOGRAD", "_BIDIR"]
+    torch.testing.assert_close(off, on, rtol=0, atol=0)
+
+
+def test_compile_under_no_grad_matches_eager():
+    c = Case(E=16, L=20, N=8)
+    ins = make_pair(c, layout="token_major")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda **kw: run(kw, True), fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**ins), run(ins, True), rtol=1e-6, atol=1e-6)
 
 
 def test_compile_fullgraph_is_one_op_and_matches_eager():
@@ -163,3 +205,23 @@ def test_reverse_direction_argument_of_wrong_type_is_named():
     ins["delta_b"] = ins["delta_b"].long()
     with pytest.raises(TypeError, match="delta_b must be a floating"):
         run(ins, True)
+
+
+def test_op_called_directly_refuses_a_pair_of_other_shapes():
+    """The op skips the public function's checks; the kernel sizes both directions by the
+    first, so a reverse direction of another length must be an error, not an overread."""
+    from vimc.ops.selective_scan import cpu
+
+    if not cpu.c_kernel_available():
+        pytest.skip(f"no C compiler for the fused CPU kernel: {cpu.c_kernel_error()}")
+    args = list(_op_args(Case(E=8, L=7, N=4), requires_grad=False))
+    short = make_pair(Case(E=8, L=5, N=4))
+    args[7:12] = (
+        short["u_b"],
+        short["delta_b"],
+        args[9],
+        short["B_b"].unsqueeze(1),
+        short["C_b"].unsqueeze(1),
+    )
+    with torch.no_grad(), pytest.raises(ValueError, match="the pair's u, A, B"):
+        torch.ops.vimc.selective_scan_bidirectional_fwd_nograd(*args)

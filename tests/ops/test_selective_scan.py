@@ -448,3 +448,35 @@ def test_bad_input_is_named(mutate, exc, words):
         selective_scan(**args)
     for w in words:
         assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+def _positional(args: dict) -> tuple:
+    """selective_scan's keyword inputs as the op's positional ones (B, C (Bt, 1, N, L))."""
+    B, C = args["B"].unsqueeze(1), args["C"].unsqueeze(1)
+    rest = (args["D"], args["z"], args["delta_bias"])
+    return (args["u"], args["delta"], args["A"], B, C, *rest, True, False)
+
+
+@pytest.mark.parametrize(
+    "index, bad, words",
+    [
+        (3, lambda B: B.unsqueeze(1), ["B (Bt, G, N, L)"]),  # 5-D: once overwrote the next field
+        (1, lambda d: d[..., :4], ["delta must have shape (2, 4, 5)"]),
+        (4, lambda C: C[..., :4], ["C must have shape (2, 1, 3, 5)"]),
+        (2, lambda A: A[:3], ["A must have shape (4, 3)"]),
+        (5, lambda D: D[:2], ["D must have shape (4,)"]),
+        (6, lambda z: z[:1], ["z must have shape"]),
+    ],
+    ids=["B-5d", "delta-short", "C-short", "A-rows", "D-short", "z-batch"],
+)
+def test_op_called_directly_checks_shapes(index, bad, words):
+    """torch.ops.vimc.* skip selective_scan's validation; a wrong shape must still be a clear
+    error, never an out-of-bounds read in the C kernel."""
+    if not cpu.c_kernel_available():
+        pytest.skip(f"no C compiler for the fused CPU kernel: {cpu.c_kernel_error()}")
+    args = list(_positional(_good()))
+    args[index] = bad(args[index])
+    with pytest.raises(ValueError) as info:
+        torch.ops.vimc.selective_scan_fwd(*args)
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"

@@ -273,7 +273,7 @@ def test_triton_op_eager_and_autograd(case):
             _check(name, next(grads), ref, grad_tol, case)
 
 
-def test_triton_op_schema_matches_custom_op():
+def test_triton_op_schema_matches_the_cpu_op():
     from vimc.ops.selective_scan import op  # noqa: F401  (registers vimc::selective_scan_fwd)
 
     for base in ("selective_scan_fwd", "selective_scan_bwd"):
