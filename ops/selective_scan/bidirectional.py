@@ -48,7 +48,7 @@ def selective_scan_bidirectional_fwd(
     last state of each direction (Bt, E, N))."""
     fwd = (u, delta, A, B, C, D, delta_bias)
     bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
-    if u.device.type == "cpu" and u.dtype != torch.float64 and cpu.c_kernel_available():
+    if u.is_cpu and u.dtype != torch.float64 and cpu.c_kernel_available():
         out, last, last_b = cpu._fwd_c(*fwd[:6], z, fwd[6], delta_softplus, False, pair=bwd)
         return _like(out, u), last, last_b
     out, last = _kernel_fwd(*fwd[:6], z, fwd[6], delta_softplus, False)
@@ -101,7 +101,7 @@ _library.register_autograd(_BIDIR, _backward, _setup_context)
 
 def _fused(u: torch.Tensor) -> bool:
     """Whether the one-call op applies (else two :func:`selective_scan` calls)."""
-    return u.device.type == "cpu" and u.dtype != torch.float64 and not torch.compiler.is_exporting()
+    return u.is_cpu and u.dtype != torch.float64 and not torch.compiler.is_exporting()
 
 
 def selective_scan_bidirectional(

@@ -3,7 +3,8 @@
 The C kernel (``cpu_kernel.c``) is built on first use with the compiler that ``torch.compile``
 already needs on a CPU, cached under ``$VIMC_CACHE_DIR`` (default ``~/.cache/vimc``), and
 called through ctypes: no build step at install, no torch headers, about a second to build.
-``VIMC_CPU_KERNEL=torch`` forces the pure-torch path; it is also what float64 inputs take.
+``VIMC_CPU_KERNEL=torch`` (read at import) forces the pure-torch path; it is also what float64
+inputs take.
 
 The torch path is chunked: within a chunk of ``CHUNK`` steps the state is a masked sum with
 ``exp(segsum)`` weights (every exponent <= 0, so it is stable for any L), and one state per
@@ -177,8 +178,8 @@ def c_kernel_available() -> bool:
     """Whether the fused C kernel can be used (builds it on first call)."""
     global _lib, _lib_error
     if _lib is not None:  # the per-call fast path: no lock
-        return not _forced_torch()
-    if _forced_torch():
+        return not _FORCED_TORCH
+    if _FORCED_TORCH:
         return False
     with _lib_lock:
         if _lib is None and _lib_error is None:
@@ -189,8 +190,8 @@ def c_kernel_available() -> bool:
     return _lib is not None
 
 
-def _forced_torch() -> bool:
-    return os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
+# read once: an os.environ lookup per scan call cost ~1 us
+_FORCED_TORCH = os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
 
 
 def c_kernel_error() -> str | None:

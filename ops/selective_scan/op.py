@@ -51,7 +51,7 @@ def _contiguous(*ts):
 
 
 def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    if u.device.type == "cuda":
+    if u.is_cuda:
         from .triton import selective_scan_fwd_triton
 
         # the Triton kernels read contiguous (Bt, E, L) rows; the CPU kernel reads any strides
@@ -63,7 +63,7 @@ def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
 
 
 def _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    if u.device.type == "cuda":
+    if u.is_cuda:
         from .triton import selective_scan_bwd_triton
 
         return selective_scan_bwd_triton(
