@@ -3,11 +3,12 @@
     python benchmarks/export.py                      # Vim-Ti 224, batch 1 and 8
     python benchmarks/export.py --batches 1 --repeats 5 --backends eager,onnxruntime
     python benchmarks/export.py --backends compiled,onnxruntime --onnx-scan bidir,step,scan
+    python benchmarks/export.py --backends compiled,onnxruntime --ort-threads 2,1
 
 One run: export/compile time and file size per backend, then latency per batch with the
 backends interleaved round-robin (so load from other processes hits all of them alike),
 p50 with p20/p80, and the ratio to the compiled model. Results go to
-benchmarks/results/export_<machine>.{json,md}.
+benchmarks/results/export-<machine>.{json,md}.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import save_results  # noqa: E402
+from machine import machine_tag, save_results  # noqa: E402
 from vimc.export import load_aoti, onnxruntime_session, to_aoti, to_onnx
 from vimc.export._common import cpu_name, versions
 from vimc.export.onnx import DEFAULT_SCAN, SCAN_FORMULATIONS, run_onnxruntime
@@ -47,10 +47,6 @@ def machine_header() -> dict:
     }
 
 
-def machine_slug() -> str:
-    return re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")[:48] or "cpu"
-
-
 def parse_onnx_scans(spec: str) -> list[tuple[str, int | None]]:
     """--onnx-scan "bidir,unrolled:8" -> [("bidir", None), ("unrolled", 8)]."""
     scans = []
@@ -65,22 +61,32 @@ def parse_onnx_scans(spec: str) -> list[tuple[str, int | None]]:
     return scans
 
 
-def expand_backends(backends: list[str], scans: list[tuple[str, int | None]]) -> list[str]:
-    """One "onnxruntime:<formulation>" backend per --onnx-scan entry when there are several."""
-    if len(scans) < 2:
-        return backends
+def expand_backends(
+    backends: list[str], scans: list[tuple[str, int | None]], ort_threads: list[int] = ()
+) -> list[str]:
+    """One "onnxruntime:<formulation>" backend per --onnx-scan entry when there are several,
+    and one "onnxruntime...@<n>t" per --ort-threads entry when there are several."""
     out = []
     for b in backends:
-        if b == "onnxruntime":
-            out += [f"onnxruntime:{f}" + (f":{k}" if k else "") for f, k in scans]
-        else:
+        if b != "onnxruntime":
             out.append(b)
+            continue
+        forms = [b]
+        if len(scans) > 1:
+            forms = [f"onnxruntime:{f}" + (f":{k}" if k else "") for f, k in scans]
+        if len(ort_threads) > 1:
+            forms = [f"{f}@{t}t" for f in forms for t in ort_threads]
+        out += forms
     return out
 
 
-def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None)):
+def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None), ort_threads=None):
     """-> (run callable, seconds to export/compile, file size in bytes or None). ``name``
-    "onnxruntime:<formulation>[:k]" picks the ONNX scan formulation, else ``scan``."""
+    "onnxruntime:<formulation>[:k]" picks the ONNX scan formulation, else ``scan``; a
+    suffix "@<n>t" ONNX Runtime's intra-op threads, else ``ort_threads`` (default torch's)."""
+    name, _, threads = name.partition("@")
+    if threads:
+        ort_threads = int(threads.removesuffix("t"))
     if name.startswith("onnxruntime:"):
         f, _, k = name.removeprefix("onnxruntime:").partition(":")
         name, scan = "onnxruntime", (f, int(k) if k else None)
@@ -100,7 +106,8 @@ def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None)):
         size = path.stat().st_size
         # no spinning: ORT's idle threads would otherwise busy-wait after each run and slow
         # the backend timed next on this 2-core machine
-        sess = onnxruntime_session(path, threads=torch.get_num_threads(), spinning=False)
+        threads = ort_threads or torch.get_num_threads()
+        sess = onnxruntime_session(path, threads=threads, spinning=False)
         run = lambda x: run_onnxruntime(sess, x)  # noqa: E731
     else:
         raise ValueError(f"--backends: unknown {name!r}; choose from {', '.join(BACKENDS)}")
@@ -119,13 +126,20 @@ def main(argv=None) -> int:
         help="ONNX scan formulation(s), comma-separated, 'name' or 'name:k' (k steps per "
         "Scan iteration); several give one onnxruntime backend each",
     )
+    ap.add_argument(
+        "--ort-threads",
+        default="",
+        help="ONNX Runtime intra-op threads, comma-separated (default: torch's thread count); "
+        "several give one onnxruntime backend each",
+    )
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out-dir", default=str(Path(__file__).with_name("results")))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     scans = parse_onnx_scans(args.onnx_scan)
-    backends = expand_backends([b for b in args.backends.split(",") if b], scans)
+    ort_threads = [int(t) for t in args.ort_threads.split(",") if t]
+    backends = expand_backends([b for b in args.backends.split(",") if b], scans, ort_threads)
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     model = vimc.create_model(args.model, img_size=args.img_size).eval()
@@ -140,7 +154,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         example = torch.randn(2, 3, args.img_size, args.img_size)
         for b in backends:
-            runs[b], secs, size = prepare(b, model, example, tmp, scans[0])
+            runs[b], secs, size = prepare(
+                b, model, example, tmp, scans[0], ort_threads[0] if ort_threads else None
+            )
             setup[b] = {"export_s": secs, "file_mb": None if size is None else size / 1e6}
             print(
                 f"prepared {b}: {secs:.1f} s" + (f", {size / 1e6:.1f} MB" if size else ""),
@@ -186,7 +202,9 @@ def main(argv=None) -> int:
         f"torch threads; load average {header['loadavg_at_start']} at start, "
         f"{header['loadavg_at_end']} at end. "
         + ", ".join(f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt"))
-        + f"; ONNX scan formulation {args.onnx_scan}",
+        + f"; ONNX scan formulation {args.onnx_scan}; ONNX Runtime intra-op threads "
+        + (args.ort_threads or f"{header['torch_threads']} (torch's)")
+        + ", spinning off",
         "",
         "| backend | batch | p50 ms | p20 ms | p80 ms | img/s | x compiled |",
         "|---|---|---|---|---|---|---|",
@@ -220,7 +238,7 @@ def main(argv=None) -> int:
             "setup": setup,
             "latency": results,
         }
-        save_results(Path(args.out_dir) / f"export_{machine_slug()}", payload, text)
+        save_results(Path(args.out_dir) / f"export-{machine_tag()}", payload, text)
     return 0
 
 
