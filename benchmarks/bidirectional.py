@@ -8,7 +8,9 @@ Rows, timed round-robin in one process (load from other processes hits all alike
 rotated each round, under ``torch.no_grad()``:
 - ``dispatch``: on a one-step, 8-channel scan, each op (``op`` rows) against the Python
   function behind it (``fn`` rows): the difference is the cost of going through the
-  torch.library op (argument conversion, the autograd and backend layers). The ``_nograd``
+  torch.library op (argument conversion, the autograd and backend layers). The
+  ``@custom_op`` row registers the same function the way vimc no longer does (custom_op adds
+  per-call wrappers; _library.py). The ``_nograd``
   twin of the bidirectional op has no autograd formula: the gap between the two op rows is
   what the Python autograd kernel costs with grad mode off.
 - ``layer``: one Vim-Ti layer's scans, inputs token-major as the mixer passes them (views of
@@ -69,6 +71,32 @@ def layer_cases(Bt: int, E: int = 384, L: int = 197, N: int = 16) -> dict:
     return {"two selective_scan + mean": two_calls, "selective_scan_bidirectional": one_call}
 
 
+_TWIN = []
+
+
+def _custom_op_twin():
+    """The same forward function registered with ``@torch.library.custom_op`` (a throwaway
+    namespace): what vimc's ops would cost per call if registered that way."""
+    if not _TWIN:
+        from vimc.ops.selective_scan import op
+        from vimc.ops.selective_scan._autograd import backward_with, setup_context
+
+        twin = torch.library.custom_op("vimc_bench::selective_scan_fwd", mutates_args=())(
+            op.selective_scan_fwd
+        )
+        twin.register_fake(
+            lambda u, delta, A, *rest: (
+                torch.empty_like(u),
+                u.new_empty(u.shape[0], u.shape[1], A.shape[1]),
+            )
+        )
+        twin.register_autograd(
+            backward_with(torch.ops.vimc.selective_scan_bwd), setup_context=setup_context
+        )
+        _TWIN.append(torch.ops.vimc_bench.selective_scan_fwd.default)
+    return _TWIN[0]
+
+
 def dispatch_cases() -> dict:
     g = torch.Generator().manual_seed(0)
     Bt, E, L, N = 1, 8, 1, 16
@@ -79,6 +107,7 @@ def dispatch_cases() -> dict:
     ops = torch.ops.vimc
     return {
         "op selective_scan_fwd": lambda: ops.selective_scan_fwd.default(*one),
+        "op selective_scan_fwd as @custom_op": lambda: _custom_op_twin()(*one),
         "fn cpu.selective_scan_fwd_cpu": lambda: cpu.selective_scan_fwd_cpu(*one),
         "op selective_scan_bidirectional_fwd": lambda: ops.selective_scan_bidirectional_fwd(*pair),
         "op selective_scan_bidirectional_fwd_nograd": (
