@@ -2,10 +2,11 @@
 
 Where it runs:
 
-- CPU packages: Inductor compiles everything but the scan to C++; the scan node stays a call
-  to the registered ``vimc::selective_scan_fwd`` op (an opaque op with a C kernel behind
-  ctypes), so the process that loads the package must ``import vimc`` first
-  (``load_aoti`` does).
+- CPU packages: Inductor compiles everything but the scan to C++; the scans stay calls to the
+  registered vimc ops (opaque ops with a C kernel behind ctypes), one
+  ``vimc::selective_scan_bidirectional_fwd*`` call per layer for both directions
+  (``bidirectional_scan=True``, the default), so the process that loads the package must
+  ``import vimc`` first (``load_aoti`` does).
 - CUDA packages: on CUDA the model calls the ``triton_op`` twin of the scan, which Inductor
   sees into, so its Triton kernels are compiled into the package and the package needs no
   vimc Python registration at load time (untested on this project's CPU CI).
@@ -31,14 +32,23 @@ def to_aoti(
     max_batch: int = 4096,
     freezing: bool = True,
     inductor_configs: dict | None = None,
+    bidirectional_scan: bool = True,
 ) -> Path:
     """Compile ``model`` with AOTInductor into the package ``path`` (a ``.pt2`` file),
     written atomically. ``freezing`` constant-folds the weights into the package (faster on
-    CPU). Returns the path."""
+    CPU). ``bidirectional_scan``: on CPU, one scan call per layer for both directions
+    (:func:`to_exported_program`); False keeps one ``vimc::selective_scan_fwd`` per
+    direction. Returns the path."""
     if not str(path).endswith(".pt2"):
         raise ValueError(f"path must end with .pt2 (AOTInductor's package format), got {path!r}")
     check_writable(path, arg="path")
-    ep = to_exported_program(model, example, dynamic_batch=dynamic_batch, max_batch=max_batch)
+    ep = to_exported_program(
+        model,
+        example,
+        dynamic_batch=dynamic_batch,
+        max_batch=max_batch,
+        bidirectional_scan=bidirectional_scan,
+    )
     configs = {"freezing": bool(freezing), **(inductor_configs or {})}
     with atomic_path(path, arg="path") as tmp:
         os.unlink(tmp)  # the packager writes the file itself
@@ -51,7 +61,7 @@ def to_aoti(
 def load_aoti(path, *, device_index: int = -1):
     """Load a package written by :func:`to_aoti`; returns a callable ``runner(x) -> logits``.
     Imports vimc first so the scan op a CPU package calls back into is registered."""
-    import vimc.ops  # noqa: F401  (registers vimc::selective_scan_fwd)
+    import vimc.ops  # noqa: F401  (registers the vimc::selective_scan* ops)
 
     if not Path(path).is_file():
         raise ValueError(f"path: no AOTInductor package at {str(path)!r}")

@@ -1,14 +1,19 @@
 """torch.export: the one graph every other route starts from.
 
 The scan stays one ``vimc::selective_scan_fwd`` node per direction and layer (its fake kernel
-gives shapes), so AOTInductor calls the vimc kernel, the ONNX route translates it to standard
-ops and TensorRT swaps in a plugin.
+gives shapes), so the ONNX route translates it to standard ops and TensorRT swaps in a
+plugin. AOTInductor, which calls vimc's kernels back, asks for one
+``vimc::selective_scan_bidirectional_fwd*`` node per layer instead (``bidirectional_scan``):
+one kernel call for both directions, as the eager and compiled model make on CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from vimc.ops.selective_scan.bidirectional import fused_in_export
 
 from ._common import batch_dim, example_input, export_example, resolve_model
 
@@ -20,6 +25,7 @@ def to_exported_program(
     dynamic_batch: bool = True,
     max_batch: int = 4096,
     strict: bool = False,
+    bidirectional_scan: bool = False,
 ) -> torch.export.ExportedProgram:
     """``torch.export`` a Vim (an nn.Module or a registered name) for inference.
 
@@ -27,12 +33,17 @@ def to_exported_program(
     size. dynamic_batch: the batch axis is a symbol ``batch`` in [1, max_batch] (a batch-1
     example is traced at batch 2, since export specializes size-1 axes); False fixes it to
     the example's batch. The spatial size is always fixed (it fixes the sequence length).
+    bidirectional_scan: on CPU, keep each layer's two scan directions as one
+    ``vimc::selective_scan_bidirectional_fwd*`` node (for programs that run vimc's own kernels,
+    such as AOTInductor packages) instead of one ``vimc::selective_scan_fwd`` per direction,
+    the form the ONNX and TensorRT routes translate.
     """
     if not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
     m: nn.Module = resolve_model(model)
     x = export_example(example_input(m, example), dynamic_batch)
-    with torch.no_grad():
+    fused = fused_in_export() if bidirectional_scan else contextlib.nullcontext()
+    with torch.no_grad(), fused:
         return torch.export.export(
             m, (x,), dynamic_shapes=batch_dim(x, dynamic_batch, max_batch), strict=strict
         )

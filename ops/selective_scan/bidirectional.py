@@ -13,10 +13,13 @@ kernel of its own. With grad mode off the public function calls
 an autograd formula (whose Python kernel would otherwise run on every call). On CUDA, for
 float64, and while ``torch.export`` traces, the public function calls :func:`selective_scan`
 twice instead: exported programs keep one ``vimc::selective_scan_fwd`` node per direction,
-which every deployment route (ONNX, AOTInductor, TensorRT) already translates.
+which the ONNX and TensorRT routes translate. Within :func:`fused_in_export` an export keeps
+the one-call op (AOTInductor CPU packages, which call vimc's kernels back, use it).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -99,9 +102,27 @@ def _backward(ctx, dout, dlast, dlast_b):
 _library.register_autograd(_BIDIR, _backward, _setup_context)
 
 
+_export_fused = False
+
+
+@contextlib.contextmanager
+def fused_in_export():
+    """Within this block, ``torch.export`` keeps the one-call op on CPU instead of two
+    ``vimc::selective_scan_fwd`` nodes: for programs that run vimc's own kernels (CPU
+    AOTInductor packages), not for those translated node by node (ONNX, TensorRT)."""
+    global _export_fused
+    old, _export_fused = _export_fused, True
+    try:
+        yield
+    finally:
+        _export_fused = old
+
+
 def _fused(u: torch.Tensor) -> bool:
     """Whether the one-call op applies (else two :func:`selective_scan` calls)."""
-    return u.is_cpu and u.dtype != torch.float64 and not torch.compiler.is_exporting()
+    if not u.is_cpu or u.dtype == torch.float64:
+        return False
+    return _export_fused or not torch.compiler.is_exporting()
 
 
 def selective_scan_bidirectional(

@@ -48,3 +48,17 @@ def test_aoti_bad_arguments(small_model, tmp_path):
     with pytest.raises(ValueError, match="path"):
         load_aoti(tmp_path / "absent.pt2")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bidirectional_scan_program_has_one_scan_node_per_layer(small_model, images):
+    """The form to_aoti exports on CPU: one call of vimc's bidirectional kernel per layer."""
+    ep = to_exported_program(small_model, images[64][:1], bidirectional_scan=True)
+    targets = [str(n.target) for n in scan_nodes(ep)]
+    assert targets == ["vimc.selective_scan_bidirectional_fwd_nograd.default"] * 2  # 2 layers
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ep.module()(images[64]), small_model(images[64]), atol=1e-5, rtol=1e-5
+        )
+    # and the default program is unchanged: one selective_scan_fwd per direction
+    plain = to_exported_program(small_model, images[64][:1])
+    assert {str(n.target) for n in scan_nodes(plain)} == {"vimc.selective_scan_fwd.default"}
