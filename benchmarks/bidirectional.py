@@ -21,6 +21,7 @@ Results: benchmarks/results/bidirectional-<machine>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -71,30 +72,21 @@ def layer_cases(Bt: int, E: int = 384, L: int = 197, N: int = 16) -> dict:
     return {"two selective_scan + mean": two_calls, "selective_scan_bidirectional": one_call}
 
 
-_TWIN = []
-
-
+@functools.cache
 def _custom_op_twin():
     """The same forward function registered with ``@torch.library.custom_op`` (a throwaway
     namespace): what vimc's ops would cost per call if registered that way."""
-    if not _TWIN:
-        from vimc.ops.selective_scan import op
-        from vimc.ops.selective_scan._autograd import backward_with, setup_context
+    from vimc.ops.selective_scan import op
+    from vimc.ops.selective_scan._autograd import backward_with, setup_context
 
-        twin = torch.library.custom_op("vimc_bench::selective_scan_fwd", mutates_args=())(
-            op.selective_scan_fwd
-        )
-        twin.register_fake(
-            lambda u, delta, A, *rest: (
-                torch.empty_like(u),
-                u.new_empty(u.shape[0], u.shape[1], A.shape[1]),
-            )
-        )
-        twin.register_autograd(
-            backward_with(torch.ops.vimc.selective_scan_bwd), setup_context=setup_context
-        )
-        _TWIN.append(torch.ops.vimc_bench.selective_scan_fwd.default)
-    return _TWIN[0]
+    twin = torch.library.custom_op("vimc_bench::selective_scan_fwd", mutates_args=())(
+        op.selective_scan_fwd
+    )
+    twin.register_fake(lambda u, delta, A, *rest: (torch.empty_like(u), op._fake_state(u, A)))
+    twin.register_autograd(
+        backward_with(torch.ops.vimc.selective_scan_bwd), setup_context=setup_context
+    )
+    return torch.ops.vimc_bench.selective_scan_fwd.default
 
 
 def dispatch_cases() -> dict:

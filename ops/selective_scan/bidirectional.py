@@ -24,7 +24,16 @@ import contextlib
 import torch
 
 from . import _library, cpu
-from .op import _FLOATS, _grouped, _kernel_fwd, _like, _state_dtype, _validate, selective_scan
+from .op import (
+    _FLOATS,
+    _fake_state,
+    _grouped,
+    _kernel_fwd,
+    _like,
+    _state_dtype,
+    _validate,
+    selective_scan,
+)
 
 _DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
@@ -71,10 +80,7 @@ _BIDIR_NOGRAD = _library.define(
 
 @_library.register_fake(_BIDIR, _BIDIR_NOGRAD)
 def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, sp):
-    def state():
-        return u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=_state_dtype(u))
-
-    return torch.empty_like(u), state(), state()
+    return torch.empty_like(u), _fake_state(u, A), _fake_state(u, A)
 
 
 def _setup_context(ctx, inputs, output):

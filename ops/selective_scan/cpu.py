@@ -108,6 +108,8 @@ class _ScanArgs(ctypes.Structure):
 _lib = None
 _lib_error: str | None = None
 _lib_lock = threading.Lock()
+# read once at import, not per scan call (an os.environ lookup per call was ~1 us, ad hoc)
+_FORCED_TORCH = os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
 
 
 def _cache_dir() -> Path:
@@ -190,10 +192,6 @@ def c_kernel_available() -> bool:
     return _lib is not None
 
 
-# read once: an os.environ lookup per scan call cost ~1 us
-_FORCED_TORCH = os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
-
-
 def c_kernel_error() -> str | None:
     """Why the C kernel is unavailable, if it is."""
     return _lib_error
@@ -253,7 +251,7 @@ def _pack(ins, delta_softplus, reverse, nthreads, outs) -> array.array:
     tensor) as a _ScanArgs word array. Kept lean: it runs per scan. Called through
     torch.ops.vimc.* directly, the ops reach here without selective_scan's validation, so
     the shapes that size the kernel's loops are checked here (a mismatch would read out of
-    bounds); about 2 us of the call."""
+    bounds); about 2 us of the call (ad hoc timing)."""
     u, A, B = ins[0], ins[2], ins[3]
     us, Bs = u.shape, B.shape
     if len(us) != 3 or A.dim() != 2 or len(Bs) != 4:

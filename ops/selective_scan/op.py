@@ -29,6 +29,11 @@ def _state_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
+def _fake_state(u: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """The last state a fake kernel promises: (Bt, E, N) in the state dtype."""
+    return u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=_state_dtype(u))
+
+
 def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0)
 
@@ -100,9 +105,7 @@ _FWD = _library.define(selective_scan_fwd)
 
 @_library.register_fake(_FWD)
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    return torch.empty_like(u), u.new_empty(
-        u.shape[0], u.shape[1], A.shape[1], dtype=_state_dtype(u)
-    )
+    return torch.empty_like(u), _fake_state(u, A)
 
 
 def selective_scan_bwd(
