@@ -170,7 +170,8 @@ def test_compile_fullgraph_is_one_op_and_matches_eager():
 
 def test_export_keeps_one_single_direction_node_per_scan():
     """While torch.export traces, the two directions stay two ``selective_scan_fwd`` nodes,
-    the form ONNX, AOTInductor and TensorRT translate."""
+    the form ONNX and TensorRT translate (AOTInductor asks for the one-call op instead:
+    tests/export/test_aoti.py)."""
     ins = make_pair(Case(E=8, L=6, N=4))
     names = list(ins)
 

@@ -355,7 +355,7 @@ def test_opcheck(c):
     torch.library.opcheck(torch.ops.vimc.selective_scan_fwd.default, _op_args(c))
 
 
-def test_opchecktoken_major():
+def test_opcheck_token_major():
     """Fake and real kernels agree on output strides for token-major inputs."""
     args = list(_op_args(Case(E=8, L=7, N=4), requires_grad=False))
     for i in (0, 1, 3, 4, 6):  # u, delta, B, C, z
@@ -450,13 +450,6 @@ def test_bad_input_is_named(mutate, exc, words):
         assert w in str(info.value), f"{w!r} not in {info.value}"
 
 
-def _positional(args: dict) -> tuple:
-    """selective_scan's keyword inputs as the op's positional ones (B, C (Bt, 1, N, L))."""
-    B, C = args["B"].unsqueeze(1), args["C"].unsqueeze(1)
-    rest = (args["D"], args["z"], args["delta_bias"])
-    return (args["u"], args["delta"], args["A"], B, C, *rest, True, False)
-
-
 @pytest.mark.parametrize(
     "index, bad, words",
     [
@@ -474,7 +467,7 @@ def test_op_called_directly_checks_shapes(index, bad, words):
     error, never an out-of-bounds read in the C kernel."""
     if not cpu.c_kernel_available():
         pytest.skip(f"no C compiler for the fused CPU kernel: {cpu.c_kernel_error()}")
-    args = list(_positional(_good()))
+    args = list(_op_args(Case(Bt=2, E=4, L=5, N=3), requires_grad=False))  # _good()'s shapes
     args[index] = bad(args[index])
     with pytest.raises(ValueError) as info:
         torch.ops.vimc.selective_scan_fwd(*args)
