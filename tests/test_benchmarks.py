@@ -11,16 +11,27 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def export_bench():
+def _load(name: str):
+    """benchmarks/<name>.py as a module, with benchmarks/ importable while it loads."""
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("bench_export", BENCH / "export.py")
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        yield mod
+        return mod
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def export_bench():
+    return _load("export")
+
+
+@pytest.fixture(scope="module")
+def contrib_bench():
+    pytest.importorskip("onnxruntime")
+    return _load("ort_contrib")
 
 
 def test_one_onnxruntime_backend_per_formulation_and_thread_count(export_bench):
@@ -43,3 +54,13 @@ def test_one_onnxruntime_backend_per_formulation_and_thread_count(export_bench):
 def test_bad_onnx_scan_is_named(export_bench, spec):
     with pytest.raises(ValueError, match="--onnx-scan"):
         export_bench.parse_onnx_scans(spec)
+
+
+@pytest.mark.parametrize("op", ["GatedDeltaNet", "LinearAttention"])
+def test_contrib_op_runs_the_selective_scan(contrib_bench, op):
+    """The mapping ort_contrib.py times (E heads, d_k N, d_v 1, shared query and key) computes
+    vimc's scan, output and final state, at Vim-Ti's shape."""
+    if op not in contrib_bench.available_contrib_ops():
+        pytest.skip(f"this onnxruntime has no com.microsoft.{op}")
+    _, _, err = contrib_bench.contrib_session(op, Bt=2, threads=1)
+    assert err < 1e-4
