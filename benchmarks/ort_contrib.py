@@ -23,6 +23,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -204,8 +205,6 @@ def main(argv=None) -> int:
     head = header()
     print(head, flush=True)
     args.load_start = os.getloadavg()
-    import tempfile
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for Bt in [int(b) for b in args.batches.split(",") if b]:
