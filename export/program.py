@@ -9,11 +9,9 @@ one kernel call for both directions, as the eager and compiled model make on CPU
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
-from vimc.ops.selective_scan.bidirectional import fused_in_export
+from vimc.ops.selective_scan.bidirectional import export_scan_form
 
 from ._common import batch_dim, example_input, export_example, resolve_model
 
@@ -37,13 +35,14 @@ def to_exported_program(
     ``vimc::selective_scan_bidirectional_fwd*`` node (for programs that run vimc's own kernels,
     such as AOTInductor packages) instead of one ``vimc::selective_scan_fwd`` per direction,
     the form the ONNX and TensorRT routes translate.
+    Thread-safe: concurrent calls run one at a time (torch.export's tracer fails when two
+    threads trace at once).
     """
     if not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
     m: nn.Module = resolve_model(model)
     x = export_example(example_input(m, example), dynamic_batch)
-    fused = fused_in_export() if bidirectional_scan else contextlib.nullcontext()
-    with torch.no_grad(), fused:
+    with torch.no_grad(), export_scan_form(bidirectional_scan):
         return torch.export.export(
             m, (x,), dynamic_shapes=batch_dim(x, dynamic_batch, max_batch), strict=strict
         )

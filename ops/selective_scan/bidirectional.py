@@ -13,13 +13,15 @@ kernel of its own. With grad mode off the public function calls
 an autograd formula (whose Python kernel would otherwise run on every call). On CUDA, for
 float64, and while ``torch.export`` traces, the public function calls :func:`selective_scan`
 twice instead: exported programs keep one ``vimc::selective_scan_fwd`` node per direction,
-which the ONNX and TensorRT routes translate. Within :func:`fused_in_export` an export keeps
-the one-call op (AOTInductor CPU packages, which call vimc's kernels back, use it).
+which the ONNX and TensorRT routes translate. Within :func:`export_scan_form` (``fused=True``)
+an export keeps the one-call op (AOTInductor CPU packages, which call vimc's kernels back, use
+it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -109,19 +111,27 @@ _library.register_autograd(_BIDIR, _backward, _setup_context)
 
 
 _export_fused = False
+_export_lock = threading.RLock()
 
 
 @contextlib.contextmanager
-def fused_in_export():
-    """Within this block, ``torch.export`` keeps the one-call op on CPU instead of two
-    ``vimc::selective_scan_fwd`` nodes: for programs that run vimc's own kernels (CPU
-    AOTInductor packages), not for those translated node by node (ONNX, TensorRT)."""
+def export_scan_form(fused: bool):
+    """Within this block, ``torch.export`` keeps the one-call op on CPU (``fused=True``)
+    instead of two ``vimc::selective_scan_fwd`` nodes: for programs that run vimc's own
+    kernels (CPU AOTInductor packages), not for those translated node by node (ONNX,
+    TensorRT). The form is a module flag, not a context variable, because Dynamo (strict
+    export) reads a global as a guarded constant but cannot trace ``ContextVar.get``. Blocks
+    hold one lock, so exports inside them run one at a time, each seeing its own form (and
+    torch.export's tracer, which fails when two threads trace at once, is never shared). A
+    ``torch.export`` call made outside any block while another thread holds one may see that
+    block's form."""
     global _export_fused
-    old, _export_fused = _export_fused, True
-    try:
-        yield
-    finally:
-        _export_fused = old
+    with _export_lock:
+        old, _export_fused = _export_fused, bool(fused)
+        try:
+            yield
+        finally:
+            _export_fused = old
 
 
 def _fused(u: torch.Tensor) -> bool:
