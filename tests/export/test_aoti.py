@@ -1,8 +1,8 @@
 """AOTInductor packages: one file, any batch, parity with eager; loaded in a process that
 imported vimc (CPU packages call back into the vimc scan op)."""
 
-import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -69,23 +69,16 @@ def test_concurrent_exports_each_keep_their_own_scan_form(small_model, images):
     """Exports from several threads run one at a time (torch.export's tracer fails when two
     threads trace at once), and a fused export (to_aoti's form) does not leak its form into a
     plain one (the ONNX route's)."""
-    forms, errors = [], []
 
-    def export(fused):
-        try:
-            ep = to_exported_program(small_model, images[64][:1], bidirectional_scan=fused)
-            forms.append((fused, {str(n.target) for n in scan_nodes(ep)}))
-        except Exception as e:  # noqa: BLE001 - reported by the main thread
-            errors.append(e)
+    def form(fused):
+        ep = to_exported_program(small_model, images[64][:1], bidirectional_scan=fused)
+        return {str(n.target) for n in scan_nodes(ep)}
 
-    threads = [threading.Thread(target=export, args=(f,)) for f in (True, False, True, False)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    flags = [True, False, True, False]
+    with ThreadPoolExecutor(max_workers=len(flags)) as pool:  # all four start at once
+        forms = list(pool.map(form, flags))  # re-raises a thread's exception here
     expected = {
         True: {"vimc.selective_scan_bidirectional_fwd_nograd.default"},
         False: {"vimc.selective_scan_fwd.default"},
     }
-    assert len(forms) == 4 and all(form == expected[fused] for fused, form in forms), forms
+    assert forms == [expected[f] for f in flags]
