@@ -4,11 +4,16 @@
     python benchmarks/export.py --batches 1 --repeats 5 --backends eager,onnxruntime
     python benchmarks/export.py --backends compiled,onnxruntime --onnx-scan bidir,step,scan
     python benchmarks/export.py --backends compiled,onnxruntime --ort-threads 2,1
+    python benchmarks/export.py --backends compiled,onnxruntime-plugin --ort-spinning off,on
 
-One run: export/compile time and file size per backend, then latency per batch with the
-backends interleaved round-robin (so load from other processes hits all of them alike),
-p50 with p20/p80, and the ratio to the compiled model. Results go to
-benchmarks/results/export-<machine>.{json,md}.
+Backends: ``onnxruntime`` runs the standard-op file (``--onnx-scan``), ``onnxruntime-plugin``
+the plugin form (``scan="custom"``) with vimc's ONNX Runtime plugin. One run: export/compile
+time and file size per backend, then latency per batch with the backends interleaved
+round-robin (so load from other processes hits all of them alike), p50 with p20/p80, and the
+ratio to the compiled model. ONNX Runtime's idle threads busy-wait after a run when spinning
+is on (its default, "+spin" rows): then every timed call, of every backend, is followed by an
+untimed pause (``--settle-ms``) so that no backend is timed while another's threads spin.
+Results go to benchmarks/results/export-<machine>.{json,md}.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from vimc.export.onnx import DEFAULT_SCAN, SCAN_FORMULATIONS, run_onnxruntime
 
 import vimc
 
-BACKENDS = ("eager", "compiled", "aoti", "onnxruntime")
+BACKENDS = ("eager", "compiled", "aoti", "onnxruntime", "onnxruntime-plugin")
+ORT = ("onnxruntime", "onnxruntime-plugin")
 
 
 def machine_header() -> dict:
@@ -62,22 +68,36 @@ def parse_onnx_scans(spec: str) -> list[tuple[str, int | None]]:
 
 
 def expand_backends(
-    backends: list[str], scans: list[tuple[str, int | None]], ort_threads: list[int] = ()
+    backends: list[str],
+    scans: list[tuple[str, int | None]],
+    ort_threads: list[int] = (),
+    spinning: list[bool] = (False,),
 ) -> list[str]:
     """One "onnxruntime:<formulation>" backend per --onnx-scan entry when there are several,
-    and one "onnxruntime...@<n>t" per --ort-threads entry when there are several."""
+    one "...@<n>t" per --ort-threads entry when there are several, and "...+spin" for
+    --ort-spinning on, for each ONNX Runtime backend."""
     out = []
     for b in backends:
-        if b != "onnxruntime":
+        if b not in ORT:
             out.append(b)
             continue
         forms = [b]
-        if len(scans) > 1:
+        if b == "onnxruntime" and len(scans) > 1:
             forms = [f"onnxruntime:{f}" + (f":{k}" if k else "") for f, k in scans]
         if len(ort_threads) > 1:
             forms = [f"{f}@{t}t" for f in forms for t in ort_threads]
-        out += forms
+        out += [f + ("+spin" if spin else "") for f in forms for spin in spinning]
     return out
+
+
+def parse_spinning(spec: str) -> list[bool]:
+    """--ort-spinning "off,on" -> [False, True]."""
+    values = {"off": False, "on": True}
+    out = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in out if s not in values]
+    if bad or not out:
+        raise ValueError(f"--ort-spinning: expected off and/or on, got {spec!r}")
+    return [values[s] for s in out]
 
 
 _EXPORT_S: dict[Path, float] = {}  # ONNX file -> seconds its export took
@@ -85,14 +105,19 @@ _EXPORT_S: dict[Path, float] = {}  # ONNX file -> seconds its export took
 
 def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None), ort_threads=None):
     """-> (run callable, seconds to export/compile, file size in bytes or None). ``name``
-    "onnxruntime:<formulation>[:k]" picks the ONNX scan formulation, else ``scan``; a
-    suffix "@<n>t" ONNX Runtime's intra-op threads, else ``ort_threads`` (default torch's)."""
+    "onnxruntime:<formulation>[:k]" picks the ONNX scan formulation, else ``scan``
+    ("onnxruntime-plugin" always the plugin form); a suffix "@<n>t" ONNX Runtime's intra-op
+    threads, else ``ort_threads`` (default torch's); "+spin" leaves ONNX Runtime's spinning
+    on."""
+    name, spin = name.removesuffix("+spin"), name.endswith("+spin")
     name, _, threads = name.partition("@")
     if threads:
         ort_threads = int(threads.removesuffix("t"))
     if name.startswith("onnxruntime:"):
         f, _, k = name.removeprefix("onnxruntime:").partition(":")
         name, scan = "onnxruntime", (f, int(k) if k else None)
+    if name == "onnxruntime-plugin":
+        scan = ("custom", None)
     t0 = time.perf_counter()
     size = None
     if name == "eager":
@@ -102,19 +127,17 @@ def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None), ort_thread
     elif name == "aoti":
         path = to_aoti(model, Path(workdir) / "m.pt2", example=example)
         size, run = path.stat().st_size, load_aoti(path)
-    elif name == "onnxruntime":
+    elif name in ORT:
         f, k = scan
         path = Path(workdir) / f"m_{f}_{k or 0}.onnx"
-        if path.exists():  # another thread count of the same file: export once, report its time
+        if path.exists():  # another variant of the same file: export once, report its time
             t0 -= _EXPORT_S[path]
         else:
             path = to_onnx(model, path, example=example, scan=f, unroll=k)
             _EXPORT_S[path] = time.perf_counter() - t0
         size = path.stat().st_size
-        # no spinning: ORT's idle threads would otherwise busy-wait after each run and slow
-        # the backend timed next on this 2-core machine
         threads = ort_threads or torch.get_num_threads()
-        sess = onnxruntime_session(path, threads=threads, spinning=False)
+        sess = onnxruntime_session(path, threads=threads, spinning=spin)
         run = lambda x: run_onnxruntime(sess, x)  # noqa: E731
     else:
         raise ValueError(f"--backends: unknown {name!r}; choose from {', '.join(BACKENDS)}")
@@ -139,6 +162,18 @@ def main(argv=None) -> int:
         help="ONNX Runtime intra-op threads, comma-separated (default: torch's thread count); "
         "several give one onnxruntime backend each",
     )
+    ap.add_argument(
+        "--ort-spinning",
+        default="off",
+        help="ONNX Runtime's idle-thread spinning, 'off', 'on' (its default) or 'off,on' "
+        "(default off); 'on' adds '+spin' rows and a pause after every timed call",
+    )
+    ap.add_argument(
+        "--settle-ms",
+        type=float,
+        default=50.0,
+        help="untimed pause after each timed call when a backend spins (default 50)",
+    )
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out-dir", default=str(Path(__file__).with_name("results")))
@@ -146,7 +181,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     scans = parse_onnx_scans(args.onnx_scan)
     ort_threads = [int(t) for t in args.ort_threads.split(",") if t]
-    backends = expand_backends([b for b in args.backends.split(",") if b], scans, ort_threads)
+    spinning = parse_spinning(args.ort_spinning)
+    backends = expand_backends(
+        [b for b in args.backends.split(",") if b], scans, ort_threads, spinning
+    )
+    settle = args.settle_ms / 1e3 if any(spinning) else 0.0
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     model = vimc.create_model(args.model, img_size=args.img_size).eval()
@@ -186,6 +225,8 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     runs[b](x)
                     times[b].append(time.perf_counter() - t0)
+                    if settle:  # spinning ORT threads go idle before the next backend
+                        time.sleep(settle)
             base = statistics.median(times["compiled"]) if "compiled" in times else None
             for b in backends:
                 q = statistics.quantiles(times[b], n=5) if len(times[b]) > 1 else times[b] * 4
@@ -211,7 +252,12 @@ def main(argv=None) -> int:
         + ", ".join(f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt"))
         + f"; ONNX scan formulation {args.onnx_scan}; ONNX Runtime intra-op threads "
         + (args.ort_threads or f"{header['torch_threads']} (torch's)")
-        + ", spinning off",
+        + (
+            f", spinning off unless '+spin' (then {args.settle_ms:g} ms untimed pause after "
+            "every timed call)"
+            if any(spinning)
+            else ", spinning off"
+        ),
         "",
         "| backend | batch | p50 ms | p20 ms | p80 ms | img/s | x compiled |",
         "|---|---|---|---|---|---|---|",
@@ -240,6 +286,8 @@ def main(argv=None) -> int:
         payload = {
             "model": args.model,
             "onnx_scan": args.onnx_scan,
+            "ort_spinning": args.ort_spinning,
+            "settle_ms": args.settle_ms if any(spinning) else 0,
             "img_size": args.img_size,
             "machine": header,
             "setup": setup,

@@ -3,7 +3,8 @@
 - ``to_exported_program`` (program.py): the torch.export graph every route starts from.
 - ``to_aoti`` / ``load_aoti`` (aoti.py): an AOTInductor ``.pt2`` package.
 - ``to_onnx`` (onnx.py): an ONNX file of standard operators only (the scan as a ``Scan``
-  subgraph); ``onnxruntime_session`` runs it.
+  subgraph), or with ``scan="custom"`` vimc nodes that vimc's ONNX Runtime plugin runs
+  (``ort_plugin_path``); ``onnxruntime_session`` runs either.
 - ``to_tensorrt`` / ``trtexec_command`` (tensorrt.py): torch-tensorrt with the scan as a plugin.
 - ``compare`` (parity.py): parity of backends against float32 eager.
 - cli.py: ``vimc export`` and ``vimc parity`` (``add_export_parser``, ``add_parity_parser``).
@@ -12,7 +13,7 @@ Heavy imports (onnx, onnxscript, onnxruntime, torch_tensorrt) happen inside the 
 """
 
 from .aoti import load_aoti, to_aoti
-from .onnx import onnxruntime_session, to_onnx
+from .onnx import onnxruntime_session, ort_plugin_path, to_onnx
 from .parity import BACKENDS, ParityReport, ParityRow, compare, metrics
 from .program import to_exported_program
 from .tensorrt import tensorrt_unavailable_reason, to_tensorrt, trtexec_command
@@ -25,6 +26,7 @@ __all__ = [
     "load_aoti",
     "metrics",
     "onnxruntime_session",
+    "ort_plugin_path",
     "tensorrt_unavailable_reason",
     "to_aoti",
     "to_exported_program",

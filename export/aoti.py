@@ -5,7 +5,7 @@ Where it runs:
 - CPU packages: Inductor compiles everything but the scan to C++; the scans stay calls to the
   registered vimc ops (opaque ops with a C kernel behind ctypes), one
   ``vimc::selective_scan_bidirectional_fwd*`` call per layer for both directions
-  (``bidirectional_scan=True``, the default), so the process that loads the package must
+  (``scan_form="bidirectional"``, the default), so the process that loads the package must
   ``import vimc`` first (``load_aoti`` does).
 - CUDA packages: on CUDA the model calls the ``triton_op`` twin of the scan, which Inductor
   sees into, so its Triton kernels are compiled into the package and the package needs no
@@ -32,13 +32,13 @@ def to_aoti(
     max_batch: int = 4096,
     freezing: bool = True,
     inductor_configs: dict | None = None,
-    bidirectional_scan: bool = True,
+    scan_form: str = "bidirectional",
 ) -> Path:
     """Compile ``model`` with AOTInductor into the package ``path`` (a ``.pt2`` file),
     written atomically. ``freezing`` constant-folds the weights into the package (faster on
-    CPU). ``bidirectional_scan``: on CPU, one scan call per layer for both directions
-    (:func:`to_exported_program`); False keeps one ``vimc::selective_scan_fwd`` per
-    direction. Returns the path."""
+    CPU). ``scan_form``: on CPU, one scan call per layer for both directions
+    (:func:`to_exported_program`); ``"per_direction"`` keeps one ``vimc::selective_scan_fwd``
+    per direction. Returns the path."""
     if not str(path).endswith(".pt2"):
         raise ValueError(f"path must end with .pt2 (AOTInductor's package format), got {path!r}")
     check_writable(path, arg="path")
@@ -47,7 +47,7 @@ def to_aoti(
         example,
         dynamic_batch=dynamic_batch,
         max_batch=max_batch,
-        bidirectional_scan=bidirectional_scan,
+        scan_form=scan_form,
     )
     configs = {"freezing": bool(freezing), **(inductor_configs or {})}
     with atomic_path(path, arg="path") as tmp:

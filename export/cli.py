@@ -132,7 +132,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
         help=f"ONNX form of the selective scan (default {DEFAULT_SCAN!r}): 'bidir' and "
         "'step' run each step inside a standard Scan loop (bidir pairs a layer's two "
         "directions in one loop), 'scan'/'unrolled' precompute decays outside it, "
-        "'custom' keeps a vimc.SelectiveScan node that needs a runtime plugin",
+        "'custom' writes one vimc.SelectiveScanBidirectional node per layer, which needs "
+        "vimc's ONNX Runtime plugin (the validation runs it; its path is printed)",
     )
     p.add_argument(
         "--no-validate",
@@ -222,6 +223,13 @@ def run_export(args: argparse.Namespace) -> int:
         steps.close()
         return _error("export", f"{type(exc).__name__}: {exc}", 1)
     print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
+    if fmt == "onnx" and args.scan == "custom":
+        from .onnx import ort_plugin_path
+
+        try:
+            print(f"runs with vimc's ONNX Runtime plugin: {ort_plugin_path()}")
+        except RuntimeError as exc:
+            print(f"needs vimc's ONNX Runtime plugin, which cannot be built here: {exc}")
     if report is not None:
         print(report.to_text())
         if not report.passed:
@@ -241,7 +249,7 @@ def _validate(model, fmt: str, args, dtype):
 
     backend = {"onnx": "onnxruntime", "aoti": "aoti", "tensorrt": "tensorrt"}[fmt]
     if fmt == "onnx" and args.scan == "custom":
-        raise ValueError("--scan custom needs a runtime plugin; export with --no-validate")
+        backend = "onnxruntime-plugin"
     batch = args.batch or 3
     return compare(
         model,

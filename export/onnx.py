@@ -22,9 +22,13 @@ cumulative sum:
   per node.
 - ``"unrolled"``: ``"scan"`` with ``unroll`` steps per ``Scan`` iteration (time padded with
   a = 1, b = 0, which leaves h unchanged), adding Split/Concat copies.
-- ``"custom"``: keep the placeholder, a ``SelectiveScan`` node in the custom domain
-  ``vimc`` (opset 1), for runtimes that ship a plugin for it. Stock runtimes cannot run
-  this file; :func:`to_onnx` marks it in the model's metadata (``vimc.scan = custom``).
+- ``"custom"`` (the plugin form): one ``SelectiveScanBidirectional`` node per Vim layer in
+  the custom domain ``vimc`` (opset 1), on the mixer's token-major (batch, L, .) tensors, so
+  no transposes surround it (a scan without a partner stays a ``SelectiveScan`` node).
+  vimc's ONNX Runtime plugin runs both (ops/selective_scan/ort_plugin.c;
+  :func:`ort_plugin_path`, and :func:`onnxruntime_session` registers it for such files);
+  stock runtimes cannot. :func:`to_onnx` marks the file in its metadata
+  (``vimc.scan = custom``).
 
 Measured on one Vim-Ti layer's scans in ONNX Runtime (CPU, 1 thread), both directions,
 benchmarks/results/onnx_scan-amd-epyc-2c.md (benchmarks/onnx_scan.py): batch 1 "scan"
@@ -54,6 +58,7 @@ OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 SCAN_DOMAIN = "vimc"
 SCAN_OP = "SelectiveScan"
+BIDIR_OP = "SelectiveScanBidirectional"  # the plugin form's node per Vim layer
 LOWERINGS = ("step", "bidir", "scan", "unrolled")  # formulations made of standard operators
 SCAN_FORMULATIONS = (*LOWERINGS, "custom")
 DEFAULT_SCAN = "bidir"
@@ -67,44 +72,61 @@ MIN_OPSET = 18
 # ---------------------------------------------------------------------------------------------
 
 
-def _placeholder_op():
-    """The onnxscript op ``vimc.SelectiveScan`` with a schema, so the exporter can record it."""
+def _schema_op(name: str, doc: str, inputs: list[str], optional: set[str], outputs, attrs):
+    """An onnxscript op ``vimc.<name>`` with a schema, so the exporter can record it."""
     from onnx.defs import OpSchema
     from onnxscript.values import Op, Opset
 
     P = OpSchema.FormalParameter
     opt = OpSchema.FormalParameterOption.Optional
     schema = OpSchema(
-        SCAN_OP,
+        name,
         SCAN_DOMAIN,
         1,
-        doc="Mamba selective scan: u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); "
-        "D, delta_bias (E,). Outputs out (Bt, E, L) and the last state (Bt, E, N).",
-        inputs=[
-            P("u", "T"),
-            P("delta", "T"),
-            P("A", "T"),
-            P("B", "T"),
-            P("C", "T"),
-            P("D", "T", param_option=opt),
-            P("z", "T", param_option=opt),
-            P("delta_bias", "T", param_option=opt),
-        ],
-        outputs=[P("out", "T"), P("last_state", "S")],
+        doc=doc,
+        inputs=[P(n, "T", param_option=opt) if n in optional else P(n, "T") for n in inputs],
+        outputs=[P(n, t) for n, t in outputs],
         type_constraints=[
             ("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"], ""),
             ("S", ["tensor(float)", "tensor(double)"], ""),
         ],
-        attributes=[
-            OpSchema.Attribute("delta_softplus", OpSchema.AttrType.INT, "0 or 1"),
-            OpSchema.Attribute("reverse", OpSchema.AttrType.INT, "0 or 1"),
-        ],
+        attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, "0 or 1") for a in attrs],
     )
-    return Op(Opset(SCAN_DOMAIN, 1), SCAN_OP, schema)
+    return Op(Opset(SCAN_DOMAIN, 1), name, schema)
+
+
+def _placeholder_op():
+    """``vimc.SelectiveScan``: one scan, mamba's signature (the placeholder every lowering
+    replaces, and the plugin form's node where a scan has no token-major pair)."""
+    return _schema_op(
+        SCAN_OP,
+        "Mamba selective scan: u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); "
+        "D, delta_bias (E,). Outputs out (Bt, E, L) and the last state (Bt, E, N).",
+        ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"],
+        {"D", "z", "delta_bias"},
+        [("out", "T"), ("last_state", "S")],
+        ["delta_softplus", "reverse"],
+    )
+
+
+def _bidirectional_op():
+    """``vimc.SelectiveScanBidirectional``: a Vim mixer's two scans on token-major tensors."""
+    one = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+    return _schema_op(
+        BIDIR_OP,
+        "Vim's two selective scans, averaged and gated: (scan(u, ...) + scan(u_b, ..., "
+        "reverse)) / 2 * silu(z), token-major: u, delta, z (Bt, L, E); B, C (Bt, L, N); "
+        "A (E, N); D, delta_bias (E,); the *_b inputs the reverse direction's. Output "
+        "(Bt, L, E).",
+        [*one, *(n + "_b" for n in one), "z"],
+        {"D", "delta_bias", "D_b", "delta_bias_b", "z"},
+        [("out", "T")],
+        ["delta_softplus"],
+    )
 
 
 def _translation_table() -> dict:
-    op = _placeholder_op()
+    op, bidir = _placeholder_op(), _bidirectional_op()
 
     def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         return op(
@@ -120,7 +142,14 @@ def _translation_table() -> dict:
             reverse=int(bool(reverse)),
         )
 
-    table = {torch.ops.vimc.selective_scan_fwd.default: selective_scan_fwd}
+    def token_major(*args):
+        *tensors, delta_softplus = args
+        return bidir(*tensors, delta_softplus=int(bool(delta_softplus)))
+
+    table = {
+        torch.ops.vimc.selective_scan_fwd.default: selective_scan_fwd,
+        torch.ops.vimc.selective_scan_bidirectional_token_major.default: token_major,
+    }
     cuda = getattr(torch.ops.vimc, "selective_scan_fwd_cuda", None)
     if cuda is not None:  # the triton_op twin, traced when the model sits on a GPU
         table[cuda.default] = selective_scan_fwd
@@ -732,7 +761,9 @@ def export_onnx_proto(
                 f"opset must be >= {MIN_OPSET} (torch.onnx's dynamo exporter), got {opset}"
             )
     k = _resolve_unroll(scan, unroll)
-    ep = to_exported_program(model, example, dynamic_batch=dynamic_batch)
+    # the plugin form: one token-major node per layer; the lowerings take one node per scan
+    form = "token_major" if scan == "custom" else "per_direction"
+    ep = to_exported_program(model, example, dynamic_batch=dynamic_batch, scan_form=form)
     x = ep.example_inputs[0][0]
     prog = torch.onnx.export(
         ep,
@@ -799,16 +830,44 @@ def to_onnx(
     return Path(path)
 
 
+def ort_plugin_path() -> Path:
+    """The shared library of vimc's ONNX Runtime plugin (built on first call, cached), which
+    runs the ``vimc`` nodes of ``scan="custom"`` files: pass it to
+    ``SessionOptions.register_custom_ops_library`` (Python) or ``RegisterCustomOpsLibrary``
+    (C/C++). Needs a C compiler and onnxruntime >= 1.17; built for this machine's CPU."""
+    from vimc.ops.selective_scan.ort_plugin import library_path
+
+    return library_path()
+
+
+def uses_plugin(path) -> bool:
+    """Whether the ONNX file ``path`` has nodes in vimc's domain (a ``scan="custom"`` file)."""
+    import onnx
+
+    mp = onnx.load(str(path), load_external_data=False)
+    return any(o.domain == SCAN_DOMAIN for o in mp.opset_import)
+
+
 def onnxruntime_session(
-    path, *, threads: int | None = None, providers=None, spinning: bool | None = None
+    path,
+    *,
+    threads: int | None = None,
+    providers=None,
+    spinning: bool | None = None,
+    plugin: bool | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` for ``path`` with full graph optimization.
     ``spinning=False`` stops ONNX Runtime's idle threads from busy-waiting after each run
     (its default keeps them spinning, which is fastest when it owns the machine but takes
-    the cores from whatever runs next in the process)."""
+    the cores from whatever runs next in the process). ``plugin``: register vimc's plugin
+    (:func:`ort_plugin_path`); default: when the file has ``vimc`` nodes."""
     import onnxruntime as ort
 
+    if not Path(path).is_file():
+        raise ValueError(f"path: no ONNX file at {str(path)!r}")
     opts = ort.SessionOptions()
+    if plugin or (plugin is None and uses_plugin(path)):
+        opts.register_custom_ops_library(str(ort_plugin_path()))
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         opts.intra_op_num_threads = threads

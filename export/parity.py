@@ -33,7 +33,9 @@ from ._common import (
     versions,
 )
 
-BACKENDS = ("eager", "compiled", "aoti", "onnxruntime", "tensorrt")
+# "onnxruntime": the standard-op file; "onnxruntime-plugin": the plugin form (scan="custom")
+# run with vimc's ONNX Runtime plugin
+BACKENDS = ("eager", "compiled", "aoti", "onnxruntime", "onnxruntime-plugin", "tensorrt")
 # default (atol, rtol) per compute dtype, against float32 eager logits
 DEFAULT_TOLERANCES = {
     torch.float32: (1e-4, 1e-4),
@@ -141,8 +143,8 @@ def _aoti(m, x, workdir, artifact):
     return load_aoti(artifact)
 
 
-def _onnxruntime(m, x, workdir, artifact):
-    from .onnx import onnxruntime_session, run_onnxruntime, to_onnx
+def _onnxruntime(m, x, workdir, artifact, scan=None):
+    from .onnx import DEFAULT_SCAN, onnxruntime_session, run_onnxruntime, to_onnx
 
     if x.dtype == torch.bfloat16:
         raise TypeError(
@@ -151,9 +153,16 @@ def _onnxruntime(m, x, workdir, artifact):
     if x.device.type != "cpu":
         raise ValueError("the onnxruntime backend runs on CPU; move the model to CPU")
     if artifact is None:
-        artifact = to_onnx(m, Path(workdir) / "model.onnx", example=x)
+        path = Path(workdir) / f"model_{scan or 'std'}.onnx"
+        artifact = to_onnx(m, path, example=x, scan=scan or DEFAULT_SCAN)
     session = onnxruntime_session(artifact)
     return lambda inp: run_onnxruntime(session, inp)
+
+
+def _onnxruntime_plugin(m, x, workdir, artifact):
+    if x.dtype != torch.float32:
+        raise TypeError("vimc's ONNX Runtime plugin computes in float32; use --dtype float32")
+    return _onnxruntime(m, x, workdir, artifact, scan="custom")
 
 
 def _tensorrt(m, x, workdir, artifact):
@@ -174,6 +183,7 @@ _PREPARE: dict[str, Callable] = {
     "compiled": _compiled,
     "aoti": _aoti,
     "onnxruntime": _onnxruntime,
+    "onnxruntime-plugin": _onnxruntime_plugin,
     "tensorrt": _tensorrt,
 }
 

@@ -50,6 +50,19 @@ def test_one_onnxruntime_backend_per_formulation_and_thread_count(export_bench):
     assert export_bench.expand_backends(["onnxruntime"], one, [1]) == ["onnxruntime"]
 
 
+def test_plugin_backend_and_spinning_variants(export_bench):
+    one = export_bench.parse_onnx_scans("bidir")
+    spin = export_bench.parse_spinning("off,on")
+    assert spin == [False, True]
+    got = export_bench.expand_backends(["compiled", "onnxruntime-plugin"], one, [], spin)
+    assert got == ["compiled", "onnxruntime-plugin", "onnxruntime-plugin+spin"]
+    # the plugin form has one formulation: --onnx-scan does not multiply it
+    two = export_bench.parse_onnx_scans("bidir,step")
+    assert export_bench.expand_backends(["onnxruntime-plugin"], two) == ["onnxruntime-plugin"]
+    with pytest.raises(ValueError, match="--ort-spinning"):
+        export_bench.parse_spinning("fast")
+
+
 @pytest.mark.parametrize("spec", ["nope", "step:0", "custom"])
 def test_bad_onnx_scan_is_named(export_bench, spec):
     with pytest.raises(ValueError, match="--onnx-scan"):

@@ -13,9 +13,12 @@ kernel of its own. With grad mode off the public function calls
 an autograd formula (whose Python kernel would otherwise run on every call). On CUDA, for
 float64, and while ``torch.export`` traces, the public function calls :func:`selective_scan`
 twice instead: exported programs keep one ``vimc::selective_scan_fwd`` node per direction,
-which the ONNX and TensorRT routes translate. Within :func:`export_scan_form` (``fused=True``)
-an export keeps the one-call op (AOTInductor CPU packages, which call vimc's kernels back, use
-it).
+which the ONNX and TensorRT routes translate. :func:`export_scan_form` picks another form for
+an export: ``"bidirectional"`` keeps the one-call op (AOTInductor CPU packages, which call
+vimc's kernels back, use it); ``"token_major"`` records
+``vimc::selective_scan_bidirectional_token_major``, the same computation on the (Bt, L, .)
+tensors the mixer's linears produce (the ONNX plugin form: its graph then has no transposes
+around the scan, since the mixer's ``.mT`` and the op's cancel).
 """
 
 from __future__ import annotations
@@ -110,35 +113,87 @@ def _backward(ctx, dout, dlast, dlast_b):
 _library.register_autograd(_BIDIR, _backward, _setup_context)
 
 
-_export_fused = False
+def selective_scan_bidirectional_token_major(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    u_b: torch.Tensor,
+    delta_b: torch.Tensor,
+    A_b: torch.Tensor,
+    B_b: torch.Tensor,
+    C_b: torch.Tensor,
+    D_b: torch.Tensor | None,
+    delta_bias_b: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_softplus: bool,
+) -> torch.Tensor:
+    """:func:`selective_scan_bidirectional_fwd` on token-major tensors: u, delta, z (Bt, L, E);
+    B, C (Bt, L, N) (one group); A (E, N); D, delta_bias (E,). -> out (Bt, L, E). Inference
+    only (no autograd formula): exports record it, see :func:`export_scan_form`."""
+    t = lambda x: None if x is None else x.mT  # noqa: E731
+    g = lambda M: M.mT.unsqueeze(1)  # noqa: E731  (Bt, L, N) -> (Bt, 1, N, L)
+    out, _, _ = selective_scan_bidirectional_fwd(
+        t(u), t(delta), A, g(B), g(C), D, delta_bias,
+        t(u_b), t(delta_b), A_b, g(B_b), g(C_b), D_b, delta_bias_b,
+        t(z), delta_softplus,
+    )  # fmt: skip
+    return _like(out.mT, u)
+
+
+_TOKEN_MAJOR = _library.define(selective_scan_bidirectional_token_major)
+
+
+@_library.register_fake(_TOKEN_MAJOR)
+def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, sp):
+    return torch.empty_like(u)
+
+
+# how torch.export records a mixer's scans (see export_scan_form)
+EXPORT_FORMS = ("per_direction", "bidirectional", "token_major")
+_export_form = "per_direction"
 _export_lock = threading.RLock()
 
 
 @contextlib.contextmanager
-def export_scan_form(fused: bool):
-    """Within this block, ``torch.export`` keeps the one-call op on CPU (``fused=True``)
-    instead of two ``vimc::selective_scan_fwd`` nodes: for programs that run vimc's own
-    kernels (CPU AOTInductor packages), not for those translated node by node (ONNX,
-    TensorRT). The form is a module flag, not a context variable, because Dynamo (strict
-    export) reads a global as a guarded constant but cannot trace ``ContextVar.get``. Blocks
-    hold one lock, so exports inside them run one at a time, each seeing its own form (and
+def export_scan_form(form: str):
+    """Within this block, ``torch.export`` records :func:`selective_scan_bidirectional` on
+    CPU as ``form``: ``"per_direction"`` (the default outside any block), two
+    ``vimc::selective_scan_fwd`` nodes, which the ONNX standard-op and TensorRT routes
+    translate node by node; ``"bidirectional"``, one ``vimc::selective_scan_bidirectional_fwd*``
+    node, for programs that run vimc's own kernels (CPU AOTInductor packages);
+    ``"token_major"``, one ``vimc::selective_scan_bidirectional_token_major`` node on the
+    mixer's (Bt, L, .) tensors (ungrouped B and C; else per direction), for the ONNX plugin
+    form. The form is a module flag, not a context variable, because Dynamo (strict export)
+    reads a global as a guarded constant but cannot trace ``ContextVar.get``. Blocks hold one
+    lock, so exports inside them run one at a time, each seeing its own form (and
     torch.export's tracer, which fails when two threads trace at once, is never shared). A
     ``torch.export`` call made outside any block while another thread holds one may see that
     block's form."""
-    global _export_fused
+    global _export_form
+    if form not in EXPORT_FORMS:
+        raise ValueError(f"form must be one of {EXPORT_FORMS}, got {form!r}")
     with _export_lock:
-        old, _export_fused = _export_fused, bool(fused)
+        old, _export_form = _export_form, form
         try:
             yield
         finally:
-            _export_fused = old
+            _export_form = old
 
 
-def _fused(u: torch.Tensor) -> bool:
-    """Whether the one-call op applies (else two :func:`selective_scan` calls)."""
+def _call_form(u: torch.Tensor, B: torch.Tensor) -> str:
+    """How a call runs: "split" (two :func:`selective_scan` calls), "fused" (the one-call op)
+    or "token_major" (its token-major twin, during exports in that form)."""
     if not u.is_cpu or u.dtype == torch.float64:
-        return False
-    return _export_fused or not torch.compiler.is_exporting()
+        return "split"
+    if not torch.compiler.is_exporting():
+        return "fused"
+    if _export_form == "token_major" and B.dim() == 3:
+        return "token_major"
+    return "fused" if _export_form == "bidirectional" else "split"
 
 
 def selective_scan_bidirectional(
@@ -180,10 +235,18 @@ def selective_scan_bidirectional(
                 f"(or both be None), got {None if x is None else tuple(x.shape)} and "
                 f"{None if y is None else tuple(y.shape)}"
             )
-    if not _fused(u):
+    form = _call_form(u, B)
+    if form == "split":
         out = selective_scan(*fwd[:6], z, fwd[6], delta_softplus)
         out_b = selective_scan(*bwd[:6], z, bwd[6], delta_softplus, reverse=True)
         return (out + out_b) / 2
+    if form == "token_major":  # the mixer passes .mT views: these .mT cancel them in the graph
+        t = lambda x: None if x is None else x.mT  # noqa: E731
+        return _TOKEN_MAJOR(
+            t(u), t(delta), A, t(B), t(C), D, delta_bias,
+            t(u_b), t(delta_b), A_b, t(B_b), t(C_b), D_b, delta_bias_b,
+            t(z), bool(delta_softplus),
+        ).mT  # fmt: skip
     op = _BIDIR if torch.is_grad_enabled() else _BIDIR_NOGRAD  # a constant to torch.compile
     out, _, _ = op(
         u, delta, A, _grouped(B), _grouped(C), D, delta_bias,

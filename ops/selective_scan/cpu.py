@@ -1,8 +1,9 @@
 """The selective scan on CPU: a fused C kernel when a C compiler is present, else chunked torch.
 
 The C kernel (``cpu_kernel.c``) is built on first use with the compiler that ``torch.compile``
-already needs on a CPU, cached under ``$VIMC_CACHE_DIR`` (default ``~/.cache/vimc``), and
-called through ctypes: no build step at install, no torch headers, about a second to build.
+already needs on a CPU, cached under ``$VIMC_CACHE_DIR`` (default ``~/.cache/vimc``; see
+_cbuild.py), and called through ctypes: no build step at install, no torch headers, about a
+second to build.
 ``VIMC_CPU_KERNEL=torch`` (read at import) forces the pure-torch path; it is also what float64
 inputs take.
 
@@ -16,17 +17,12 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import torch
 
+from . import _cbuild
 from ._alloc import new_output, new_output_like
 from .reference import softplus
 
@@ -35,20 +31,6 @@ CHUNK = 16
 # ---------------------------------------------------------------------------------------------
 # the C kernel: build, load, call
 # ---------------------------------------------------------------------------------------------
-
-_SRC = Path(__file__).with_name("cpu_kernel.c")
-_FLAGS = [
-    "-O3",
-    "-fPIC",
-    "-shared",
-    "-pthread",
-    "-std=c11",
-    # IEEE semantics kept (no -ffast-math: exp's reduction relies on exact rounding steps)
-    "-fno-math-errno",
-    "-fno-trapping-math",
-    "-ffp-contract=fast",
-]
-
 
 LANES = 8  # must match cpu_kernel.c
 _SCRATCH_ROWS = 12  # (L, 8) staging rows per thread, must match cpu_kernel.c
@@ -112,61 +94,11 @@ _lib_lock = threading.Lock()
 _FORCED_TORCH = os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("VIMC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vimc"
-    )
-    return Path(root)
-
-
-def _cpu_signature() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    src = _SRC.read_bytes()
-    key = hashlib.sha256(
-        src
-        + " ".join(_FLAGS).encode()
-        + cc.encode()
-        + _cpu_signature().encode()
-        + platform.machine().encode()
-    ).hexdigest()[:16]
-    out_dir = _cache_dir()
-    so = out_dir / f"vimc_scan_{key}.so"
-    if not so.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-        os.close(fd)
-        try:
-            errors = []
-            # -march=native is not known to every compiler; OpenMP lets the kernel share
-            # torch's thread pool (see run_parallel in the C file), pthreads otherwise
-            for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
-                proc = subprocess.run(
-                    [cc, *_FLAGS, *extra, str(_SRC), "-o", tmp, "-lm"],
-                    capture_output=True,
-                    text=True,
-                )
-                if proc.returncode == 0:
-                    break
-                errors.append(proc.stderr.strip())
-            else:
-                raise RuntimeError(f"{cc} failed to build {_SRC.name}:\n" + "\n".join(errors))
-            os.replace(tmp, so)  # atomic: a concurrent builder never loads half a file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(so))
+    # -march=native is not known to every compiler; OpenMP lets the kernel share torch's
+    # thread pool (see run_parallel in the C file), pthreads otherwise
+    variants = [["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []]
+    lib = ctypes.CDLL(str(_cbuild.build("cpu_kernel.c", "vimc_scan", variants)))
     lib.vimc_scan_abi.restype = ctypes.c_int64
     if lib.vimc_scan_abi() != ctypes.sizeof(_ScanArgs) * 1000 + LANES:
         raise RuntimeError("cpu_kernel.c and cpu.py disagree on the argument struct")

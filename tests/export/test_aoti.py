@@ -53,7 +53,7 @@ def test_aoti_bad_arguments(small_model, tmp_path):
 
 def test_bidirectional_scan_program_has_one_scan_node_per_layer(small_model, images):
     """The form to_aoti exports on CPU: one call of vimc's bidirectional kernel per layer."""
-    ep = to_exported_program(small_model, images[64][:1], bidirectional_scan=True)
+    ep = to_exported_program(small_model, images[64][:1], scan_form="bidirectional")
     targets = [str(n.target) for n in scan_nodes(ep)]
     assert targets == ["vimc.selective_scan_bidirectional_fwd_nograd.default"] * 2  # 2 layers
     with torch.no_grad():
@@ -70,15 +70,16 @@ def test_concurrent_exports_each_keep_their_own_scan_form(small_model, images):
     threads trace at once), and a fused export (to_aoti's form) does not leak its form into a
     plain one (the ONNX route's)."""
 
-    def form(fused):
-        ep = to_exported_program(small_model, images[64][:1], bidirectional_scan=fused)
+    def form(scan_form):
+        ep = to_exported_program(small_model, images[64][:1], scan_form=scan_form)
         return {str(n.target) for n in scan_nodes(ep)}
 
-    flags = [True, False, True, False]
-    with ThreadPoolExecutor(max_workers=len(flags)) as pool:  # all four start at once
-        forms = list(pool.map(form, flags))  # re-raises a thread's exception here
+    asked = ["bidirectional", "per_direction", "token_major", "bidirectional", "per_direction"]
+    with ThreadPoolExecutor(max_workers=len(asked)) as pool:  # all five start at once
+        forms = list(pool.map(form, asked))  # re-raises a thread's exception here
     expected = {
-        True: {"vimc.selective_scan_bidirectional_fwd_nograd.default"},
-        False: {"vimc.selective_scan_fwd.default"},
+        "bidirectional": {"vimc.selective_scan_bidirectional_fwd_nograd.default"},
+        "per_direction": {"vimc.selective_scan_fwd.default"},
+        "token_major": {"vimc.selective_scan_bidirectional_token_major.default"},
     }
-    assert forms == [expected[f] for f in flags]
+    assert forms == [expected[f] for f in asked]

@@ -20,6 +20,15 @@ def test_export_onnx_validates_by_default(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_export_onnx_plugin_form_validates_with_the_plugin(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert _run(["export", "onnx", SMALL, str(out), "--scan", "custom", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime-plugin" in text and "PASS" in text
+    assert "runs with vimc's ONNX Runtime plugin: " in text and ".so" in text
+
+
+@pytest.mark.slow
 def test_export_onnx_fixed_batch_no_validate(tmp_path, capsys):
     import onnx
 

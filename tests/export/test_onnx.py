@@ -9,7 +9,6 @@ from vimc.export import onnxruntime_session, to_onnx
 from vimc.export.onnx import (
     SCAN_DOMAIN,
     SCAN_OP,
-    export_onnx_proto,
     iter_nodes,
     lower_scan_node,
     lower_scans,
@@ -103,16 +102,6 @@ def test_other_formulations_and_fixed_batch(small_model, images, tmp_path, scan,
         ref = small_model(images[64][:2])
     out = run_onnxruntime(onnxruntime_session(path), images[64][:2])
     assert (out - ref).abs().max().item() <= 1e-4
-
-
-@pytest.mark.slow
-def test_custom_domain_node_is_kept_and_marked(small_model):
-    mp = export_onnx_proto(small_model, scan="custom")
-    custom = [n for n in mp.graph.node if n.domain == SCAN_DOMAIN]
-    assert len(custom) == 4 and all(n.op_type == SCAN_OP for n in custom)
-    assert {a.name for a in custom[0].attribute} == {"delta_softplus", "reverse"}
-    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "custom"
-    assert nonstandard_nodes(mp) == ["vimc::SelectiveScan"] * 4
 
 
 def test_nonstandard_nodes_are_found_inside_subgraphs():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from vimc.ops import selective_scan_reference
 
 # (dtype, forward rel. error, gradient rel. error) against a float64 reference.
 # float32: the issue's bounds. Half types: inputs are rounded to 8 (bf16) or 11 (fp16) bits,
@@ -136,3 +137,39 @@ def assert_grads_match(got: dict, ref: dict, tol: float = 1e-4, what: str = "") 
         assert rel_err(g, ref[name]) <= tol, f"{what}d{name}: " + describe_mismatch(
             g, ref[name], tol
         )
+
+
+# Vim's two directions (selective_scan_bidirectional and the ONNX plugin's node)
+
+DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def make_pair(c: Case, dtype=torch.float32, layout="contiguous") -> dict:
+    """Two directions' inputs (``*_b`` the reverse one's, other values) and one z."""
+    fwd, bwd = make_inputs(c, dtype, seed=0), make_inputs(c, dtype, seed=1)
+    ins = {k: fwd[k] for k in DIRECTION} | {k + "_b": bwd[k] for k in DIRECTION}
+    ins["z"] = fwd["z"]
+    if layout == "token_major":  # as a Vim mixer hands them over
+        ins = {
+            k: token_major(v)
+            if v is not None and k.removesuffix("_b") in ("u", "delta", "z", "B", "C")
+            else v
+            for k, v in ins.items()
+        }
+    return ins
+
+
+def pair_reference(ins: dict, softplus: bool) -> torch.Tensor:
+    """The mean of a pair's two float64 reference scans (the second reversed)."""
+    x = {k: None if v is None else v.to(torch.float64) for k, v in ins.items()}  # keeps grad
+    f = selective_scan_reference(
+        *(x[k] for k in DIRECTION[:6]), x["z"], x["delta_bias"], delta_softplus=softplus
+    )
+    b = selective_scan_reference(
+        *(x[k + "_b"] for k in DIRECTION[:6]),
+        x["z"],
+        x["delta_bias_b"],
+        delta_softplus=softplus,
+        reverse=True,
+    )
+    return (f + b) / 2

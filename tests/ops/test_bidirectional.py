@@ -7,50 +7,19 @@ import dataclasses
 
 import pytest
 import torch
-from vimc.ops import selective_scan_bidirectional, selective_scan_reference
+from vimc.ops import selective_scan_bidirectional
 
 from ._scan_cases import (
+    DIRECTION,
     TOLERANCES,
     Case,
     assert_compiled_matches_eager,
     assert_grads_match,
     describe_mismatch,
-    make_inputs,
+    make_pair,
     rel_err,
-    token_major,
 )
-
-DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
-
-
-def make_pair(c: Case, dtype=torch.float32, layout="contiguous") -> dict:
-    """Two directions' inputs (``*_b`` the reverse one's, other values) and one z."""
-    fwd, bwd = make_inputs(c, dtype, seed=0), make_inputs(c, dtype, seed=1)
-    ins = {k: fwd[k] for k in DIRECTION} | {k + "_b": bwd[k] for k in DIRECTION}
-    ins["z"] = fwd["z"]
-    if layout == "token_major":  # as a Vim mixer hands them over
-        ins = {
-            k: token_major(v)
-            if v is not None and k.removesuffix("_b") in ("u", "delta", "z", "B", "C")
-            else v
-            for k, v in ins.items()
-        }
-    return ins
-
-
-def reference(ins: dict, softplus: bool) -> torch.Tensor:
-    x = {k: None if v is None else v.to(torch.float64) for k, v in ins.items()}  # keeps grad
-    f = selective_scan_reference(
-        *(x[k] for k in DIRECTION[:6]), x["z"], x["delta_bias"], delta_softplus=softplus
-    )
-    b = selective_scan_reference(
-        *(x[k + "_b"] for k in DIRECTION[:6]),
-        x["z"],
-        x["delta_bias_b"],
-        delta_softplus=softplus,
-        reverse=True,
-    )
-    return (f + b) / 2
+from ._scan_cases import pair_reference as reference
 
 
 def run(ins: dict, softplus: bool):

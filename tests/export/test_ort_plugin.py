@@ -1,0 +1,94 @@
+"""The ONNX plugin form (``to_onnx(scan="custom")``): one token-major
+``vimc.SelectiveScanBidirectional`` node per layer with no transposes around it, run by vimc's
+ONNX Runtime plugin from one file at batch 1 and 3 within 1e-4 of eager; the session helper
+registers the plugin for such files (and only for them); the CLI and the parity tool run it.
+The node-by-node tests of the plugin are in tests/ops/test_ort_plugin.py."""
+
+import ctypes
+
+import onnx
+import pytest
+import torch
+from vimc.export import onnxruntime_session, ort_plugin_path, to_onnx
+from vimc.export.onnx import BIDIR_OP, SCAN_DOMAIN, nonstandard_nodes, run_onnxruntime, uses_plugin
+from vimc.export.parity import compare
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    try:
+        return ort_plugin_path()
+    except RuntimeError as exc:  # no C compiler
+        pytest.skip(f"vimc's ONNX Runtime plugin cannot be built here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def small_custom(small_model, tmp_path_factory, plugin):
+    return to_onnx(small_model, tmp_path_factory.mktemp("plugin") / "small.onnx", scan="custom")
+
+
+def _parity(path, model, x, atol=1e-4):
+    sess = onnxruntime_session(path)
+    with torch.no_grad():
+        for b in (1, 3):
+            ref = model(x[:b])
+            out = run_onnxruntime(sess, x[:b])
+            assert out.shape == ref.shape
+            err = (out - ref).abs().max().item()
+            assert err <= atol, f"batch {b}: max abs error {err:.2e} > {atol}"
+
+
+def test_library_exports_the_onnxruntime_entry_point(plugin):
+    assert plugin.is_file()
+    assert hasattr(ctypes.CDLL(str(plugin)), "RegisterCustomOps")
+    assert ort_plugin_path() == plugin  # built once
+
+
+@pytest.mark.slow
+def test_small_plugin_form_one_token_major_node_per_layer(small_model, small_custom, images):
+    mp = onnx.load(str(small_custom))
+    onnx.checker.check_model(mp)
+    custom = [n for n in mp.graph.node if n.domain == SCAN_DOMAIN]
+    assert [n.op_type for n in custom] == [BIDIR_OP] * 2  # 2 layers
+    assert {a.name: a.i for a in custom[0].attribute} == {"delta_softplus": 1}
+    assert nonstandard_nodes(mp) == [f"vimc::{BIDIR_OP}"] * 2
+    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "custom"
+    # the mixer's transposes cancel against the node's: none feeds it or reads its output
+    producer = {o: n for n in mp.graph.node for o in n.output}
+    for n in custom:
+        assert all(producer[i].op_type != "Transpose" for i in n.input if i in producer)
+        readers = [m for m in mp.graph.node if n.output[0] in m.input]
+        assert readers and all(m.op_type != "Transpose" for m in readers)
+    assert uses_plugin(small_custom)
+    _parity(small_custom, small_model, images[64])
+
+
+@pytest.mark.slow
+def test_vim_tiny_plugin_form_batch_1_and_3(tiny_model, images, tmp_path, plugin):
+    path = to_onnx(tiny_model, tmp_path / "vim_tiny_custom.onnx", scan="custom")
+    _parity(path, tiny_model, images[224])
+
+
+@pytest.mark.slow
+def test_plugin_is_registered_only_where_needed(small_custom, small_onnx):
+    assert not uses_plugin(small_onnx)
+    with pytest.raises(Exception, match="vimc"):  # ORT cannot resolve the vimc domain alone
+        onnxruntime_session(small_custom, plugin=False)
+    onnxruntime_session(small_onnx, plugin=True)  # harmless on a standard-op file
+
+
+def test_session_names_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="path"):
+        onnxruntime_session(tmp_path / "absent.onnx")
+
+
+@pytest.mark.slow
+def test_parity_tool_runs_the_plugin_form(small_model, small_custom):
+    report = compare(
+        small_model, ["onnxruntime-plugin"], batch=3, artifacts={"onnxruntime-plugin": small_custom}
+    )
+    (row,) = report.rows
+    assert row.error is None and row.passed, row
+    assert row.max_abs <= 1e-4 and row.top1_agree == 1.0
+    bad = compare(small_model, ["onnxruntime-plugin"], dtype="float16", batch=1)
+    assert not bad.passed and "float32" in bad.rows[0].error
