@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vimc.ops import selective_scan_bidirectional, selective_scan_reference
+from vimc.ops.selective_scan.bidirectional import exporting_node_by_node
 
 SCAN_IMPLS = ("fast", "reference")
 
@@ -150,6 +151,23 @@ def anticausal_conv1d(
     )
 
 
+def conv1d_channel_major(
+    xc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, causal: bool, silu: bool
+) -> torch.Tensor:
+    """:func:`causal_conv1d` (or, with ``causal=False``, :func:`anticausal_conv1d`) as one
+    ``F.conv1d`` on channel-major xc (B, E, L) -> (B, E, L): the form exports that are
+    translated node by node (ONNX, TensorRT) record, one ``Conv`` node per direction, which
+    runtimes run as one kernel instead of K shifted copies, products and sums
+    (benchmarks/onnx_conv.py times both in ONNX Runtime)."""
+    K = weight.shape[-1]
+    ct = torch.promote_types(xc.dtype, torch.float32)
+    w = weight.to(ct) if causal else weight.to(ct).flip(-1)
+    pad = (K - 1, 0) if causal else (0, K - 1)
+    b = None if bias is None else bias.to(ct)
+    out = F.conv1d(F.pad(xc.to(ct), pad), w, b, groups=xc.shape[1])
+    return (F.silu(out) if silu else out).to(xc.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # the mixer
 # ---------------------------------------------------------------------------------------------
@@ -219,10 +237,15 @@ class BiMambaMixer(nn.Module):
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
         x, z = xz[..., :E], xz[..., E:]
+        # an export translated node by node gets one Conv node per direction (on x.mT, shared)
+        xc = x.mT if exporting_node_by_node() else None
         args = []
         for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
-            u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, L, E)
+            if xc is not None:
+                u = conv1d_channel_major(xc, conv.weight, conv.bias, not sfx, silu=True).mT
+            else:
+                u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, L, E)
             x_dbl = F.linear(u, xp.weight)  # (B, L, R + 2N)
             delta = F.linear(x_dbl[..., :R], dtp.weight)  # (B, L, E); the bias is the scan's
             args += [

@@ -184,6 +184,13 @@ def export_scan_form(form: str):
             _export_form = old
 
 
+def exporting_node_by_node() -> bool:
+    """Whether ``torch.export`` is tracing for a route that translates the graph node by node
+    (forms ``"per_direction"`` and ``"token_major"``: ONNX, TensorRT), not one that compiles
+    it with vimc's kernels (``"bidirectional"``: AOTInductor)."""
+    return torch.compiler.is_exporting() and _export_form != "bidirectional"
+
+
 def _call_form(u: torch.Tensor, B: torch.Tensor) -> str:
     """How a call runs: "split" (two :func:`selective_scan` calls), "fused" (the one-call op)
     or "token_major" (its token-major twin, during exports in that form)."""

@@ -56,6 +56,9 @@ def test_small_onnx_standard_ops_batch_1_and_3(small_model, small_onnx, images):
     mp = _check_file(small_onnx, img=64)
     # 2 layers, the two directions of each in one Scan ("bidir", the default)
     assert sum(n.op_type == "Scan" for n in mp.graph.node) == 2
+    # each direction's depthwise conv is one Conv node (conv1d_channel_major), not K shifted
+    # multiply-adds
+    assert sum(n.op_type == "Conv" for n in mp.graph.node) == 4
     assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "bidir"
     _parity(small_onnx, small_model, images[64])
     # the session the export benchmark times ORT with: same numbers, idle threads not spinning

@@ -53,12 +53,16 @@ def test_small_plugin_form_one_token_major_node_per_layer(small_model, small_cus
     assert {a.name: a.i for a in custom[0].attribute} == {"delta_softplus": 1}
     assert nonstandard_nodes(mp) == [f"vimc::{BIDIR_OP}"] * 2
     assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "custom"
-    # the mixer's transposes cancel against the node's: none feeds it or reads its output
+    # the mixer's transposes cancel against the node's: a transpose that feeds it (u, the
+    # Conv output made token-major) feeds x_proj's MatMul too, and none reads its output
     producer = {o: n for n in mp.graph.node for o in n.output}
+    readers = lambda name: [m for m in mp.graph.node if name in m.input]  # noqa: E731
     for n in custom:
-        assert all(producer[i].op_type != "Transpose" for i in n.input if i in producer)
-        readers = [m for m in mp.graph.node if n.output[0] in m.input]
-        assert readers and all(m.op_type != "Transpose" for m in readers)
+        for i in n.input:
+            if i in producer and producer[i].op_type == "Transpose":
+                assert {m.op_type for m in readers(i)} == {BIDIR_OP, "MatMul"}
+        assert readers(n.output[0])
+        assert all(m.op_type != "Transpose" for m in readers(n.output[0]))
     assert uses_plugin(small_custom)
     _parity(small_custom, small_model, images[64])
 

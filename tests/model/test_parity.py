@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vimc
-from vimc.layers import BiMambaMixer, anticausal_conv1d, causal_conv1d
+from vimc.layers import BiMambaMixer, anticausal_conv1d, causal_conv1d, conv1d_channel_major
 
 from ._helpers import randomize_
 
@@ -35,6 +35,24 @@ def test_anticausal_conv_equals_flip_formulation(L):
         rtol=1e-12,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("silu", [False, True], ids=["plain", "silu"])
+@pytest.mark.parametrize("L", [1, 3, 17, 197])
+def test_channel_major_conv_equals_the_shifted_sums(L, silu):
+    """The one-Conv form node-by-node exports record (conv1d_channel_major) against the
+    shifted multiply-adds the model runs, both directions, float64; float32 rounds once."""
+    E, K = 7, 4
+    xz = torch.randn(2, L, 2 * E, dtype=torch.float64)
+    x = xz[..., :E]  # token-major and strided, as the mixer has it
+    conv = torch.nn.Conv1d(E, E, K, groups=E, padding=K - 1, dtype=torch.float64)
+    for causal, fn in ((True, causal_conv1d), (False, anticausal_conv1d)):
+        got = conv1d_channel_major(x.mT, conv.weight, conv.bias, causal, silu)
+        want = fn(x, conv.weight, conv.bias, silu=silu).mT
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        half = conv1d_channel_major(x.mT.half(), conv.weight, conv.bias.float(), causal, silu)
+        assert half.dtype == torch.float16
+        torch.testing.assert_close(half.double(), want, rtol=2e-3, atol=2e-3)
 
 
 @pytest.mark.parametrize("L", [1, 5, 17, 64])
