@@ -1,5 +1,6 @@
 """Compare deployment backends of one Vim on the same inputs: eager PyTorch, torch.compile,
-ONNX Runtime (vimc.export.to_onnx) and AOTInductor (vimc.export.to_aoti). Prints, per
+ONNX Runtime (vimc.export.to_onnx: the standard-op file, and the plugin form that vimc's ONNX
+Runtime plugin runs) and AOTInductor (vimc.export.to_aoti). Prints, per
 backend, the parity against eager (max/mean abs error, relative RMS, top-1 agreement), the
 time it took to get ready (compile or export) and the latency.
 
@@ -23,7 +24,7 @@ import torch
 
 import vimc
 
-BACKENDS = ("eager", "compile", "onnxruntime", "aoti")
+BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime-plugin", "aoti")
 
 
 def prepare(name: str, model, example: torch.Tensor, workdir: Path):
@@ -32,10 +33,14 @@ def prepare(name: str, model, example: torch.Tensor, workdir: Path):
         return model
     if name == "compile":
         return torch.compile(model)
-    if name == "onnxruntime":
+    if name in ("onnxruntime", "onnxruntime-plugin"):
         from vimc.export.onnx import onnxruntime_session, run_onnxruntime, to_onnx
 
-        sess = onnxruntime_session(to_onnx(model, workdir / "model.onnx", example=example))
+        # the plugin form: one vimc node per layer, run by vimc's plugin (registered by
+        # onnxruntime_session for such files); else standard operators only
+        scan = "custom" if name == "onnxruntime-plugin" else "bidir"
+        path = to_onnx(model, workdir / f"model_{scan}.onnx", example=example, scan=scan)
+        sess = onnxruntime_session(path)
         return lambda x: run_onnxruntime(sess, x)
     if name == "aoti":
         from vimc.export.aoti import load_aoti, to_aoti
@@ -81,7 +86,7 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} threads"
     )
     print(
-        f"{'backend':<12} {'ready s':>8} {'max_abs':>9} {'mean_abs':>9} {'rel_rms':>9} "
+        f"{'backend':<18} {'ready s':>8} {'max_abs':>9} {'mean_abs':>9} {'rel_rms':>9} "
         f"{'top1':>6} {'ms':>8}"
     )
     worst = 0.0
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
             with torch.inference_mode():
                 out = fn(x).float()  # first call: compiles for torch.compile
         except Exception as exc:  # a backend that cannot run here: say why, go on
-            print(f"{name:<12} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
+            print(f"{name:<18} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
             worst = float("inf")
             continue
         ready = time.perf_counter() - t0
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
             ms = time_it(fn, x, args.iters)
         worst = max(worst, rel)
         print(
-            f"{name:<12} {ready:8.1f} {d.abs().max().item():9.2e} {d.abs().mean().item():9.2e} "
+            f"{name:<18} {ready:8.1f} {d.abs().max().item():9.2e} {d.abs().mean().item():9.2e} "
             f"{rel:9.2e} {100 * top1:5.0f}% {ms:8.2f}"
         )
     return 0 if worst < 1e-3 else 1

@@ -122,6 +122,7 @@ def test_compare_backends(tiny_digits):
             "--backends",
             "eager",
             "onnxruntime",
+            "onnxruntime-plugin",
             "--batch",
             2,
             "--iters",
@@ -129,7 +130,7 @@ def test_compare_backends(tiny_digits):
         )
     )
     lines = {ln.split()[0]: ln for ln in out.splitlines()[2:]}
-    assert set(lines) == {"eager", "onnxruntime"}
+    assert set(lines) == {"eager", "onnxruntime", "onnxruntime-plugin"}
     assert "FAILED" not in out
 
 
