@@ -24,6 +24,7 @@ around the scan, since the mixer's ``.mT`` and the op's cancel).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 
 import torch
@@ -113,37 +114,27 @@ def _backward(ctx, dout, dlast, dlast_b):
 _library.register_autograd(_BIDIR, _backward, _setup_context)
 
 
-def selective_scan_bidirectional_token_major(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    u_b: torch.Tensor,
-    delta_b: torch.Tensor,
-    A_b: torch.Tensor,
-    B_b: torch.Tensor,
-    C_b: torch.Tensor,
-    D_b: torch.Tensor | None,
-    delta_bias_b: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_softplus: bool,
-) -> torch.Tensor:
+def selective_scan_bidirectional_token_major(*args) -> torch.Tensor:
     """:func:`selective_scan_bidirectional_fwd` on token-major tensors: u, delta, z (Bt, L, E);
     B, C (Bt, L, N) (one group); A (E, N); D, delta_bias (E,). -> out (Bt, L, E). Inference
-    only (no autograd formula): exports record it, see :func:`export_scan_form`."""
-    t = lambda x: None if x is None else x.mT  # noqa: E731
-    g = lambda M: M.mT.unsqueeze(1)  # noqa: E731  (Bt, L, N) -> (Bt, 1, N, L)
-    out, _, _ = selective_scan_bidirectional_fwd(
-        t(u), t(delta), A, g(B), g(C), D, delta_bias,
-        t(u_b), t(delta_b), A_b, g(B_b), g(C_b), D_b, delta_bias_b,
-        t(z), delta_softplus,
-    )  # fmt: skip
-    return _like(out.mT, u)
+    only (no autograd formula): exports record it, see :func:`export_scan_form`. Its
+    signature is selective_scan_bidirectional_fwd's (set below), returning one tensor."""
+    ins = []
+    for name, x in zip(_PARAMETERS, args):
+        if x is not None and name.removesuffix("_b") in ("u", "delta", "z"):
+            x = x.mT  # (Bt, L, E) -> (Bt, E, L) view
+        elif x is not None and name.removesuffix("_b") in ("B", "C"):
+            x = x.mT.unsqueeze(1)  # (Bt, L, N) -> (Bt, 1, N, L) view
+        ins.append(x)
+    out, _, _ = selective_scan_bidirectional_fwd(*ins)
+    return _like(out.mT, args[0])
 
 
+_SIGNATURE = inspect.signature(selective_scan_bidirectional_fwd)
+_PARAMETERS = list(_SIGNATURE.parameters)
+selective_scan_bidirectional_token_major.__signature__ = _SIGNATURE.replace(
+    return_annotation="torch.Tensor"
+)
 _TOKEN_MAJOR = _library.define(selective_scan_bidirectional_token_major)
 
 

@@ -69,3 +69,19 @@ def small_aoti(small_model, tmp_path_factory):
     from vimc.export import to_aoti
 
     return to_aoti(small_model, tmp_path_factory.mktemp("aoti") / "small.pt2")
+
+
+def assert_onnx_parity(path, model, x, atol=1e-4):
+    """The ONNX file ``path`` in ONNX Runtime (vimc's plugin registered when it has vimc
+    nodes) at batch 1 and 3 from one session, within ``atol`` of ``model`` on ``x``."""
+    from vimc.export import onnxruntime_session
+    from vimc.export.onnx import run_onnxruntime
+
+    sess = onnxruntime_session(path)
+    with torch.no_grad():
+        for b in (1, 3):
+            ref = model(x[:b])
+            out = run_onnxruntime(sess, x[:b])
+            assert out.shape == ref.shape
+            err = (out - ref).abs().max().item()
+            assert err <= atol, f"batch {b}: max abs error {err:.2e} > {atol}"

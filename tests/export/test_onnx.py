@@ -18,6 +18,8 @@ from vimc.export.onnx import (
 )
 from vimc.ops import selective_scan
 
+from .conftest import assert_onnx_parity
+
 
 def _check_file(path, *, img):
     mp = onnx.load(str(path))
@@ -34,21 +36,10 @@ def _check_file(path, *, img):
     return mp
 
 
-def _parity(path, model, x, atol=1e-4):
-    sess = onnxruntime_session(path)
-    with torch.no_grad():
-        for b in (1, 3):
-            ref = model(x[:b])
-            out = run_onnxruntime(sess, x[:b])
-            assert out.shape == ref.shape
-            err = (out - ref).abs().max().item()
-            assert err <= atol, f"batch {b}: max abs error {err:.2e} > {atol}"
-
-
 @pytest.mark.slow
 def test_vim_tiny_onnx_standard_ops_batch_1_and_3(tiny_model, tiny_onnx, images):
     _check_file(tiny_onnx, img=224)
-    _parity(tiny_onnx, tiny_model, images[224])
+    assert_onnx_parity(tiny_onnx, tiny_model, images[224])
 
 
 @pytest.mark.slow
@@ -60,7 +51,7 @@ def test_small_onnx_standard_ops_batch_1_and_3(small_model, small_onnx, images):
     # multiply-adds
     assert sum(n.op_type == "Conv" for n in mp.graph.node) == 4
     assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "bidir"
-    _parity(small_onnx, small_model, images[64])
+    assert_onnx_parity(small_onnx, small_model, images[64])
     # the session the export benchmark times ORT with: same numbers, idle threads not spinning
     quiet = onnxruntime_session(small_onnx, threads=2, spinning=False)
     key = "session.intra_op.allow_spinning"
@@ -79,7 +70,7 @@ def test_non_default_img_size(tmp_path):
     model = vimc.create_model("vim_tiny", depth=1, embed_dim=64, img_size=80).eval()
     path = to_onnx(model, tmp_path / "m80.onnx")
     _check_file(path, img=80)
-    _parity(path, model, torch.randn(3, 3, 80, 80))
+    assert_onnx_parity(path, model, torch.randn(3, 3, 80, 80))
 
 
 @pytest.mark.slow

@@ -8,10 +8,11 @@ import ctypes
 
 import onnx
 import pytest
-import torch
 from vimc.export import onnxruntime_session, ort_plugin_path, to_onnx
-from vimc.export.onnx import BIDIR_OP, SCAN_DOMAIN, nonstandard_nodes, run_onnxruntime, uses_plugin
+from vimc.export.onnx import BIDIR_OP, SCAN_DOMAIN, nonstandard_nodes, uses_plugin
 from vimc.export.parity import compare
+
+from .conftest import assert_onnx_parity
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +26,6 @@ def plugin():
 @pytest.fixture(scope="module")
 def small_custom(small_model, tmp_path_factory, plugin):
     return to_onnx(small_model, tmp_path_factory.mktemp("plugin") / "small.onnx", scan="custom")
-
-
-def _parity(path, model, x, atol=1e-4):
-    sess = onnxruntime_session(path)
-    with torch.no_grad():
-        for b in (1, 3):
-            ref = model(x[:b])
-            out = run_onnxruntime(sess, x[:b])
-            assert out.shape == ref.shape
-            err = (out - ref).abs().max().item()
-            assert err <= atol, f"batch {b}: max abs error {err:.2e} > {atol}"
 
 
 def test_library_exports_the_onnxruntime_entry_point(plugin):
@@ -64,13 +54,13 @@ def test_small_plugin_form_one_token_major_node_per_layer(small_model, small_cus
         assert readers(n.output[0])
         assert all(m.op_type != "Transpose" for m in readers(n.output[0]))
     assert uses_plugin(small_custom)
-    _parity(small_custom, small_model, images[64])
+    assert_onnx_parity(small_custom, small_model, images[64])
 
 
 @pytest.mark.slow
 def test_vim_tiny_plugin_form_batch_1_and_3(tiny_model, images, tmp_path, plugin):
     path = to_onnx(tiny_model, tmp_path / "vim_tiny_custom.onnx", scan="custom")
-    _parity(path, tiny_model, images[224])
+    assert_onnx_parity(path, tiny_model, images[224])
 
 
 @pytest.mark.slow

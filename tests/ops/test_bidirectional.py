@@ -103,6 +103,54 @@ def test_opcheck_nograd_twin(c):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+TOKEN_MAJOR_CASES = [Case(E=8, L=7, N=4), Case(E=13, L=9, N=3, D=False, z=False, bias=False)]
+
+
+@pytest.mark.parametrize("c", TOKEN_MAJOR_CASES, ids=lambda c: c.id)
+def test_token_major_op_matches_two_reference_scans(c):
+    """``vimc::selective_scan_bidirectional_token_major`` (the ONNX plugin form's node):
+    (Bt, L, .) tensors in and out, fake kernel and schema checked."""
+    ins = make_pair(c)
+    seq = {"u", "delta", "z", "B", "C"}
+    order = [*DIRECTION, *(k + "_b" for k in DIRECTION), "z"]
+    args = [
+        None
+        if ins[k] is None
+        else ins[k].movedim(-1, 1).contiguous()
+        if k.removesuffix("_b") in seq
+        else ins[k]
+        for k in order
+    ]
+    op = torch.ops.vimc.selective_scan_bidirectional_token_major.default
+    torch.library.opcheck(op, (*args, c.softplus), test_utils=("test_schema", "test_faketensor"))
+    out = op(*args, c.softplus)
+    assert out.shape == (c.Bt, c.L, c.E) and out.is_contiguous()
+    ref = reference(ins, c.softplus).movedim(-1, 1)
+    tol = TOLERANCES[torch.float32][0]
+    assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
+
+
+def test_token_major_export_form_records_one_node_and_matches_eager():
+    from vimc.ops.selective_scan.bidirectional import export_scan_form
+
+    ins = make_pair(Case(E=8, L=6, N=4), layout="token_major")
+    names = list(ins)
+
+    class Pair(torch.nn.Module):
+        def forward(self, *xs):
+            return run(dict(zip(names, xs)), True)
+
+    with export_scan_form("token_major"):
+        ep = torch.export.export(Pair(), tuple(ins.values()))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert sum("vimc." in t for t in targets) == 1
+    assert "vimc.selective_scan_bidirectional_token_major.default" in targets
+    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="form must be one of"):
+        with export_scan_form("fused"):
+            pass
+
+
 def test_grad_mode_picks_the_op(monkeypatch):
     """With grad mode off the public function calls the twin without autograd (a cheaper
     dispatch); with it on, the op whose backward the gradients need."""
