@@ -101,6 +101,7 @@ class ParityReport:
 
     def to_text(self) -> str:
         v = self.versions
+        w = max([12, *(len(r.backend) for r in self.rows)])  # the backend column's width
         lines = [
             f"parity: {self.model}  batch {self.batch}  dtype {self.dtype}  "
             f"reference float32 eager  atol {self.atol:g}  rtol {self.rtol:g}",
@@ -109,13 +110,13 @@ class ParityReport:
             + ", ".join(
                 f"{k} {v[k]}" for k in ("torch", "triton", "onnx", "onnxruntime", "tensorrt")
             ),
-            f"{'backend':<12} {'dtype':<9} {'max_abs':>10} {'mean_abs':>10} {'rel_rms':>10} "
+            f"{'backend':<{w}} {'dtype':<9} {'max_abs':>10} {'mean_abs':>10} {'rel_rms':>10} "
             f"{'cos_sim':>9} {'top1_agree':>10} {'time_s':>7}  status",
         ]
         for r in self.rows:
             status = "PASS" if r.passed else ("ERROR: " + r.error if r.error else "FAIL")
             lines.append(
-                f"{r.backend:<12} {r.dtype:<9} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} "
+                f"{r.backend:<{w}} {r.dtype:<9} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} "
                 f"{r.rel_rms:>10.3e} {r.cos_sim:>9.6f} {r.top1_agree:>10.3f} "
                 f"{r.seconds:>7.1f}  {status}"
             )

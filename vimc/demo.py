@@ -2,8 +2,9 @@
 
 1. load ``vim_digits`` (built-in weights) and the 360 held-out digits shipped with vimc;
 2. compile it with ``torch.compile`` (one graph for every batch size);
-3. export it to ONNX (the scan lowered to standard operators, run in ONNX Runtime) and to
-   AOTInductor (a ``.pt2`` package) with ``vimc.export``;
+3. export it to ONNX twice, run in ONNX Runtime (the scan lowered to standard operators, and
+   the plugin form that vimc's ONNX Runtime plugin runs) and to AOTInductor (a ``.pt2``
+   package) with ``vimc.export``;
 4. held-out accuracy of every backend; the parity table of ``vimc.export.compare`` (every
    backend against float32 eager on all 360 images, atol/rtol 1e-4); a latency table (batch
    1 and ``--batch``).
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 LATENCY_SECONDS = 1.5  # time budget per (backend, batch) latency measurement
+EXPORTED = ("onnxruntime", "onnxruntime-plugin", "aoti")  # backends run from exported files
 
 
 @dataclass
@@ -120,7 +122,12 @@ def run(args) -> int:
         else:
             tmp = tempfile.TemporaryDirectory(prefix="vimc-demo-")
             out = Path(tmp.name)
-        for b in (_onnx_backend(model, out, threads), _aoti_backend(model, out)):
+        exports = (
+            _onnx_backend(model, out, threads),
+            _onnx_backend(model, out, threads, plugin=True),
+            _aoti_backend(model, out),
+        )
+        for b in exports:
             backends.append(b)
             if not b.error:
                 artifacts[b.name] = b.note
@@ -211,7 +218,7 @@ def _parity_report(model, x, backends, artifacts):
     from vimc.export import ParityRow, compare
     from vimc.export.parity import metrics, within_tolerance
 
-    names = ["eager"] + [b.name for b in backends if b.name in ("aoti", "onnxruntime")]
+    names = ["eager"] + [b.name for b in backends if b.name in EXPORTED]
     report = compare(
         model, names, inputs=x, artifacts={k: v for k, v in artifacts.items() if k in names}
     )
@@ -228,19 +235,24 @@ def _parity_report(model, x, backends, artifacts):
         report.rows.insert(1, row)
     # a failed export never reached compare: show it as a failed row with its reason
     for b in backends:
-        if b.error and b.name in ("aoti", "onnxruntime") and b.name not in artifacts:
+        if b.error and b.name in EXPORTED and b.name not in artifacts:
             report.rows.append(ParityRow(b.name, report.dtype, error=b.error))
     return report
 
 
-def _onnx_backend(model, out: Path, threads: int) -> Backend:
-    b = Backend("onnxruntime")
+def _onnx_backend(model, out: Path, threads: int, plugin: bool = False) -> Backend:
+    """The standard-op file, or with ``plugin`` the plugin form (its session registers vimc's
+    ONNX Runtime plugin)."""
+    b = Backend("onnxruntime-plugin" if plugin else "onnxruntime")
     try:
         from vimc.export import onnxruntime_session, to_onnx
         from vimc.export.onnx import run_onnxruntime
 
         t0 = time.perf_counter()
-        path = to_onnx(model, out / "vim_digits.onnx")
+        name, scan = (
+            ("vim_digits_plugin.onnx", "custom") if plugin else ("vim_digits.onnx", "bidir")
+        )
+        path = to_onnx(model, out / name, scan=scan)
         sess = onnxruntime_session(path, threads=threads)
         b.run = lambda x: run_onnxruntime(sess, x)
         b.setup_s = time.perf_counter() - t0

@@ -21,10 +21,11 @@ def test_demo_runs_to_the_end(tmp_path):
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     out = r.stdout
     assert "demo passed" in out
-    for backend in ("eager", "compiled", "onnxruntime", "aoti"):
+    for backend in ("eager", "compiled", "onnxruntime", "onnxruntime-plugin", "aoti"):
         assert re.search(rf"^{backend}\s+float32 .* PASS$", out, re.M), backend
         assert re.search(rf"^\| {backend}\s+\| 9\d\.\d\d% ", out, re.M), backend
-    assert (tmp_path / "vim_digits.onnx").exists() and (tmp_path / "vim_digits.pt2").exists()
+    for name in ("vim_digits.onnx", "vim_digits_plugin.onnx", "vim_digits.pt2"):
+        assert (tmp_path / name).exists(), name
 
 
 @pytest.mark.slow  # evaluates and times the eager model
