@@ -51,7 +51,7 @@ typedef struct {
     const float *z;          // (Bt, E, L) or NULL
     const float *bias;       // (E,) or NULL
     float *out;              // (Bt, E, L)
-    float *last_state;       // (Bt, E, N)
+    float *last_state;       // (Bt, E, N); NULL: not written (forward only)
     // backward
     const float *dout;       // (Bt, E, L)
     const float *dlast;      // (Bt, E, N) or NULL
@@ -346,6 +346,7 @@ static inline __attribute__((always_inline)) void fwd_states(
         }
         store8(sy + t * LANES, y);
     }
+    if (!a->last_state) return;  // not asked for (the ONNX plugin's bidirectional node)
     for (int64_t k = 0; k < m->lanes; ++k)
         for (int j = 0; j < nb; ++j) a->last_state[(m->b * E + m->e0 + k) * N + n + j] = h[j][k];
 }

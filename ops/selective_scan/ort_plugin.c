@@ -298,18 +298,15 @@ static OrtStatus *compute_scan(const Kernel *k, void *ctx, const Input *in, Job 
     a->B = data(in[B_].value), a->C = data(in[C_].value), a->D = data(in[D_].value);
     a->z = data(in[Z_].value), a->bias = data(in[BIAS].value);
     a->out = (float *)data(out);
-    float *own_last = NULL;  // the node may leave last_state unnamed: the kernel writes it anyway
-    a->last_state = last ? (float *)data(last)
-                         : (own_last = malloc(sizeof(float) * (size_t)(Bt * E * N + 1)));
+    a->last_state = last ? (float *)data(last) : NULL;  // an unnamed output is not written
     const Strides3 s3 = {E * L, L, 1};
     const Strides4 s4 = {G * N * L, N * L, L, 1};
     a->s_u = a->s_delta = a->s_z = a->s_out = s3;
     a->s_B = a->s_C = s4;
-    OrtStatus *st = (!a->u || !a->delta || !a->A || !a->B || !a->C || !a->out || !a->last_state)
-                        ? fail(ORT_FAIL, "vimc.%s: a tensor gave no data pointer", op->name)
-                        : run(ctx, job);
-    free(own_last);
-    return st;
+    const int missing = !a->u || !a->delta || !a->A || !a->B || !a->C || !a->out ||
+                        (last && !a->last_state);
+    return missing ? fail(ORT_FAIL, "vimc.%s: a tensor gave no data pointer", op->name)
+                   : run(ctx, job);
 }
 
 // SelectiveScanBidirectional's inputs: a direction's seven, then the reverse one's, then z
@@ -342,11 +339,10 @@ static OrtStatus *compute_bidirectional(const Kernel *k, void *ctx, const Input 
     void *out = NULL;
     TRY(CALL(KernelContext_GetOutput, GetOutputFn, ctx, 0, like_u, 3, &out));
 
-    float *lasts = malloc(sizeof(float) * (size_t)(2 * Bt * E * N + 1));  // unused, but written
     const Strides3 s3 = {L * E, 1, E};       // (Bt, L, E) memory read as (Bt, E, L)
     const Strides4 s4 = {L * N, L * N, 1, N};  // (Bt, L, N) read as (Bt, 1, N, L)
     ScanArgs *dirs[2] = {&job->args, &job->pair};
-    int missing = !lasts || !(job->args.out = (float *)data(out));
+    int missing = !(job->args.out = (float *)data(out));
     for (int d = 0; d < 2; ++d) {
         ScanArgs *a = dirs[d];
         const Input *x = in + d * DIR_INPUTS;
@@ -355,17 +351,15 @@ static OrtStatus *compute_bidirectional(const Kernel *k, void *ctx, const Input 
         a->u = data(x[DIR_U].value), a->delta = data(x[DIR_DELTA].value);
         a->A = data(x[DIR_A].value), a->B = data(x[DIR_B].value), a->C = data(x[DIR_C].value);
         a->D = data(x[DIR_D].value), a->bias = data(x[DIR_BIAS].value);
-        a->last_state = lasts ? lasts + d * Bt * E * N : NULL;
+        a->last_state = NULL;  // the node has no last-state outputs: the kernel skips them
         a->s_u = a->s_delta = a->s_z = a->s_out = s3;
         a->s_B = a->s_C = s4;
         missing |= !a->u || !a->delta || !a->A || !a->B || !a->C;
     }
     job->args.z = data(in[BIDIR_Z].value);
     job->args.pair = &job->pair;
-    OrtStatus *st = missing ? fail(ORT_FAIL, "vimc.%s: a tensor gave no data pointer", op->name)
-                            : run(ctx, job);
-    free(lasts);
-    return st;
+    return missing ? fail(ORT_FAIL, "vimc.%s: a tensor gave no data pointer", op->name)
+                   : run(ctx, job);
 }
 
 static OrtStatus *compute(void *kernel, void *ctx) {
