@@ -1,9 +1,11 @@
-"""``vimc export`` and ``vimc parity``: argparse parsers and handlers for vimc/cli.py.
+"""``vimc export``, ``vimc parity`` and ``vimc ort-plugin``: argparse parsers and handlers
+for vimc/cli.py.
 
-Wiring (two lines in vimc/cli.py, after ``subparsers = parser.add_subparsers(...)``)::
+Wiring (in vimc/cli.py, after ``subparsers = parser.add_subparsers(...)``)::
 
-    from vimc.export.cli import add_export_parser, add_parity_parser
+    from vimc.export.cli import add_export_parser, add_ort_plugin_parser, add_parity_parser
     add_export_parser(subparsers); add_parity_parser(subparsers)
+    add_ort_plugin_parser(subparsers)
 
 Each parser sets ``func``: call ``args.func(args)`` and exit with what it returns: 0 success,
 1 a failed validation / parity row / export, 2 bad arguments (argparse's own usage errors
@@ -349,12 +351,63 @@ def run_parity(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# vimc ort-plugin
+# ---------------------------------------------------------------------------------------------
+
+
+def add_ort_plugin_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "ort-plugin",
+        help="build vimc's ONNX Runtime plugin (runs `vimc export onnx --scan custom` files)",
+        description="Build the custom-op library that runs the plugin form's vimc nodes in "
+        "ONNX Runtime (>= 1.17) and print its path; with OUT, copy it there (atomically), "
+        "for SessionOptions.register_custom_ops_library or RegisterCustomOpsLibrary (C/C++).",
+    )
+    p.add_argument("out", metavar="OUT", nargs="?", default=None, help="copy the library here")
+    p.add_argument(
+        "--march",
+        default="native",
+        help="the CPU it is built for: 'native' (this machine; the default), a target the C "
+        "compiler knows ('x86-64-v3': any AVX2 x86 machine; 'x86-64'; 'armv8-a'), or "
+        "'generic' (the compiler's default target)",
+    )
+    p.set_defaults(func=run_ort_plugin)
+    return p
+
+
+def run_ort_plugin(args: argparse.Namespace) -> int:
+    """Handler of ``vimc ort-plugin``; returns the exit status."""
+    import shutil
+
+    from ._atomic import atomic_path, check_writable
+    from .onnx import ort_plugin_path
+
+    march = None if args.march == "generic" else args.march
+    try:
+        if args.out is not None:
+            check_writable(args.out, arg="OUT")
+        path = ort_plugin_path(march)
+    except ValueError as exc:
+        return _error("ort-plugin", f"--{exc}" if str(exc).startswith("march") else exc, 2)
+    except RuntimeError as exc:
+        return _error("ort-plugin", f"cannot build it here: {exc}", 1)
+    if args.out is None:
+        print(path)
+        return 0
+    with atomic_path(args.out, arg="OUT") as tmp:
+        shutil.copyfile(path, tmp)
+    print(f"wrote {args.out} (vimc's ONNX Runtime plugin, -march={args.march}; from {path})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone ``vimc`` parser with just these two commands (tests, ``python -m``)."""
+    """A stand-alone ``vimc`` parser with just these commands (tests, ``python -m``)."""
     parser = argparse.ArgumentParser(prog="vimc")
     sub = parser.add_subparsers(dest="command", required=True)
     add_export_parser(sub)
     add_parity_parser(sub)
+    add_ort_plugin_parser(sub)
     return parser
 
 

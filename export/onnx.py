@@ -830,14 +830,16 @@ def to_onnx(
     return Path(path)
 
 
-def ort_plugin_path() -> Path:
+def ort_plugin_path(march: str | None = "native") -> Path:
     """The shared library of vimc's ONNX Runtime plugin (built on first call, cached), which
     runs the ``vimc`` nodes of ``scan="custom"`` files: pass it to
     ``SessionOptions.register_custom_ops_library`` (Python) or ``RegisterCustomOpsLibrary``
-    (C/C++). Needs a C compiler and onnxruntime >= 1.17; built for this machine's CPU."""
+    (C/C++). Needs a C compiler and onnxruntime >= 1.17. Built for this machine's CPU, or
+    for ``march`` (e.g. ``"x86-64-v3"``; None: the compiler's default target), see
+    ``vimc.ops.selective_scan.ort_plugin.library_path``."""
     from vimc.ops.selective_scan.ort_plugin import library_path
 
-    return library_path()
+    return library_path(march)
 
 
 def uses_plugin(path) -> bool:

@@ -374,13 +374,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def _add_export_commands(sub) -> None:
-    """`vimc export` and `vimc parity` come from vimc.export.cli; if that cannot be imported
-    (an export dependency missing), the commands still exist and say why they cannot run."""
+    """`vimc export`, `vimc parity` and `vimc ort-plugin` come from vimc.export.cli; if that
+    cannot be imported (an export dependency missing), the commands still exist and say why
+    they cannot run."""
     try:
-        from vimc.export.cli import add_export_parser, add_parity_parser
+        from vimc.export.cli import add_export_parser, add_ort_plugin_parser, add_parity_parser
     except ImportError as exc:
         reason = str(exc)
-        for name in ("export", "parity"):
+        for name in ("export", "parity", "ort-plugin"):
             p = sub.add_parser(
                 name, help=f"(unavailable: {reason})", description=f"unavailable: {reason}"
             )
@@ -393,6 +394,7 @@ def _add_export_commands(sub) -> None:
         return
     add_export_parser(sub)
     add_parity_parser(sub)
+    add_ort_plugin_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,12 +4,14 @@
 nodes with the fused CPU kernel (``cpu_kernel.c``) on ONNX Runtime's intra-op thread pool.
 :func:`library_path` builds it on first use (about a second, cached like the kernel) and
 returns the shared library's path, for ``SessionOptions.register_custom_ops_library`` or a
-C/C++ program's ``RegisterCustomOpsLibrary``. It needs onnxruntime >= 1.17 (C API 17) and is
-built with ``-march=native``: copy it only to machines with this CPU's instruction set.
+C/C++ program's ``RegisterCustomOpsLibrary``. It needs onnxruntime >= 1.17 (C API 17). By
+default it is built for this machine's CPU (``-march=native``); ``march`` builds it for
+another target, to copy to machines of that kind.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -17,19 +19,31 @@ from . import _cbuild
 
 DOMAIN = "vimc"
 OPS = ("SelectiveScan", "SelectiveScanBidirectional")
+_VISIBILITY = "-fvisibility=hidden"  # the library exports RegisterCustomOps alone
 
-_path: Path | None = None
+_paths: dict[str | None, Path] = {}
 _lock = threading.Lock()
 
 
-def library_path() -> Path:
-    """Path of the plugin library, built on first call. Raises RuntimeError (with the
-    compiler's message) where no C compiler can build it."""
-    global _path
+def library_path(march: str | None = "native") -> Path:
+    """Path of the plugin library, built on first call for each ``march``: ``"native"`` (this
+    CPU; where the compiler does not know -march=native, its default target), a target the C
+    compiler knows (``"x86-64-v3"`` runs on any AVX2 x86 machine, ``"x86-64"`` on any x86-64
+    one, ``"armv8-a"`` on 64-bit Arm), or None for the compiler's default target. Raises
+    ValueError for a malformed ``march`` and RuntimeError, with the compiler's message, where
+    it cannot be built (no C compiler, a target the compiler rejects)."""
+    if march is not None and not (isinstance(march, str) and re.fullmatch(r"[\w.+-]+", march)):
+        raise ValueError(f"march: expected a -march target such as 'native', got {march!r}")
     with _lock:
-        if _path is None:
-            variants = [["-march=native", "-fvisibility=hidden"], ["-fvisibility=hidden"], []]
-            _path = _cbuild.build(
-                "ort_plugin.c", "vimc_ort_plugin", variants, includes=["cpu_kernel.c"]
+        if march not in _paths:
+            if march == "native":
+                variants = [["-march=native", _VISIBILITY], [_VISIBILITY], []]
+            elif march is None:
+                variants = [[_VISIBILITY], []]
+            else:  # asked for by name: no silent fallback to another target
+                variants = [[f"-march={march}", _VISIBILITY]]
+            stem = "vimc_ort_plugin" + ("" if march in ("native", None) else f"_{march}")
+            _paths[march] = _cbuild.build(
+                "ort_plugin.c", stem, variants, includes=["cpu_kernel.c"]
             )
-    return _path
+    return _paths[march]

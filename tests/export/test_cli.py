@@ -150,3 +150,31 @@ def test_parity_compiled_and_aoti(small_aoti, capsys, monkeypatch):
     assert _run(["parity", SMALL, "--backends", "eager,compiled,aoti", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == 3
+
+
+def test_ort_plugin_prints_and_copies_the_library(tmp_path, capsys):
+    import ctypes
+
+    from vimc.export import ort_plugin_path
+
+    assert _run(["ort-plugin"]) == 0
+    assert capsys.readouterr().out.strip() == str(ort_plugin_path())
+    out = tmp_path / "libvimc_ort.so"
+    assert _run(["ort-plugin", str(out), "--march", "generic"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert hasattr(ctypes.CDLL(str(out)), "RegisterCustomOps")
+    assert [p.name for p in tmp_path.iterdir()] == ["libvimc_ort.so"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "argv,code,needle",
+    [
+        (["ort-plugin", "--march", "a b"], 2, "--march"),
+        (["ort-plugin", "{tmp}/missing/p.so"], 2, "OUT: directory"),
+        (["ort-plugin", "--march", "no-such-cpu"], 1, "cannot build it here"),
+    ],
+)
+def test_ort_plugin_bad_arguments(argv, code, needle, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert _run(argv) == code
+    assert needle in capsys.readouterr().err

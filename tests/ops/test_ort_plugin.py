@@ -226,3 +226,34 @@ def test_float64_input_is_refused_when_the_session_is_made(plugin):
     mp = _node_model("SelectiveScan", feeds, outputs, attrs, names)
     with pytest.raises(Exception, match="SelectiveScan"):
         _session(mp, plugin)
+
+
+# ---------------------------------------------------------------------------------------------
+# builds for other machines: the same numbers from a library built for another target
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("march", [None, "x86-64-v3"], ids=["compiler-default", "x86-64-v3"])
+def test_a_build_for_another_target_computes_the_same(plugin, march):
+    import platform
+
+    from vimc.ops.selective_scan.ort_plugin import library_path
+
+    if march and platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"-march={march} is an x86-64 target; this machine is {platform.machine()}")
+    c = Case(E=13, L=29, N=3)
+    ins, feeds, names, outputs, attrs = _scan_io(c)
+    mp = _node_model("SelectiveScan", feeds, outputs, attrs, names)
+    other = str(library_path(march))
+    assert other != plugin
+    got = _run_poisoned(_session(mp, other), feeds, outputs)
+    native = _run_poisoned(_session(mp, plugin), feeds, outputs)
+    for k in outputs:  # the exp and log1p polynomials are the same; only FMA contraction differs
+        torch.testing.assert_close(got[k], native[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_malformed_target_is_named():
+    from vimc.ops.selective_scan.ort_plugin import library_path
+
+    with pytest.raises(ValueError, match="march"):
+        library_path("x86-64; rm -rf /")
