@@ -171,6 +171,11 @@ def run_export(args: argparse.Namespace) -> int:
         check_writable(args.out, arg="OUT")
         if fmt == "onnx" and args.opset is not None and args.opset < 18:
             raise ValueError(f"--opset must be >= 18, got {args.opset}")
+        if fmt == "onnx" and args.scan == "custom" and args.dtype != "float32":
+            raise ValueError(
+                f"--scan custom: vimc's ONNX Runtime plugin computes in float32, got --dtype "
+                f"{args.dtype}; export float32 (or a standard-op --scan)"
+            )
         if fmt == "aoti" and not str(args.out).endswith(".pt2"):
             raise ValueError(f"OUT must end with .pt2 for aoti, got {args.out!r}")
         if fmt == "tensorrt":

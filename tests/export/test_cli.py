@@ -81,6 +81,10 @@ def test_usage_errors_exit_2(argv, needle, capsys):
         (["export", "aoti", SMALL, "{tmp}/m.onnx"], ".pt2"),
         (["export", "onnx", "vim_huge", "{tmp}/m.onnx"], "unknown model 'vim_huge'"),
         (["export", "onnx", SMALL, "{tmp}/m.onnx", "--opset", "11"], "--opset"),
+        (
+            ["export", "onnx", SMALL, "{tmp}/m.onnx", "--scan", "custom", "--dtype", "float16"],
+            "--scan custom: vimc's ONNX Runtime plugin computes in float32",
+        ),
         (["parity", SMALL, "--backends", "eager,tvm"], "--backends: unknown 'tvm'"),
         (["parity", SMALL, "--json", "{tmp}/no/r.json"], "--json"),
     ],
