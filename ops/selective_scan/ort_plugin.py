@@ -43,7 +43,5 @@ def library_path(march: str | None = "native") -> Path:
             else:  # asked for by name: no silent fallback to another target
                 variants = [[f"-march={march}", _VISIBILITY]]
             stem = "vimc_ort_plugin" + ("" if march in ("native", None) else f"_{march}")
-            _paths[march] = _cbuild.build(
-                "ort_plugin.c", stem, variants, includes=["cpu_kernel.c"]
-            )
+            _paths[march] = _cbuild.build("ort_plugin.c", stem, variants, includes=["cpu_kernel.c"])
     return _paths[march]
