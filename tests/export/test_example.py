@@ -10,10 +10,12 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "export_onnx.py"
 
 
 @pytest.mark.slow
-def test_export_onnx_example(tmp_path):
+@pytest.mark.parametrize("plugin", [False, True], ids=["standard-ops", "plugin"])
+def test_export_onnx_example(tmp_path, plugin):
     out = tmp_path / "m.onnx"
+    argv = ["--depth", "1", "--img-size", "64", "--out", str(out)] + ["--plugin"] * plugin
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--depth", "1", "--img-size", "64", "--out", str(out)],
+        [sys.executable, str(EXAMPLE), *argv],
         capture_output=True,
         text=True,
         timeout=300,
@@ -22,4 +24,5 @@ def test_export_onnx_example(tmp_path):
     assert out.is_file() and "max abs difference to PyTorch" in proc.stdout
     diff = float(proc.stdout.split("PyTorch: ")[1].split()[0])
     assert diff <= 1e-4
-    assert "trtexec --onnx=" in proc.stdout
+    assert ("trtexec --onnx=" in proc.stdout) != plugin
+    assert ("registered vimc's ONNX Runtime plugin" in proc.stdout) == plugin
