@@ -32,6 +32,7 @@ from ._common import (
     resolve_model,
     versions,
 )
+from .onnx import DEFAULT_SCAN
 
 # "onnxruntime": the standard-op file; "onnxruntime-plugin": the plugin form (scan="custom")
 # run with vimc's ONNX Runtime plugin
@@ -144,8 +145,8 @@ def _aoti(m, x, workdir, artifact):
     return load_aoti(artifact)
 
 
-def _onnxruntime(m, x, workdir, artifact, scan=None):
-    from .onnx import DEFAULT_SCAN, onnxruntime_session, run_onnxruntime, to_onnx
+def _onnxruntime(m, x, workdir, artifact, scan=DEFAULT_SCAN):
+    from .onnx import onnxruntime_session, run_onnxruntime, to_onnx
 
     if x.dtype == torch.bfloat16:
         raise TypeError(
@@ -154,8 +155,7 @@ def _onnxruntime(m, x, workdir, artifact, scan=None):
     if x.device.type != "cpu":
         raise ValueError("the onnxruntime backend runs on CPU; move the model to CPU")
     if artifact is None:
-        path = Path(workdir) / f"model_{scan or 'std'}.onnx"
-        artifact = to_onnx(m, path, example=x, scan=scan or DEFAULT_SCAN)
+        artifact = to_onnx(m, Path(workdir) / f"model_{scan}.onnx", example=x, scan=scan)
     session = onnxruntime_session(artifact)
     return lambda inp: run_onnxruntime(session, inp)
 

@@ -44,7 +44,6 @@ typedef struct {
 // the OrtApi slots used here: their index in the table
 enum {
     CreateStatus = 0,
-    GetErrorMessage = 2,
     CreateCustomOpDomain = 26,
     CustomOpDomain_Add = 27,
     AddCustomOpDomain = 28,
@@ -67,7 +66,6 @@ static const OrtFn *api;  // set once, in RegisterCustomOps
 
 #define CALL(slot, type, ...) (((type)api[slot])(__VA_ARGS__))
 typedef OrtStatus *(*CreateStatusFn)(int code, const char *msg);
-typedef const char *(*MessageFn)(const OrtStatus *status);
 typedef OrtStatus *(*PtrOutFn)(const void *obj, void **out);
 typedef OrtStatus *(*SizeOutFn)(const void *obj, size_t *out);
 typedef OrtStatus *(*IntOutFn)(const void *obj, int *out);
@@ -81,7 +79,9 @@ typedef void (*ReleaseFn)(void *obj);
 typedef OrtStatus *(*ParallelForFn)(const void *ctx, void (*fn)(void *, size_t), size_t total,
                                      size_t num_batch, void *data);
 
-// OrtCustomOp as of its version 16, and the op's schema beside it
+// OrtCustomOp as of its version 16, and the op's schema beside it. The V1 kernel callbacks
+// (CreateKernel, KernelCompute) stay NULL: a runtime that takes version-16 ops calls the V2
+// ones, which can return an error status, and the plugin registers only on API >= 17.
 typedef struct CustomOp {
     uint32_t version;
     void *(*CreateKernel)(const struct CustomOp *op, const OrtFn *api, const void *info);
@@ -243,7 +243,6 @@ static void run_chunk(void *p, size_t i) {
 
 static OrtStatus *run(void *ctx, Job *job) {
     ScanArgs *a = &job->args;
-    a->nthreads = 1;
     a->scratch_floats = FWD_SCRATCH_ROWS * a->L * LANES;
     job->items = vimc_scan_items(a);
     job->chunks = job->items < MAX_CHUNKS ? job->items : MAX_CHUNKS;
@@ -381,14 +380,6 @@ static OrtStatus *compute(void *kernel, void *ctx) {
                              : compute_scan(k, ctx, in, &job);
 }
 
-static void compute_v1(void *kernel, void *ctx) {  // for a runtime that ignores the V2 slots
-    OrtStatus *st = compute(kernel, ctx);
-    if (st) {
-        fprintf(stderr, "%s\n", CALL(GetErrorMessage, MessageFn, st));
-        CALL(ReleaseStatus, ReleaseFn, st);
-    }
-}
-
 static int64_t int_attribute(const void *info, const char *name) {  // absent: 0, mamba's default
     int64_t v = 0;
     OrtStatus *st = CALL(KernelInfoGetAttribute_int64, AttrIntFn, info, name, &v);
@@ -405,13 +396,6 @@ static OrtStatus *create_v2(const CustomOp *op, const OrtFn *api_, const void *i
     k->reverse = op->bidirectional ? 0 : int_attribute(info, "reverse");
     *out = k;
     return NULL;
-}
-
-static void *create_v1(const CustomOp *op, const OrtFn *api_, const void *info) {
-    void *k = NULL;
-    OrtStatus *st = create_v2(op, api_, info, &k);
-    if (st) CALL(ReleaseStatus, ReleaseFn, st);
-    return k;
 }
 
 static void destroy(void *kernel) { free(kernel); }
@@ -437,14 +421,12 @@ static int op_one(const CustomOp *op) { (void)op; return 1; }
 
 #define OP_CALLBACKS                               \
     .version = ORT_OP_VERSION,                     \
-    .CreateKernel = create_v1,                     \
     .GetName = op_name,                            \
     .GetExecutionProviderType = op_provider,       \
     .GetInputType = op_float,                      \
     .GetInputTypeCount = op_inputs,                \
     .GetOutputType = op_float,                     \
     .GetOutputTypeCount = op_outputs,              \
-    .KernelCompute = compute_v1,                   \
     .KernelDestroy = destroy,                      \
     .GetInputCharacteristic = op_input_kind,       \
     .GetOutputCharacteristic = op_output_kind,     \

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from . import _cbuild
 
-DOMAIN = "vimc"
-OPS = ("SelectiveScan", "SelectiveScanBidirectional")
 _VISIBILITY = "-fvisibility=hidden"  # the library exports RegisterCustomOps alone
 
 _paths: dict[str | None, Path] = {}
