@@ -37,3 +37,14 @@ def _poison_outputs():
 
     with poison_outputs(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def ort_plugin():
+    """The path of vimc's ONNX Runtime plugin (built once); skips where it cannot be built."""
+    from vimc.ops.selective_scan.ort_plugin import library_path
+
+    try:
+        return library_path()
+    except RuntimeError as exc:  # no C compiler: the plugin cannot exist on this machine
+        pytest.skip(f"vimc's ONNX Runtime plugin cannot be built here: {exc}")

@@ -156,9 +156,9 @@ def conv1d_channel_major(
 ) -> torch.Tensor:
     """:func:`causal_conv1d` (or, with ``causal=False``, :func:`anticausal_conv1d`) as one
     ``F.conv1d`` on channel-major xc (B, E, L) -> (B, E, L): the form exports that are
-    translated node by node (ONNX, TensorRT) record, one ``Conv`` node per direction, which
-    runtimes run as one kernel instead of K shifted copies, products and sums
-    (benchmarks/onnx_conv.py times both in ONNX Runtime)."""
+    translated node by node (ONNX, TensorRT) record, one ``Conv`` node per direction instead
+    of K shifted copies, products and sums (in ONNX Runtime as fast at batch 1, 0.45x the
+    time at batch 8: benchmarks/onnx_conv.py)."""
     K = weight.shape[-1]
     ct = torch.promote_types(xc.dtype, torch.float32)
     w = weight.to(ct) if causal else weight.to(ct).flip(-1)

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 from vimc.ops import selective_scan_bidirectional
+from vimc.ops.selective_scan.bidirectional import export_scan_form
 
 from ._scan_cases import (
     DIRECTION,
@@ -103,6 +104,20 @@ def test_opcheck_nograd_twin(c):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _export_pair(ins: dict, form: str = "per_direction"):
+    """torch.export of selective_scan_bidirectional on ``ins`` in ``form`` -> (program, the
+    targets of its call_function nodes)."""
+    names = list(ins)
+
+    class Pair(torch.nn.Module):
+        def forward(self, *xs):
+            return run(dict(zip(names, xs)), True)
+
+    with export_scan_form(form):
+        ep = torch.export.export(Pair(), tuple(ins.values()))
+    return ep, [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+
+
 TOKEN_MAJOR_CASES = [Case(E=8, L=7, N=4), Case(E=13, L=9, N=3, D=False, z=False, bias=False)]
 
 
@@ -131,24 +146,24 @@ def test_token_major_op_matches_two_reference_scans(c):
 
 
 def test_token_major_export_form_records_one_node_and_matches_eager():
-    from vimc.ops.selective_scan.bidirectional import export_scan_form
-
     ins = make_pair(Case(E=8, L=6, N=4), layout="token_major")
-    names = list(ins)
-
-    class Pair(torch.nn.Module):
-        def forward(self, *xs):
-            return run(dict(zip(names, xs)), True)
-
-    with export_scan_form("token_major"):
-        ep = torch.export.export(Pair(), tuple(ins.values()))
-    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    ep, targets = _export_pair(ins, "token_major")
     assert sum("vimc." in t for t in targets) == 1
     assert "vimc.selective_scan_bidirectional_token_major.default" in targets
     torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="form must be one of"):
         with export_scan_form("fused"):
             pass
+
+
+def test_token_major_export_form_keeps_grouped_scans_per_direction():
+    """The token-major op takes one group; grouped B, C stay one selective_scan_fwd node per
+    direction (the plugin form's vimc.SelectiveScan nodes)."""
+    ins = make_pair(Case(E=8, L=6, N=4, G=2))
+    ep, targets = _export_pair(ins, "token_major")
+    assert sum("vimc." in t for t in targets) == 2
+    assert targets.count("vimc.selective_scan_fwd.default") == 2
+    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True))
 
 
 def test_grad_mode_picks_the_op(monkeypatch):
@@ -190,14 +205,7 @@ def test_export_keeps_one_single_direction_node_per_scan():
     the form ONNX and TensorRT translate (AOTInductor asks for the one-call op instead:
     tests/export/test_aoti.py)."""
     ins = make_pair(Case(E=8, L=6, N=4))
-    names = list(ins)
-
-    class Pair(torch.nn.Module):
-        def forward(self, *xs):
-            return run(dict(zip(names, xs)), True)
-
-    ep = torch.export.export(Pair(), tuple(ins.values()))
-    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    ep, targets = _export_pair(ins)
     assert sum("selective_scan_fwd" in t for t in targets) == 2
     assert not any("bidirectional" in t for t in targets)
     torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True))
