@@ -3,13 +3,12 @@ machine and version information."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from vimc._env import cpu_name, versions  # noqa: F401  (re-exported for export/)
+from vimc.machine import cpu_name, device_name, versions  # noqa: F401  (re-exported for export/)
 
 DTYPES = {
     "float32": torch.float32,
@@ -137,18 +136,6 @@ def export_example(example: torch.Tensor, dynamic_batch: bool) -> torch.Tensor:
     if dynamic_batch and example.shape[0] == 1:
         return example.expand(2, *example.shape[1:]).contiguous()
     return example
-
-
-# ---------------------------------------------------------------------------------------------
-# machine and versions (cpu_name, versions: vimc._env, shared with benchmarks and vimc bench)
-# ---------------------------------------------------------------------------------------------
-
-
-def device_name(device=None) -> str:
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(dev)
-    return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def check_names(values: Sequence[str], known: Sequence[str], *, arg: str) -> list[str]:

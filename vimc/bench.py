@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vimc._env import cpu_name
+from vimc.machine import cpu_name
 
 PAPER_RESOLUTIONS = (512, 640, 738, 1024, 1248)
 CUDA_RESOLUTIONS = (224, 512, 640, 738, 1024, 1248)
