@@ -1,21 +1,79 @@
 """torch.export: the one graph every other route starts from.
 
-By default the scan stays one ``vimc::selective_scan_fwd`` node per direction and layer (its
-fake kernel gives shapes), so the ONNX route translates it to standard ops and TensorRT swaps
-in a plugin. ``scan_form`` asks for another form (``export_scan_form`` in
-ops/selective_scan/bidirectional.py): AOTInductor, which calls vimc's kernels back, takes
-``"bidirectional"``, one ``vimc::selective_scan_bidirectional_fwd*`` node per layer (one
-kernel call for both directions, as the eager and compiled model make on CPU); the ONNX
-plugin form takes ``"token_major"``, one such node on the mixer's (B, L, .) tensors.
+A Vim mixer can run its scans and convolutions in equal forms whose graphs differ
+(``BiMambaMixer.scan_form`` / ``conv_form``, vimc/layers.py). Which form an artifact wants is
+an export decision, so it is made here: :func:`model_forms` sets the mixers' forms for the
+duration of one export and restores them after. The scan forms an export asks for
+(``scan_form=``, one of ``SCAN_FORMS``):
+
+- ``"per_direction"`` (default): one ``vimc::selective_scan_fwd`` node per direction and
+  layer, and one ``Conv`` per direction's depthwise conv: what the ONNX standard-op lowerings
+  and TensorRT translate node by node;
+- ``"bidirectional"``: one ``vimc::selective_scan_bidirectional_fwd*`` node per layer and the
+  convs as shifted multiply-adds, for programs that compile the graph and call vimc's kernels
+  back (AOTInductor CPU packages): one kernel call for both directions, as eager and compiled
+  models make on CPU;
+- ``"plugin"``: one ``vimc::selective_scan_bidirectional_token_major`` node per layer on the
+  mixer's (B, L, .) tensors and ``Conv`` nodes: the ONNX plugin route
+  (``to_onnx(scan="plugin")``), whose node vimc's ONNX Runtime plugin runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
+
 import torch
 from torch import nn
-from vimc.ops.selective_scan.bidirectional import EXPORT_FORMS, export_scan_form
 
 from ._common import batch_dim, check_names, example_input, export_example, resolve_model
+
+SCAN_FORMS = ("per_direction", "bidirectional", "plugin")
+_OLD_SCAN_FORMS = {"token_major": "plugin"}  # deprecated spellings, for one release
+# (mixer scan_form, mixer conv_form) per export scan form
+_MIXER_FORMS = {
+    "per_direction": ("per_direction", "channel_major"),
+    "bidirectional": ("bidirectional", "shifted"),
+    "plugin": ("token_major", "channel_major"),
+}
+# torch.export's tracer is process-global: two threads tracing at once fail inside it
+# ("ProxyTorchDispatchMode slot already occupied", tests/export/test_aoti.py). Exports, and the
+# form changes they make on a model, therefore run one at a time.
+_TRACE_LOCK = threading.RLock()
+
+
+def check_scan_form(scan_form: str) -> str:
+    """``scan_form`` checked, a deprecated spelling mapped to its new name with a warning."""
+    if scan_form in _OLD_SCAN_FORMS:
+        new = _OLD_SCAN_FORMS[scan_form]
+        warnings.warn(
+            f"scan_form={scan_form!r} is deprecated; use scan_form={new!r}",
+            FutureWarning,
+            stacklevel=3,
+        )
+        scan_form = new
+    return check_names([scan_form], SCAN_FORMS, arg="scan_form")[0]
+
+
+def _mixers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "scan_form") and hasattr(m, "conv_form")]
+
+
+@contextlib.contextmanager
+def model_forms(model: nn.Module, scan_form: str):
+    """Within this block, every mixer of ``model`` runs in the forms export ``scan_form``
+    records (module doc); the model's own forms come back afterwards, also on error."""
+    scan, conv = _MIXER_FORMS[check_scan_form(scan_form)]
+    with _TRACE_LOCK:
+        saved = [(m, m.scan_form, m.conv_form) for m in _mixers(model)]
+        try:
+            for m, _, _ in saved:
+                m.scan_form, m.conv_form = scan, conv
+            yield model
+        finally:
+            for m, old_scan, old_conv in saved:
+                m.scan_form, m.conv_form = old_scan, old_conv
 
 
 def to_exported_program(
@@ -33,21 +91,16 @@ def to_exported_program(
     size. dynamic_batch: the batch axis is a symbol ``batch`` in [1, max_batch] (a batch-1
     example is traced at batch 2, since export specializes size-1 axes); False fixes it to
     the example's batch. The spatial size is always fixed (it fixes the sequence length).
-    scan_form: how a layer's two scan directions are recorded on CPU (one of
-    ``EXPORT_FORMS``): ``"per_direction"``, one ``vimc::selective_scan_fwd`` each (what the
-    ONNX standard-op and TensorRT routes translate); ``"bidirectional"``, one
-    ``vimc::selective_scan_bidirectional_fwd*`` node for both (programs that run vimc's own
-    kernels, such as AOTInductor packages); ``"token_major"``, one
-    ``vimc::selective_scan_bidirectional_token_major`` node (the ONNX plugin form).
-    Thread-safe: concurrent calls run one at a time (torch.export's tracer fails when two
-    threads trace at once).
+    scan_form: how the mixers' scans are recorded, one of ``SCAN_FORMS`` (module doc;
+    ``"token_major"`` is the deprecated name of ``"plugin"``). Thread-safe: concurrent calls
+    run one at a time, each with its own forms.
     """
     if not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
-    check_names([scan_form], EXPORT_FORMS, arg="scan_form")
+    scan_form = check_scan_form(scan_form)
     m: nn.Module = resolve_model(model)
     x = export_example(example_input(m, example), dynamic_batch)
-    with torch.no_grad(), export_scan_form(scan_form):
+    with torch.no_grad(), model_forms(m, scan_form):
         return torch.export.export(
             m, (x,), dynamic_shapes=batch_dim(x, dynamic_batch, max_batch), strict=strict
         )

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import pickle
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from vimc.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -224,51 +225,6 @@ def load_state_dict(
     return problems
 
 
-def load_into(
-    name,
-    config,
-    path,
-    *,
-    overrides: dict,
-    scan_impl: str = "fast",
-    dynamic_img_size: bool = False,
-    strict: bool = True,
-    device=None,
-    dtype=None,
-):
-    """Build ``name``'s model and fill it from ``path`` (create_model's checkpoint route).
-
-    vimc files carry their config: it replaces the registry's, then ``overrides`` apply.
-    Official files carry none: ``num_classes`` follows the checkpoint's head unless
-    overridden. An overridden ``num_classes`` different from the checkpoint's head keeps the
-    new head freshly initialized (fine-tuning, as timm does); a grid other than the
-    checkpoint's resizes pos_embed."""
-    from vimc.model import VimConfig, VisionMamba
-
-    sd, record = read_checkpoint(path)
-    if record is not None:
-        name = record.get("architecture") or name
-        config = dataclasses.replace(VimConfig.from_dict(record["config"]), **overrides)
-    head_w = sd.get("head.weight")
-    ckpt_classes = head_w.shape[0] if head_w is not None else 0
-    if "num_classes" not in overrides:
-        config = dataclasses.replace(config, num_classes=ckpt_classes)
-    keep: tuple[str, ...] = ()
-    if config.num_classes != ckpt_classes:
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        keep = ("head.",)
-    model = VisionMamba(
-        config,
-        scan_impl=scan_impl,
-        dynamic_img_size=dynamic_img_size,
-        name=name,
-        device=device,
-        dtype=dtype,
-    )
-    load_state_dict(model, sd, strict=strict, source=str(path), keep=keep)
-    return model
-
-
 # ---------------------------------------------------------------------------------------------
 # vimc's own format
 # ---------------------------------------------------------------------------------------------
@@ -277,8 +233,6 @@ def load_into(
 def save_pretrained(model, directory) -> Path:
     """``directory/model.safetensors`` (+ the config in its metadata) and ``config.json``."""
     from safetensors.torch import save_file
-
-    from vimc import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -293,30 +247,3 @@ def save_pretrained(model, directory) -> Path:
     save_file(sd, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "vimc": text})
     (directory / CONFIG_FILE).write_text(text + "\n")
     return directory
-
-
-def from_pretrained(path, **kwargs):
-    """A model saved by ``save_pretrained`` (directory or .safetensors file), rebuilt from its
-    own config; ``kwargs`` as for ``create_model``."""
-    from vimc.model import _ALIASES, VimConfig, VisionMamba, create_model
-
-    _, record = read_checkpoint(path)
-    if record is None:
-        raise CheckpointError(
-            f"{path} has no vimc config (not written by save_pretrained); use "
-            f"create_model(name, checkpoint_path=...)"
-        )
-    name = record.get("architecture")
-    if name in _ALIASES:
-        return create_model(name, checkpoint_path=path, **kwargs)
-    overrides = {
-        k: kwargs.pop(k)
-        for k in list(kwargs)
-        if k in {f.name for f in dataclasses.fields(VimConfig)}
-    }
-    config = dataclasses.replace(VimConfig.from_dict(record["config"]), **overrides)
-    strict = kwargs.pop("strict", True)
-    model = VisionMamba(config, name=name, **kwargs)
-    sd, _ = read_checkpoint(path)
-    load_state_dict(model, sd, strict=strict, source=str(path))
-    return model

@@ -13,6 +13,11 @@ Two implementations of the mixer share these parameters (``scan_impl``):
   shared gate and their average are one ``selective_scan_bidirectional`` call.
 - ``"reference"``: vim.md's formulation as written (flip, causal conv, the python-loop reference
   scan, flip back). Slow; for debugging and as the oracle of the fast path.
+
+The fast mixer's ``scan_form`` and ``conv_form`` pick among equal computations the one whose
+graph suits where it runs (``SCAN_FORMS``, ``CONV_FORMS``). The defaults suit eager and
+``torch.compile``; export routes set others for the duration of an export
+(``vimc.export.program.model_forms``).
 """
 
 from __future__ import annotations
@@ -23,10 +28,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vimc.ops import selective_scan_bidirectional, selective_scan_reference
-from vimc.ops.selective_scan.bidirectional import exporting_node_by_node
+from vimc.ops import (
+    selective_scan,
+    selective_scan_bidirectional,
+    selective_scan_bidirectional_token_major,
+    selective_scan_reference,
+)
 
 SCAN_IMPLS = ("fast", "reference")
+# how the fast mixer calls the scan: "bidirectional", one selective_scan_bidirectional call for
+# both directions (one fused kernel call on CPU); "per_direction", two selective_scan calls and
+# their mean; "token_major", one selective_scan_bidirectional_token_major call on the (B, L, .)
+# activations (no transposes around it). The same numbers each way.
+SCAN_FORMS = ("bidirectional", "per_direction", "token_major")
+# how it runs each direction's depthwise conv: "shifted", K shifted multiply-adds on token-major
+# activations (pointwise ops a compiler fuses into one loop); "channel_major", one F.conv1d per
+# direction on (B, E, L) views (one Conv node for graphs translated node by node).
+CONV_FORMS = ("shifted", "channel_major")
 
 
 class RMSNorm(nn.Module):
@@ -185,6 +203,8 @@ class BiMambaMixer(nn.Module):
         expand: int = 2,
         dt_rank: int | None = None,
         scan_impl: str = "fast",
+        scan_form: str = "bidirectional",
+        conv_form: str = "shifted",
         device=None,
         dtype=None,
     ):
@@ -194,6 +214,8 @@ class BiMambaMixer(nn.Module):
         self.d_inner = E = expand * d_model
         self.dt_rank = R = dt_rank or math.ceil(d_model / 16)
         self.scan_impl = scan_impl
+        self.scan_form = scan_form
+        self.conv_form = conv_form
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False, **kw)
         for sfx in ("", "_b"):
             # padding=d_conv-1 only mirrors the official module; forward pads explicitly
@@ -220,6 +242,26 @@ class BiMambaMixer(nn.Module):
             raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {value!r}")
         self._scan_impl = value
 
+    @property
+    def scan_form(self) -> str:
+        return self._scan_form
+
+    @scan_form.setter
+    def scan_form(self, value: str) -> None:
+        if value not in SCAN_FORMS:
+            raise ValueError(f"scan_form must be one of {SCAN_FORMS}, got {value!r}")
+        self._scan_form = value
+
+    @property
+    def conv_form(self) -> str:
+        return self._conv_form
+
+    @conv_form.setter
+    def conv_form(self, value: str) -> None:
+        if value not in CONV_FORMS:
+            raise ValueError(f"conv_form must be one of {CONV_FORMS}, got {value!r}")
+        self._conv_form = value
+
     def _direction(self, sfx: str):
         return (
             getattr(self, "conv1d" + sfx),
@@ -237,8 +279,7 @@ class BiMambaMixer(nn.Module):
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
         x, z = xz[..., :E], xz[..., E:]
-        # an export translated node by node gets one Conv node per direction (on x.mT, shared)
-        xc = x.mT if exporting_node_by_node() else None
+        xc = x.mT if self._conv_form == "channel_major" else None  # shared by both
         args = []
         for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
@@ -249,17 +290,33 @@ class BiMambaMixer(nn.Module):
             x_dbl = F.linear(u, xp.weight)  # (B, L, R + 2N)
             delta = F.linear(x_dbl[..., :R], dtp.weight)  # (B, L, E); the bias is the scan's
             args += [
-                u.mT,
-                delta.mT,
+                u,
+                delta,
                 -torch.exp(A_log.float()),
-                x_dbl[..., R : R + N].mT,
-                x_dbl[..., R + N :].mT,
+                x_dbl[..., R : R + N],
+                x_dbl[..., R + N :],
                 Dskip.float(),
                 dtp.bias.float(),
             ]
-        # (y_f + y_b) / 2, each gated by silu(z): one op call for both directions on CPU
-        y = selective_scan_bidirectional(*args, z=z.mT, delta_softplus=True)  # (B, E, L) view
-        return F.linear(y.mT, self.out_proj.weight)
+        return F.linear(self._scan(args, z), self.out_proj.weight)
+
+    def _scan(self, args: list, z: torch.Tensor) -> torch.Tensor:
+        """(y_f + y_b) / 2, each gated by silu(z), from token-major args (u, delta, A, B, C, D,
+        delta_bias per direction) -> (B, L, E), in the mixer's scan form."""
+        if self._scan_form == "token_major":
+            return selective_scan_bidirectional_token_major(*args, z=z, delta_softplus=True)
+        # the channel-major scans read (B, E, L) / (B, N, L) views of the token-major tensors
+        cm = [a.mT if a.dim() == 3 else a for a in args]
+        if self._scan_form == "bidirectional":
+            y = selective_scan_bidirectional(*cm, z=z.mT, delta_softplus=True)
+        else:
+            f, b = cm[:7], cm[7:]
+            y_f = selective_scan(*f[:5], D=f[5], z=z.mT, delta_bias=f[6], delta_softplus=True)
+            y_b = selective_scan(
+                *b[:5], D=b[5], z=z.mT, delta_bias=b[6], delta_softplus=True, reverse=True
+            )
+            y = (y_f + y_b) / 2
+        return y.mT  # (B, L, E) view
 
     def _forward_reference(self, h: torch.Tensor) -> torch.Tensor:
         """vim.md as written: flip, causal conv with padding 3 cut to L, reference scan."""

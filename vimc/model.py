@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vimc.checkpoint import resize_pos_embed
+from vimc.checkpoint import (
+    CheckpointError,
+    load_state_dict,
+    read_checkpoint,
+    resize_pos_embed,
+    save_pretrained,
+)
 from vimc.layers import SCAN_IMPLS, BiMambaMixer, Block, DropPath, PatchEmbed, RMSNorm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -201,16 +207,25 @@ class VisionMamba(nn.Module):
 
     def save_pretrained(self, directory) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-        from vimc.checkpoint import save_pretrained
-
         return save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> VisionMamba:
-        """Load a directory (or .safetensors file) written by ``save_pretrained``."""
-        from vimc.checkpoint import from_pretrained
-
-        return from_pretrained(path, **kwargs)
+        """Load a directory (or .safetensors file) written by ``save_pretrained``, rebuilt from
+        its own config; ``kwargs`` as for ``create_model``."""
+        _, record = read_checkpoint(path)
+        if record is None:
+            raise CheckpointError(
+                f"{path} has no vimc config (not written by save_pretrained); use "
+                f"create_model(name, checkpoint_path=...)"
+            )
+        name = record.get("architecture")
+        if name in _ALIASES:
+            return create_model(name, checkpoint_path=path, **kwargs)
+        fields = {f.name for f in dataclasses.fields(VimConfig)}
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        config = VimConfig.from_dict(record["config"])
+        return _load_checkpoint(name, config, path, overrides=overrides, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,9 +444,7 @@ def create_model(
             dtype=dtype,
         )
         return model
-    from vimc.checkpoint import load_into
-
-    return load_into(
+    return _load_checkpoint(
         variant.name,
         config,
         checkpoint_path,
@@ -442,6 +455,49 @@ def create_model(
         device=device,
         dtype=dtype,
     )
+
+
+def _load_checkpoint(
+    name,
+    config,
+    path,
+    *,
+    overrides: dict,
+    scan_impl: str = "fast",
+    dynamic_img_size: bool = False,
+    strict: bool = True,
+    device=None,
+    dtype=None,
+) -> VisionMamba:
+    """Build ``name``'s model and fill it from ``path`` (create_model's checkpoint route).
+
+    vimc files carry their config: it replaces the registry's, then ``overrides`` apply.
+    Official files carry none: ``num_classes`` follows the checkpoint's head unless
+    overridden. An overridden ``num_classes`` different from the checkpoint's head keeps the
+    new head freshly initialized (fine-tuning, as timm does); a grid other than the
+    checkpoint's resizes pos_embed."""
+    sd, record = read_checkpoint(path)
+    if record is not None:
+        name = record.get("architecture") or name
+        config = dataclasses.replace(VimConfig.from_dict(record["config"]), **overrides)
+    head_w = sd.get("head.weight")
+    ckpt_classes = head_w.shape[0] if head_w is not None else 0
+    if "num_classes" not in overrides:
+        config = dataclasses.replace(config, num_classes=ckpt_classes)
+    keep: tuple[str, ...] = ()
+    if config.num_classes != ckpt_classes:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        keep = ("head.",)
+    model = VisionMamba(
+        config,
+        scan_impl=scan_impl,
+        dynamic_img_size=dynamic_img_size,
+        name=name,
+        device=device,
+        dtype=dtype,
+    )
+    load_state_dict(model, sd, strict=strict, source=str(path), keep=keep)
+    return model
 
 
 __all__ = [

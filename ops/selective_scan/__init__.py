@@ -2,7 +2,7 @@
 and ``vimc::selective_scan_bwd``, with a float64-capable reference beside it."""
 
 from ._alloc import poison_outputs
-from .bidirectional import selective_scan_bidirectional
+from .bidirectional import selective_scan_bidirectional, selective_scan_bidirectional_token_major
 from .op import MAX_D_STATE, selective_scan
 from .reference import selective_scan_reference
 
@@ -11,5 +11,6 @@ __all__ = [
     "poison_outputs",
     "selective_scan",
     "selective_scan_bidirectional",
+    "selective_scan_bidirectional_token_major",
     "selective_scan_reference",
 ]

@@ -76,12 +76,15 @@ def test_concurrent_exports_each_keep_their_own_scan_form(small_model, images):
         ep = to_exported_program(small_model, images[64][:1], scan_form=scan_form)
         return {str(n.target) for n in scan_nodes(ep)}
 
-    asked = ["bidirectional", "per_direction", "token_major", "bidirectional", "per_direction"]
+    asked = ["bidirectional", "per_direction", "plugin", "bidirectional", "per_direction"]
     with ThreadPoolExecutor(max_workers=len(asked)) as pool:  # all five start at once
         forms = list(pool.map(form, asked))  # re-raises a thread's exception here
     expected = {
         "bidirectional": {"vimc.selective_scan_bidirectional_fwd_nograd.default"},
         "per_direction": {"vimc.selective_scan_fwd.default"},
-        "token_major": {"vimc.selective_scan_bidirectional_token_major.default"},
+        "plugin": {"vimc.selective_scan_bidirectional_token_major.default"},
     }
     assert forms == [expected[f] for f in asked]
+    # and the model runs in its own forms again afterwards
+    mixers = [layer.mixer for layer in small_model.layers]
+    assert {(m.scan_form, m.conv_form) for m in mixers} == {("bidirectional", "shifted")}

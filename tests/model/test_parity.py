@@ -5,7 +5,14 @@ import pytest
 import torch
 
 import vimc
-from vimc.layers import BiMambaMixer, anticausal_conv1d, causal_conv1d, conv1d_channel_major
+from vimc.layers import (
+    CONV_FORMS,
+    SCAN_FORMS,
+    BiMambaMixer,
+    anticausal_conv1d,
+    causal_conv1d,
+    conv1d_channel_major,
+)
 
 from ._helpers import randomize_
 
@@ -66,6 +73,25 @@ def test_mixer_fast_equals_flip_formulation_float64(L):
     fast = mixer(h)
     mixer.scan_impl = "reference"
     torch.testing.assert_close(fast, mixer(h), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_mixer_forms_compute_the_same(dtype):
+    """Every (scan_form, conv_form) is the same computation: float64 to rounding, float32
+    within the scan's forward bound; unknown forms are refused by name."""
+    mixer = randomize_(BiMambaMixer(24, d_state=5, dtype=dtype), seed=5)
+    h = torch.randn(2, 13, 24, dtype=dtype)
+    with torch.no_grad():
+        ref = mixer(h)
+        for scan_form in SCAN_FORMS:
+            for conv_form in CONV_FORMS:
+                mixer.scan_form, mixer.conv_form = scan_form, conv_form
+                tol = 1e-12 if dtype == torch.float64 else 2e-5
+                assert _rel(mixer(h), ref) <= tol, (scan_form, conv_form)
+    with pytest.raises(ValueError, match="scan_form must be one of"):
+        mixer.scan_form = "fused"
+    with pytest.raises(ValueError, match="conv_form must be one of"):
+        mixer.conv_form = "im2col"
 
 
 def test_mixer_gradients_fast_vs_reference():

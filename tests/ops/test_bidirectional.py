@@ -7,8 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from vimc.ops import selective_scan_bidirectional
-from vimc.ops.selective_scan.bidirectional import export_scan_form
+from vimc.ops import selective_scan_bidirectional, selective_scan_bidirectional_token_major
 
 from ._scan_cases import (
     DIRECTION,
@@ -104,18 +103,30 @@ def test_opcheck_nograd_twin(c):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def _export_pair(ins: dict, form: str = "per_direction"):
-    """torch.export of selective_scan_bidirectional on ``ins`` in ``form`` -> (program, the
+def _export_pair(ins: dict, fn=selective_scan_bidirectional):
+    """torch.export of ``fn`` (a two-direction scan function) on ``ins`` -> (program, the
     targets of its call_function nodes)."""
     names = list(ins)
 
     class Pair(torch.nn.Module):
         def forward(self, *xs):
-            return run(dict(zip(names, xs)), True)
+            return fn(**dict(zip(names, xs)), delta_softplus=True)
 
-    with export_scan_form(form):
-        ep = torch.export.export(Pair(), tuple(ins.values()))
+    ep = torch.export.export(Pair(), tuple(ins.values()))
     return ep, [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+
+
+def _token_major(ins: dict) -> dict:
+    """``ins`` (channel-major, one group) as the token-major function takes them: u, delta, z
+    (Bt, L, E); B, C (Bt, L, N)."""
+    out = {}
+    for k, v in ins.items():
+        if v is not None and k.removesuffix("_b") in ("u", "delta", "z"):
+            v = v.mT
+        elif v is not None and k.removesuffix("_b") in ("B", "C"):
+            v = v.squeeze(1).mT if v.dim() == 4 else v.mT
+        out[k] = v
+    return out
 
 
 TOKEN_MAJOR_CASES = [Case(E=8, L=7, N=4), Case(E=13, L=9, N=3, D=False, z=False, bias=False)]
@@ -145,25 +156,27 @@ def test_token_major_op_matches_two_reference_scans(c):
     assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
 
 
-def test_token_major_export_form_records_one_node_and_matches_eager():
+def test_token_major_function_records_one_node_and_matches_eager():
+    """selective_scan_bidirectional_token_major is one op node in an exported graph, and its
+    (Bt, L, E) output is selective_scan_bidirectional's, transposed."""
     ins = make_pair(Case(E=8, L=6, N=4), layout="token_major")
-    ep, targets = _export_pair(ins, "token_major")
+    tm = _token_major(ins)
+    ep, targets = _export_pair(tm, selective_scan_bidirectional_token_major)
     assert sum("vimc." in t for t in targets) == 1
     assert "vimc.selective_scan_bidirectional_token_major.default" in targets
-    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True), rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="form must be one of"):
-        with export_scan_form("fused"):
-            pass
+    torch.testing.assert_close(ep.module()(*tm.values()).mT, run(ins, True), rtol=1e-6, atol=1e-6)
 
 
-def test_token_major_export_form_keeps_grouped_scans_per_direction():
-    """The token-major op takes one group; grouped B, C stay one selective_scan_fwd node per
-    direction (the plugin form's vimc.SelectiveScan nodes)."""
-    ins = make_pair(Case(E=8, L=6, N=4, G=2))
-    ep, targets = _export_pair(ins, "token_major")
-    assert sum("vimc." in t for t in targets) == 2
-    assert targets.count("vimc.selective_scan_fwd.default") == 2
-    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True))
+def test_token_major_function_refuses_grouped_or_mismatched_input():
+    """The token-major op takes one B/C group, (Bt, L, N): a grouped B is refused with a message
+    naming it, never read as another layout; a *_b of another shape likewise."""
+    ins = _token_major(make_pair(Case(E=8, L=6, N=4)))
+    bad = dict(ins, B=ins["B"].unsqueeze(1))
+    with pytest.raises(ValueError, match=r"B must be \(Bt, L, N\)"):
+        selective_scan_bidirectional_token_major(**bad)
+    bad = dict(ins, u_b=ins["u_b"][:, :-1])
+    with pytest.raises(ValueError, match="u and u_b must have equal shapes"):
+        selective_scan_bidirectional_token_major(**bad)
 
 
 def test_grad_mode_picks_the_op(monkeypatch):
@@ -200,15 +213,15 @@ def test_compile_fullgraph_is_one_op_and_matches_eager():
     assert_compiled_matches_eager(lambda **kw: run(kw, True), ins)
 
 
-def test_export_keeps_one_single_direction_node_per_scan():
-    """While torch.export traces, the two directions stay two ``selective_scan_fwd`` nodes,
-    the form ONNX and TensorRT translate (AOTInductor asks for the one-call op instead:
-    tests/export/test_aoti.py)."""
+def test_export_records_what_runs_eagerly():
+    """The op computes one thing however it is traced: torch.export records the one-call op
+    the eager CPU path runs (no export-dependent branch). Export routes that want one node
+    per direction ask the model for it (vimc.export.program.model_forms)."""
     ins = make_pair(Case(E=8, L=6, N=4))
     ep, targets = _export_pair(ins)
-    assert sum("selective_scan_fwd" in t for t in targets) == 2
-    assert not any("bidirectional" in t for t in targets)
-    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True))
+    assert sum("vimc." in t for t in targets) == 1
+    assert any("selective_scan_bidirectional_fwd" in t for t in targets)
+    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(

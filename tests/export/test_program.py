@@ -1,0 +1,67 @@
+"""export/program.py: the forms an export asks a model for, set per instance and restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vimc.export.program import SCAN_FORMS, model_forms, scan_nodes, to_exported_program
+from vimc.model import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("vim_digits", depth=2).eval()
+
+
+def _forms(model) -> set:
+    return {(layer.mixer.scan_form, layer.mixer.conv_form) for layer in model.layers}
+
+
+@pytest.mark.parametrize(
+    "scan_form, mixer_forms",
+    [
+        ("per_direction", ("per_direction", "channel_major")),
+        ("bidirectional", ("bidirectional", "shifted")),
+        ("plugin", ("token_major", "channel_major")),
+    ],
+)
+def test_model_forms_sets_every_mixer_and_restores(tiny, scan_form, mixer_forms):
+    assert _forms(tiny) == {("bidirectional", "shifted")}
+    with model_forms(tiny, scan_form):
+        assert _forms(tiny) == {mixer_forms}
+    assert _forms(tiny) == {("bidirectional", "shifted")}
+
+
+def test_model_forms_restores_on_error_and_keeps_other_instances(tiny):
+    other = create_model("vim_digits", depth=2).eval()
+    other.layers[0].mixer.scan_form = "per_direction"  # a user's own choice survives an export
+    with pytest.raises(RuntimeError, match="boom"):
+        with model_forms(other, "plugin"):
+            assert _forms(tiny) == {("bidirectional", "shifted")}  # per instance
+            raise RuntimeError("boom")
+    assert other.layers[0].mixer.scan_form == "per_direction"
+    assert other.layers[1].mixer.scan_form == "bidirectional"
+
+
+def test_scan_form_names_and_deprecated_alias(tiny):
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="scan_form: unknown 'fused'"):
+        to_exported_program(tiny, x, scan_form="fused")
+    with pytest.warns(
+        FutureWarning, match="scan_form='token_major' is deprecated; use scan_form='plugin'"
+    ):
+        ep = to_exported_program(tiny, x, scan_form="token_major")
+    assert {str(n.target) for n in scan_nodes(ep)} == {
+        "vimc.selective_scan_bidirectional_token_major.default"
+    }
+    assert set(SCAN_FORMS) == {"per_direction", "bidirectional", "plugin"}
+
+
+def test_every_form_exports_the_same_numbers(tiny):
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = tiny(x)
+        for form in SCAN_FORMS:
+            got = to_exported_program(tiny, x[:1], scan_form=form).module()(x)
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=form)
