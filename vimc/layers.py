@@ -133,8 +133,8 @@ def _shifted_sum(x, weight, bias, taps, pad, silu):
     L, ct = x.shape[1], torch.promote_types(x.dtype, torch.float32)  # float64 stays
     xp = F.pad(x.to(ct), (0, 0, *pad))
     # (K, E), a real copy: Inductor vectorizes over E only when each tap's weights are
-    # contiguous (with weight[:, 0, k]'s stride of K it emits scalar code, 3x slower); a
-    # stack is realized as its own buffer, a .contiguous() would be inlined away
+    # contiguous (with weight[:, 0, k]'s stride of K it emits scalar code); a stack is
+    # realized as its own buffer, a .contiguous() would be inlined away
     w = torch.stack(weight[:, 0, :].to(ct).unbind(1))
     out = None
     for k, off in taps:
@@ -173,10 +173,10 @@ def conv1d_channel_major(
     xc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, causal: bool, silu: bool
 ) -> torch.Tensor:
     """:func:`causal_conv1d` (or, with ``causal=False``, :func:`anticausal_conv1d`) as one
-    ``F.conv1d`` on channel-major xc (B, E, L) -> (B, E, L): the form exports that are
-    translated node by node (ONNX, TensorRT) record, one ``Conv`` node per direction instead
-    of K shifted copies, products and sums (in ONNX Runtime as fast at batch 1, 0.45x the
-    time at batch 8: benchmarks/onnx_conv.py)."""
+    ``F.conv1d`` on channel-major xc (B, E, L) -> (B, E, L) (``conv_form="channel_major"``):
+    the form exports translated node by node (ONNX, TensorRT) ask for, one ``Conv`` node per direction instead
+    of K shifted copies, products and sums (faster in ONNX Runtime: benchmarks/onnx_conv.py,
+    results in benchmarks/results/onnx_conv-*.md)."""
     K = weight.shape[-1]
     ct = torch.promote_types(xc.dtype, torch.float32)
     w = weight.to(ct) if causal else weight.to(ct).flip(-1)

@@ -1,9 +1,9 @@
 """Registration of vimc's ops in the ``vimc`` torch.library namespace.
 
 A plain ``torch.library.Library`` definition instead of ``@torch.library.custom_op``: custom_op
-runs every call through a dynamo-disable wrapper and an output-aliasing check, about 15 us per
-call more than this registration for selective_scan_fwd (benchmarks/bidirectional.py, its
-``@custom_op`` dispatch row), and a Vim forward makes one or two calls per layer. The kernels
+runs every call through a dynamo-disable wrapper and an output-aliasing check, a per-call cost
+a Vim forward pays once or twice per layer (benchmarks/bidirectional.py times both
+registrations: its ``dispatch`` rows, results in benchmarks/results/bidirectional-*.md). The kernels
 here always return fresh tensors, so the aliasing check has nothing to find. The schema is
 inferred from the Python signature, as custom_op does; fake kernels and autograd are
 registered with the same ``torch.library`` functions.

@@ -73,8 +73,8 @@ def selective_scan_bidirectional_fwd(
 
 _BIDIR = _library.define(selective_scan_bidirectional_fwd)
 # The same kernel with no autograd formula, called when grad mode is off: an op's Python
-# autograd kernel runs on every call, grad mode or not, and costs about 17 us here
-# (benchmarks/bidirectional.py, "dispatch" rows); inference makes one call per layer.
+# autograd kernel runs on every call, grad mode or not (benchmarks/bidirectional.py times it,
+# "dispatch" rows); inference makes one call per layer.
 _BIDIR_NOGRAD = _library.define(
     selective_scan_bidirectional_fwd, "selective_scan_bidirectional_fwd_nograd"
 )

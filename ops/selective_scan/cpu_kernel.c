@@ -539,8 +539,8 @@ int64_t vimc_scan_items(const ScanArgs *a) {
 #ifdef _OPENMP
 #include <omp.h>
 // OpenMP build: cpu.py loads this library after torch, so "libgomp.so.1" resolves to the
-// runtime torch already uses, and the scan runs on torch's warm thread pool. Starting fresh
-// threads per call costs ~70 us on small VMs, more than a Vim-sized scan gains from them.
+// runtime torch already uses, and the scan runs on torch's warm thread pool: starting fresh
+// threads on every call would cost more than a Vim-sized scan gains from them.
 static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
     const int64_t items = vimc_scan_items(a);
     int64_t T = a->nthreads < 1 ? 1 : a->nthreads;

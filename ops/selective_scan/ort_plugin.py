@@ -2,7 +2,7 @@
 
 ``ort_plugin.c`` implements the ``vimc.SelectiveScan`` and ``vimc.SelectiveScanBidirectional``
 nodes with the fused CPU kernel (``cpu_kernel.c``) on ONNX Runtime's intra-op thread pool.
-:func:`library_path` builds it on first use (about a second, cached like the kernel) and
+:func:`library_path` builds it on first use (cached like the kernel) and
 returns the shared library's path, for ``SessionOptions.register_custom_ops_library`` or a
 C/C++ program's ``RegisterCustomOpsLibrary``. It needs onnxruntime >= 1.17 (C API 17). By
 default it is built for this machine's CPU (``-march=native``); ``march`` builds it for
