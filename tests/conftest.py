@@ -7,6 +7,8 @@ import os
 # The variable is read when triton is first imported, so it is set before anything imports it.
 if not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests never use the network: the Hub client (read at its import) serves cached files only.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vimc.config import IMAGENET_MEAN, IMAGENET_STD
+
 DATA_DIR = Path(__file__).with_name("data")
 DIGITS_TEST_FILE = DATA_DIR / "digits_test.npz"
 DIGITS_SPLIT = {"test_size": 0.2, "random_state": 0, "stratify": True}
@@ -70,8 +72,8 @@ def data_config(cfg: dict) -> dict:
         "input_size": (int(c), int(h), int(w)),
         "crop_pct": float(cfg.get("crop_pct", 0.875)),
         "interpolation": cfg.get("interpolation", "bicubic"),
-        "mean": tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        "mean": tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
+        "std": tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
     }
 
 

@@ -22,52 +22,11 @@ from vimc.checkpoint import (
     resize_pos_embed,
     save_pretrained,
 )
+from vimc.config import IMAGENET_MEAN, IMAGENET_STD, VimConfig  # noqa: F401  (re-exported)
+from vimc.hub import hub_download, is_hub_path, parse_hub_path
 from vimc.layers import SCAN_IMPLS, BiMambaMixer, Block, DropPath, PatchEmbed, RMSNorm
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-
-
-@dataclass(frozen=True)
-class VimConfig:
-    """Everything that fixes a Vim's parameters and preprocessing."""
-
-    img_size: int | tuple[int, int] = 224
-    patch_size: int = 16
-    stride: int = 16
-    in_chans: int = 3
-    embed_dim: int = 192
-    depth: int = 24
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | None = None  # None: ceil(embed_dim / 16)
-    num_classes: int = 1000
-    drop_rate: float = 0.0  # dropout after pos_embed
-    drop_path_rate: float = 0.0  # stochastic depth (training); inference ignores it
-    norm_eps: float = 1e-5
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-
-    @property
-    def img_hw(self) -> tuple[int, int]:
-        s = self.img_size
-        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
-
-    def to_dict(self) -> dict:
-        return {
-            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-            for f in dataclasses.fields(self)
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VimConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +252,13 @@ class Variant:
     weights: str | None = None  # file under vimc/weights/ (or an absolute path)
     aliases: tuple[str, ...] = ()
     description: str = ""
+    hf_hub_id: str | None = None  # Hugging Face Hub repository of the official weights
+    hf_hub_filename: str | None = None  # the file in it
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether ``pretrained=True`` can load weights: built in, or named on the Hub."""
+        return self.weights is not None or self.hf_hub_id is not None
 
     @property
     def weights_path(self) -> Path | None:
@@ -313,14 +279,19 @@ def register_variant(
     weights: str | None = None,
     aliases: tuple[str, ...] = (),
     description: str = "",
+    hf_hub_id: str | None = None,
+    hf_hub_filename: str | None = None,
 ) -> Variant:
     """Add a model to ``create_model``/``list_models``. ``weights``: a file shipped in
     ``vimc/weights/`` (safetensors from ``save_pretrained``, or its directory) that
-    ``pretrained=True`` loads. One line per variant::
+    ``pretrained=True`` loads; or ``hf_hub_id`` and ``hf_hub_filename``, a file on the Hugging
+    Face Hub that ``pretrained=True`` fetches through the Hub cache. One line per variant::
 
         register_variant("vim_digits", VimConfig(img_size=32, ...), weights="vim_digits")
     """
-    v = Variant(name, config, weights, tuple(aliases), description)
+    if (hf_hub_id is None) != (hf_hub_filename is None):
+        raise ValueError("hf_hub_id and hf_hub_filename go together")
+    v = Variant(name, config, weights, tuple(aliases), description, hf_hub_id, hf_hub_filename)
     for n in (name, *aliases):
         if n in _ALIASES and _ALIASES[n] != name:
             raise ValueError(f"model name {n!r} is already registered for {_ALIASES[n]!r}")
@@ -341,32 +312,41 @@ def list_models(
     pattern: str = "*", *, pretrained: bool = False, include_aliases: bool = False
 ) -> list[str]:
     """Registered model names matching a glob ``pattern`` (timm-style); ``pretrained=True``:
-    only those with built-in weights."""
+    only those with weights (built in or on the Hugging Face Hub)."""
     import fnmatch
 
     names = list(_ALIASES) if include_aliases else list(_VARIANTS)
     names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     if pretrained:
-        names = [n for n in names if get_variant(n).weights is not None]
+        names = [n for n in names if get_variant(n).has_weights]
     return sorted(names)
 
 
 _TAIL = "_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
-for _short, _D, _s in (
-    ("vim_tiny", 192, 16),
-    ("vim_tiny_s8", 192, 8),
-    ("vim_small", 384, 16),
-    ("vim_small_s8", 384, 8),
+# the official checkpoints (vim.md "Published accuracies"), on the Hub as hustvl published them
+for _short, _D, _s, _file in (
+    ("vim_tiny", 192, 16, "vim_t_midclstok_76p1acc.pth"),
+    ("vim_tiny_s8", 192, 8, "vim_t_midclstok_ft_78p3acc.pth"),
+    ("vim_small", 384, 16, "vim_s_midclstok_80p5acc.pth"),
+    ("vim_small_s8", 384, 8, "vim_s_midclstok_ft_81p6acc.pth"),
 ):
     _size = _short.split("_")[1]
     _long = f"vim_{_size}_patch16" + ("_stride8" if _s == 8 else "") + _TAIL
-    register_variant(_short, VimConfig(embed_dim=_D, stride=_s), aliases=(_long,))
+    register_variant(
+        _short,
+        VimConfig(embed_dim=_D, stride=_s),
+        aliases=(_long,),
+        hf_hub_id=f"hustvl/Vim-{_size}-midclstok",
+        hf_hub_filename=_file,
+    )
 register_variant(
     "vim_base",
     VimConfig(embed_dim=768),
     aliases=(
         "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",
     ),
+    hf_hub_id="hustvl/Vim-base-midclstok",
+    hf_hub_filename="vim_b_midclstok_81p9acc.pth",
 )
 # vimc's built-in model: trained by examples/train_digits.py on scikit-learn's digits (32x32)
 register_variant(
@@ -408,9 +388,12 @@ def create_model(
 ) -> VisionMamba:
     """Build a registered Vim (``list_models()``), timm-style.
 
-    ``pretrained=True`` loads the variant's built-in weights (``vimc/weights/``); weights are
-    never downloaded. ``checkpoint_path``: an official training checkpoint or bare state_dict
-    (.pth), or vimc's safetensors (file or ``save_pretrained`` directory). ``overrides``: any
+    ``pretrained=True`` loads the variant's weights: built in (``vimc/weights/``), or the
+    official checkpoint named by ``pretrained_cfg["hf_hub_id"]``/``["hf_hub_filename"]``,
+    fetched through the Hugging Face Hub cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` uses the
+    cached copy only). ``checkpoint_path``: an official training checkpoint or bare state_dict
+    (.pth), vimc's safetensors (file or ``save_pretrained`` directory), or
+    ``"hf-hub:OWNER/REPO/FILE"``, a file on the Hub. ``overrides``: any
     ``VimConfig`` field (img_size, patch_size, stride, embed_dim, depth, d_state, num_classes,
     drop_path_rate, in_chans, ...). A checkpoint learned at another img_size/stride has its
     pos_embed resized; with ``num_classes`` overridden to a value other than the checkpoint's,
@@ -425,14 +408,17 @@ def create_model(
             f"are the VimConfig fields {fields}"
         )
     if pretrained and checkpoint_path is None:
-        path = variant.weights_path
-        if path is None:
+        if not variant.has_weights:
             raise ValueError(
-                f"{name!r} has no built-in weights and weights cannot be downloaded; pass "
-                f"checkpoint_path= (an official .pth checkpoint or vimc safetensors). Models with "
-                f"built-in weights: {list_models(pretrained=True) or 'none'}"
+                f"{name!r} has no published weights; pass checkpoint_path= (an official .pth "
+                f"checkpoint or vimc safetensors). Models with weights: "
+                f"{list_models(pretrained=True) or 'none'}"
             )
-        checkpoint_path = path
+        checkpoint_path = variant.weights_path or hub_download(
+            variant.hf_hub_id, variant.hf_hub_filename
+        )
+    elif is_hub_path(checkpoint_path):
+        checkpoint_path = hub_download(*parse_hub_path(checkpoint_path))
     config = dataclasses.replace(variant.config, **overrides)
     if checkpoint_path is None:
         model = VisionMamba(
@@ -443,18 +429,23 @@ def create_model(
             device=device,
             dtype=dtype,
         )
-        return model
-    return _load_checkpoint(
-        variant.name,
-        config,
-        checkpoint_path,
-        overrides=overrides,
-        scan_impl=scan_impl,
-        dynamic_img_size=dynamic_img_size,
-        strict=strict,
-        device=device,
-        dtype=dtype,
-    )
+    else:
+        model = _load_checkpoint(
+            variant.name,
+            config,
+            checkpoint_path,
+            overrides=overrides,
+            scan_impl=scan_impl,
+            dynamic_img_size=dynamic_img_size,
+            strict=strict,
+            device=device,
+            dtype=dtype,
+        )
+    if variant.hf_hub_id is not None and model.name == variant.name:
+        model.pretrained_cfg.update(
+            hf_hub_id=variant.hf_hub_id, hf_hub_filename=variant.hf_hub_filename
+        )
+    return model
 
 
 def _load_checkpoint(

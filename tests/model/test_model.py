@@ -71,8 +71,8 @@ def test_list_models():
     assert set(names) >= {v[0] for v in VARIANTS} | {"vim_digits"}
     assert set(vimc.list_models(include_aliases=True)) >= {v[1] for v in VARIANTS}
     assert vimc.list_models("vim_tiny*") == ["vim_tiny", "vim_tiny_s8"]
-    # vim_digits is the only variant with weights in the package
-    assert vimc.list_models(pretrained=True) == ["vim_digits"]
+    # vim_digits has weights in the package, the official variants on the Hub
+    assert vimc.list_models(pretrained=True) == sorted(["vim_digits", *(v[0] for v in VARIANTS)])
 
 
 def test_vim_tiny_state_dict_names_and_shapes():
@@ -160,9 +160,16 @@ def test_overrides_and_errors():
         vimc.create_model("vim_tiny", depth=1, scan_impl="triton-ish")
 
 
-def test_pretrained_without_builtin_weights_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"cannot be downloaded.*checkpoint_path="):
-        vimc.create_model("vim_tiny", pretrained=True)
+def test_pretrained_without_any_weights_is_a_clear_error():
+    from vimc import model as M
+
+    M.register_variant("vim_test_noweights", M.VimConfig(depth=1, embed_dim=32))
+    try:
+        with pytest.raises(ValueError, match=r"no published weights.*checkpoint_path="):
+            vimc.create_model("vim_test_noweights", pretrained=True)
+        assert "vim_test_noweights" not in vimc.list_models(pretrained=True)
+    finally:
+        del M._VARIANTS["vim_test_noweights"], M._ALIASES["vim_test_noweights"]
 
 
 def test_register_variant_with_packaged_weights(tmp_path, small_model):
