@@ -32,12 +32,14 @@ from ._common import (
     resolve_model,
     versions,
 )
-from .onnx import DEFAULT_SCAN
+from .onnx.names import DEFAULT_SCAN
 
-# "onnxruntime": the standard-op file; "onnxruntime-plugin": the plugin form (scan="custom")
-# run with vimc's ONNX Runtime plugin
+# "onnxruntime": the standard-op file; "onnxruntime-plugin": the plugin route
+# (scan="plugin") run with vimc's ONNX Runtime plugin
 BACKENDS = ("eager", "compiled", "aoti", "onnxruntime", "onnxruntime-plugin", "tensorrt")
-# default (atol, rtol) per compute dtype, against float32 eager logits
+# The runtime's default (atol, rtol) per compute dtype, what `vimc parity` and `vimc export`
+# apply when none is given: a row passes when every logit satisfies
+# |out - ref| <= atol + rtol * |ref|, element by element, with ref the float32 eager logits.
 DEFAULT_TOLERANCES = {
     torch.float32: (1e-4, 1e-4),
     torch.float16: (2e-2, 2e-2),
@@ -64,6 +66,7 @@ def metrics(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
 
 
 def within_tolerance(ref: torch.Tensor, out: torch.Tensor, atol: float, rtol: float) -> bool:
+    """Whether ``out`` is finite and every element satisfies |out - ref| <= atol + rtol*|ref|."""
     r, o = ref.detach().double().cpu(), out.detach().double().cpu()
     return bool(torch.isfinite(o).all()) and bool(((o - r).abs() <= atol + rtol * r.abs()).all())
 
@@ -163,7 +166,7 @@ def _onnxruntime(m, x, workdir, artifact, scan=DEFAULT_SCAN):
 def _onnxruntime_plugin(m, x, workdir, artifact):
     if x.dtype != torch.float32:
         raise TypeError("vimc's ONNX Runtime plugin computes in float32; use --dtype float32")
-    return _onnxruntime(m, x, workdir, artifact, scan="custom")
+    return _onnxruntime(m, x, workdir, artifact, scan="plugin")
 
 
 def _tensorrt(m, x, workdir, artifact):

@@ -13,6 +13,7 @@ from vimc.export.onnx import (
     lower_scan_node,
     lower_scans,
     nonstandard_nodes,
+    read_scan_lowering,
     run_onnxruntime,
     scan_pairs,
 )
@@ -45,12 +46,12 @@ def test_vim_tiny_onnx_standard_ops_batch_1_and_3(tiny_model, tiny_onnx, images)
 @pytest.mark.slow
 def test_small_onnx_standard_ops_batch_1_and_3(small_model, small_onnx, images):
     mp = _check_file(small_onnx, img=64)
-    # 2 layers, the two directions of each in one Scan ("bidir", the default)
+    # 2 layers, the two directions of each in one Scan ("paired", the default)
     assert sum(n.op_type == "Scan" for n in mp.graph.node) == 2
     # each direction's depthwise conv is one Conv node (conv1d_channel_major), not K shifted
     # multiply-adds
     assert sum(n.op_type == "Conv" for n in mp.graph.node) == 4
-    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "bidir"
+    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "paired"
     assert_onnx_parity(small_onnx, small_model, images[64])
     # the session the export benchmark times ORT with: same numbers, idle threads not spinning
     quiet = onnxruntime_session(small_onnx, threads=2, spinning=False)
@@ -75,10 +76,12 @@ def test_non_default_img_size(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "scan,unroll,tag",
-    [("unrolled", 5, "unrolled(5)"), ("step", 2, "step(2)"), ("scan", None, "scan")],
+    "scan,unroll,tag,scans",
+    [("step", 2, "step(2)", 4), ("paired", 3, "paired(3)", 2)],  # scans: one per direction/layer
 )
-def test_other_formulations_and_fixed_batch(small_model, images, tmp_path, scan, unroll, tag):
+def test_other_lowerings_unrolled_and_fixed_batch(
+    small_model, images, tmp_path, scan, unroll, tag, scans
+):
     path = to_onnx(
         small_model,
         tmp_path / "u.onnx",
@@ -90,12 +93,46 @@ def test_other_formulations_and_fixed_batch(small_model, images, tmp_path, scan,
     mp = onnx.load(str(path))
     assert nonstandard_nodes(mp) == []
     assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == tag
-    assert sum(n.op_type == "Scan" for n in mp.graph.node) == 4  # one per direction
+    assert sum(n.op_type == "Scan" for n in mp.graph.node) == scans
     assert mp.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
     with torch.no_grad():
         ref = small_model(images[64][:2])
     out = run_onnxruntime(onnxruntime_session(path), images[64][:2])
     assert (out - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_old_name_bidir_warns_and_writes_the_paired_file(small_model, small_onnx, tmp_path):
+    with pytest.warns(FutureWarning, match="scan='bidir' is deprecated.*'paired'"):
+        path = to_onnx(small_model, tmp_path / "old.onnx", scan="bidir")
+    old, new = onnx.load(str(path)), onnx.load(str(small_onnx))
+    assert [n.op_type for n in iter_nodes(old.graph)] == [n.op_type for n in iter_nodes(new.graph)]
+    assert read_scan_lowering(old) == read_scan_lowering(new) == "paired"
+    assert nonstandard_nodes(old) == []
+    assert_onnx_parity(path, small_model, torch.randn(3, 3, 64, 64))
+
+
+@pytest.mark.parametrize("removed", ["scan", "unrolled"])
+def test_removed_lowerings_raise_naming_the_choices(small_model, tmp_path, removed):
+    with pytest.raises(ValueError, match=f"scan='{removed}' was removed.*'step' or 'paired'"):
+        to_onnx(small_model, tmp_path / "m.onnx", scan=removed, unroll=2)
+    node = helper.make_node(SCAN_OP, ["u", "d", "A", "B", "C"], ["o"], domain=SCAN_DOMAIN)
+    with pytest.raises(ValueError, match="was removed.*'step' or 'paired'"):
+        lower_scan_node(node, removed)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_scan_lowering_reads_old_names_as_new():
+    def proto(value):
+        mp = helper.make_model(helper.make_graph([], "g", [], []))
+        if value is not None:
+            mp.metadata_props.add(key="vimc.scan", value=value)
+        return mp
+
+    cases = {"custom": "plugin", "bidir": "paired", "bidir(2)": "paired(2)", "step(3)": "step(3)"}
+    for old, new in {**cases, "plugin": "plugin", "paired": "paired"}.items():
+        assert read_scan_lowering(proto(old)) == new
+    assert read_scan_lowering(proto(None)) is None
 
 
 def test_nonstandard_nodes_are_found_inside_subgraphs():
@@ -120,7 +157,7 @@ def test_nonstandard_nodes_are_found_inside_subgraphs():
 # ---------------------------------------------------------------------------------------------
 
 
-def _scan_model(formulation, unroll, present, reverse, softplus, dtype=TensorProto.FLOAT):
+def _scan_model(lowering, unroll, present, reverse, softplus, dtype=TensorProto.FLOAT):
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     ins = [n if (n in present or n in names[:5]) else "" for n in names]
     node = helper.make_node(
@@ -132,7 +169,7 @@ def _scan_model(formulation, unroll, present, reverse, softplus, dtype=TensorPro
         delta_softplus=int(softplus),
         reverse=int(reverse),
     )
-    nodes = lower_scan_node(node, formulation, unroll)
+    nodes = lower_scan_node(node, lowering, unroll)
     shapes = {
         "u": ["Bt", "E", "L"],
         "delta": ["Bt", "E", "L"],
@@ -161,7 +198,7 @@ def _scan_model(formulation, unroll, present, reverse, softplus, dtype=TensorPro
     return mp, [n for n in ins if n]
 
 
-LOWERINGS = [("scan", 1), ("unrolled", 4), ("unrolled", 7), ("step", 1), ("step", 3), ("bidir", 1)]
+LOWERINGS = [("step", 1), ("step", 3), ("step", 4), ("step", 7), ("paired", 1), ("paired", 2)]
 LOWERING_IDS = [f"{f}-k{k}" for f, k in LOWERINGS]
 CASES = {  # name: (inputs present beside u, delta, A, B, C; softplus; groups G)
     "all-G1": ({"D", "z", "delta_bias"}, True, 1),
@@ -199,15 +236,15 @@ def _reference(t, present, softplus, reverse):
     )
 
 
-@pytest.mark.parametrize("formulation,unroll", LOWERINGS, ids=LOWERING_IDS)
+@pytest.mark.parametrize("lowering,unroll", LOWERINGS, ids=LOWERING_IDS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
+def test_lowered_scan_matches_op(lowering, unroll, reverse, case):
     import onnxruntime as ort
 
     present, softplus, G = CASES[case]
     t = _scan_inputs(3, Bt=2, E=8, N=5, L=13, G=G, softplus=softplus)  # L prime: never k * n
-    mp, names = _scan_model(formulation, unroll, present, reverse, softplus)
+    mp, names = _scan_model(lowering, unroll, present, reverse, softplus)
     assert nonstandard_nodes(mp) == []
     sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
     out, last = sess.run(None, {n: t[n].numpy() for n in names})
@@ -216,13 +253,13 @@ def test_lowered_scan_matches_op(formulation, unroll, reverse, case):
     np.testing.assert_allclose(last, ref_last.numpy(), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("formulation", ["scan", "step"])
-def test_lowered_scan_keeps_half_precision_io(formulation):
+@pytest.mark.parametrize("unroll", [1, 4])
+def test_lowered_scan_keeps_half_precision_io(unroll):
     """float16 u, delta, z in, float16 out (CastLike), the arithmetic in float32 inside."""
     import onnxruntime as ort
 
     present = {"D", "z", "delta_bias"}
-    mp, names = _scan_model(formulation, 1, present, False, True, dtype=TensorProto.FLOAT16)
+    mp, names = _scan_model("step", unroll, present, False, True, dtype=TensorProto.FLOAT16)
     t = _scan_inputs(4, Bt=1, E=4, N=3, L=6, G=1, softplus=True)
     t = {k: v.half() if k in ("u", "delta", "z") else v for k, v in t.items()}
     sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -232,16 +269,18 @@ def test_lowered_scan_keeps_half_precision_io(formulation):
     np.testing.assert_allclose(out.astype(np.float32), ref.float().numpy(), atol=2e-2, rtol=2e-2)
 
 
-def test_lowering_names_a_bad_formulation_or_unroll():
+def test_lowering_names_a_bad_lowering_or_unroll():
     node = helper.make_node(SCAN_OP, ["u", "d", "A", "B", "C"], ["o"], domain=SCAN_DOMAIN)
-    with pytest.raises(ValueError, match="formulation"):
+    with pytest.raises(ValueError, match="lowering: unknown 'loop'; choose from paired, step"):
         lower_scan_node(node, "loop")
+    with pytest.raises(ValueError, match="lowering"):  # a whole-file route, not a lowering
+        lower_scan_node(node, "plugin")
     with pytest.raises(ValueError, match="unroll"):
         lower_scan_node(node, "step", 0)
 
 
 # ---------------------------------------------------------------------------------------------
-# "bidir": the two directions of a layer (one z) in one Scan
+# "paired": the two directions of a layer (one z) in one Scan
 # ---------------------------------------------------------------------------------------------
 
 PAIR = dict(Bt=2, E=8, N=4, L=11)
@@ -314,23 +353,32 @@ def _run_pair_graph(mp, groups=(1, 1), chained=False):
     np.testing.assert_allclose(got["neg_fout"], -got["fout"])
 
 
-@pytest.mark.parametrize("formulation", ["bidir", "step", "scan"])
-def test_forward_and_reverse_sharing_z_pair_into_one_scan(formulation):
+@pytest.mark.parametrize("lowering", ["paired", "step"])
+def test_forward_and_reverse_sharing_z_pair_into_one_scan(lowering):
     mp = _pair_graph()
     assert scan_pairs(mp.graph) == [(0, 2)]
-    assert lower_scans(mp, formulation) == 3
+    assert lower_scans(mp, lowering) == 3
     onnx.checker.check_model(mp, full_check=True)
     assert nonstandard_nodes(mp) == []
     assert [o.domain for o in mp.opset_import] == [""]
     scans = sum(n.op_type == "Scan" for n in mp.graph.node)
-    assert scans == (2 if formulation == "bidir" else 3)
+    assert scans == (2 if lowering == "paired" else 3)
     _run_pair_graph(mp)
+
+
+def test_lower_scans_old_name_bidir_warns_and_pairs_as_paired():
+    new, old = _pair_graph(), _pair_graph()
+    assert lower_scans(new, "paired") == 3
+    with pytest.warns(FutureWarning, match="lowering='bidir' is deprecated.*'paired'"):
+        assert lower_scans(old, "bidir") == 3
+    assert old == new
+    _run_pair_graph(old)
 
 
 def test_pair_with_different_groups_still_shares_one_scan():
     mp = _pair_graph(groups=(1, 2))
     assert scan_pairs(mp.graph) == [(0, 2)]
-    assert lower_scans(mp, "bidir") == 3
+    assert lower_scans(mp, "paired") == 3
     onnx.checker.check_model(mp, full_check=True)
     assert sum(n.op_type == "Scan" for n in mp.graph.node) == 2
     _run_pair_graph(mp, groups=(1, 2))
@@ -343,7 +391,7 @@ def test_pair_with_different_groups_still_shares_one_scan():
 def test_placeholders_that_cannot_pair_are_lowered_alone(why, kw):
     mp = _pair_graph(**kw)
     assert scan_pairs(mp.graph) == []
-    assert lower_scans(mp, "bidir") == 3
+    assert lower_scans(mp, "paired") == 3
     onnx.checker.check_model(mp, full_check=True)
     assert nonstandard_nodes(mp) == []
     assert sum(n.op_type == "Scan" for n in mp.graph.node) == 3
@@ -357,8 +405,10 @@ def test_placeholders_that_cannot_pair_are_lowered_alone(why, kw):
 
 
 def test_bad_arguments_name_the_argument(small_model, tmp_path):
-    with pytest.raises(ValueError, match="scan"):
+    with pytest.raises(ValueError, match="scan: unknown 'loop'; choose from paired, step, plugin"):
         to_onnx(small_model, tmp_path / "m.onnx", scan="loop")
+    with pytest.raises(TypeError, match="scan"):
+        to_onnx(small_model, tmp_path / "m.onnx", scan=None)
     with pytest.raises(ValueError, match="unroll"):
         to_onnx(small_model, tmp_path / "m.onnx", scan="step", unroll=0)
     with pytest.raises(ValueError, match="opset"):

@@ -1,4 +1,4 @@
-"""The ONNX plugin form (``to_onnx(scan="custom")``): one token-major
+"""The plugin route (``to_onnx(scan="plugin")``): one token-major
 ``vimc.SelectiveScanBidirectional`` node per layer with no transposes around it, run by vimc's
 ONNX Runtime plugin from one file at batch 1 and 3 within 1e-4 of eager; the session helper
 registers the plugin for such files (and only for them); the CLI and the parity tool run it.
@@ -9,7 +9,14 @@ import ctypes
 import onnx
 import pytest
 from vimc.export import onnxruntime_session, ort_plugin_path, to_onnx
-from vimc.export.onnx import BIDIR_OP, SCAN_DOMAIN, nonstandard_nodes, uses_plugin
+from vimc.export.onnx import (
+    BIDIR_OP,
+    SCAN_DOMAIN,
+    iter_nodes,
+    nonstandard_nodes,
+    read_scan_lowering,
+    uses_plugin,
+)
 from vimc.export.parity import compare
 
 from .conftest import assert_onnx_parity
@@ -21,8 +28,8 @@ def plugin(ort_plugin):
 
 
 @pytest.fixture(scope="module")
-def small_custom(small_model, tmp_path_factory, plugin):
-    return to_onnx(small_model, tmp_path_factory.mktemp("plugin") / "small.onnx", scan="custom")
+def small_plugin(small_model, tmp_path_factory, plugin):
+    return to_onnx(small_model, tmp_path_factory.mktemp("plugin") / "small.onnx", scan="plugin")
 
 
 def test_library_exports_the_onnxruntime_entry_point(plugin):
@@ -32,14 +39,14 @@ def test_library_exports_the_onnxruntime_entry_point(plugin):
 
 
 @pytest.mark.slow
-def test_small_plugin_form_one_token_major_node_per_layer(small_model, small_custom, images):
-    mp = onnx.load(str(small_custom))
+def test_small_plugin_route_one_token_major_node_per_layer(small_model, small_plugin, images):
+    mp = onnx.load(str(small_plugin))
     onnx.checker.check_model(mp)
     custom = [n for n in mp.graph.node if n.domain == SCAN_DOMAIN]
     assert [n.op_type for n in custom] == [BIDIR_OP] * 2  # 2 layers
     assert {a.name: a.i for a in custom[0].attribute} == {"delta_softplus": 1}
     assert nonstandard_nodes(mp) == [f"vimc::{BIDIR_OP}"] * 2
-    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "custom"
+    assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "plugin"
     # the mixer's transposes cancel against the node's: a transpose that feeds it (u, the
     # Conv output made token-major) feeds x_proj's MatMul too, and none reads its output
     producer = {o: n for n in mp.graph.node for o in n.output}
@@ -50,21 +57,32 @@ def test_small_plugin_form_one_token_major_node_per_layer(small_model, small_cus
                 assert {m.op_type for m in readers(i)} == {BIDIR_OP, "MatMul"}
         assert readers(n.output[0])
         assert all(m.op_type != "Transpose" for m in readers(n.output[0]))
-    assert uses_plugin(small_custom)
-    assert_onnx_parity(small_custom, small_model, images[64])
+    assert uses_plugin(small_plugin)
+    assert_onnx_parity(small_plugin, small_model, images[64])
 
 
 @pytest.mark.slow
-def test_vim_tiny_plugin_form_batch_1_and_3(tiny_model, images, tmp_path, plugin):
-    path = to_onnx(tiny_model, tmp_path / "vim_tiny_custom.onnx", scan="custom")
+def test_vim_tiny_plugin_route_batch_1_and_3(tiny_model, images, tmp_path, plugin):
+    path = to_onnx(tiny_model, tmp_path / "vim_tiny_plugin.onnx", scan="plugin")
     assert_onnx_parity(path, tiny_model, images[224])
 
 
 @pytest.mark.slow
-def test_plugin_is_registered_only_where_needed(small_custom, small_onnx):
+def test_old_name_custom_warns_and_writes_the_plugin_file(small_model, small_plugin, tmp_path):
+    with pytest.warns(FutureWarning, match="scan='custom' is deprecated.*'plugin'"):
+        path = to_onnx(small_model, tmp_path / "old.onnx", scan="custom")
+    old, new = onnx.load(str(path)), onnx.load(str(small_plugin))
+    assert [n.op_type for n in iter_nodes(old.graph)] == [n.op_type for n in iter_nodes(new.graph)]
+    assert nonstandard_nodes(old) == nonstandard_nodes(new) == [f"vimc::{BIDIR_OP}"] * 2
+    assert read_scan_lowering(old) == read_scan_lowering(new) == "plugin"
+    assert uses_plugin(path)
+
+
+@pytest.mark.slow
+def test_plugin_is_registered_only_where_needed(small_plugin, small_onnx):
     assert not uses_plugin(small_onnx)
     with pytest.raises(Exception, match="vimc"):  # ORT cannot resolve the vimc domain alone
-        onnxruntime_session(small_custom, plugin=False)
+        onnxruntime_session(small_plugin, plugin=False)
     onnxruntime_session(small_onnx, plugin=True)  # harmless on a standard-op file
 
 
@@ -74,9 +92,9 @@ def test_session_names_a_missing_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_parity_tool_runs_the_plugin_form(small_model, small_custom):
+def test_parity_tool_runs_the_plugin_route(small_model, small_plugin):
     report = compare(
-        small_model, ["onnxruntime-plugin"], batch=3, artifacts={"onnxruntime-plugin": small_custom}
+        small_model, ["onnxruntime-plugin"], batch=3, artifacts={"onnxruntime-plugin": small_plugin}
     )
     (row,) = report.rows
     assert row.error is None and row.passed, row
