@@ -16,33 +16,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
+from vimc.cliargs import nonneg_float, positive_int
+
 from ._common import DTYPE_NAMES
-from .onnx import DEFAULT_SCAN, SCAN_FORMULATIONS
+from .onnx.names import DEFAULT_SCAN, SCAN_LOWERINGS, resolve_lowering
 
 FORMATS = ("onnx", "aoti", "tensorrt")
 _SUFFIX = {"onnx": ".onnx", "aoti": ".pt2", "tensorrt": ".ep"}
 
 
-def _positive_int(text: str) -> int:
+def _scan_lowering(text: str) -> str:
+    """``--scan``'s value: an old spelling is taken with a warning on stderr; a removed
+    lowering is a usage error naming the choices."""
     try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return v
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FutureWarning)
+            name = resolve_lowering(text, arg="--scan")
+    except ValueError as exc:
+        msg = str(exc).removeprefix("--scan: ").removeprefix("--scan=")
+        raise argparse.ArgumentTypeError(msg) from None
+    if caught:
+        print(
+            f"vimc export: warning: --scan {text} is deprecated and will be removed in the "
+            f"next release; use --scan {name}",
+            file=sys.stderr,
+        )
+    return name
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +58,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--img-size",
         metavar="S",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="input resolution (default: the model's, 224); the pos_embed of a "
         "checkpoint is resized",
@@ -114,14 +116,14 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "format",
         choices=FORMATS,
-        help="onnx (.onnx, standard operators only), "
+        help="onnx (.onnx, standard operators only unless --scan plugin), "
         "aoti (.pt2 AOTInductor package), tensorrt (.ep, torch-tensorrt)",
     )
     _add_model_args(p)
     p.add_argument("out", metavar="OUT", help="output file (written atomically)")
     batch = p.add_mutually_exclusive_group()
     batch.add_argument(
-        "--batch", metavar="N", type=_positive_int, default=None, help="a fixed batch size N"
+        "--batch", metavar="N", type=positive_int, default=None, help="a fixed batch size N"
     )
     batch.add_argument(
         "--dynamic-batch", action="store_true", help="a dynamic batch axis (the default)"
@@ -129,13 +131,15 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
     p.add_argument(
         "--scan",
-        choices=SCAN_FORMULATIONS,
+        type=_scan_lowering,
+        choices=SCAN_LOWERINGS,
         default=DEFAULT_SCAN,
-        help=f"ONNX form of the selective scan (default {DEFAULT_SCAN!r}): 'bidir' and "
-        "'step' run each step inside a standard Scan loop (bidir pairs a layer's two "
-        "directions in one loop), 'scan'/'unrolled' precompute decays outside it, "
-        "'custom' writes one vimc.SelectiveScanBidirectional node per layer, which needs "
-        "vimc's ONNX Runtime plugin (the validation runs it; its path is printed)",
+        help=f"how the ONNX file writes the selective scan (default {DEFAULT_SCAN!r}): "
+        "'paired' and 'step' run each step inside a standard Scan loop ('paired' puts a "
+        "layer's two directions in one loop, 'step' gives each its own), 'plugin' writes one "
+        "vimc.SelectiveScanBidirectional node per layer, which needs vimc's ONNX Runtime "
+        "plugin (the validation runs it; its path is printed). The old names 'bidir' and "
+        "'custom' still work, with a warning",
     )
     p.add_argument(
         "--no-validate",
@@ -145,13 +149,13 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--atol",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=None,
         help="validation absolute tolerance (default per dtype; 1e-4 for float32)",
     )
     p.add_argument(
         "--rtol",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=None,
         help="validation relative tolerance (default per dtype; 1e-4 for float32)",
     )
@@ -171,9 +175,9 @@ def run_export(args: argparse.Namespace) -> int:
         check_writable(args.out, arg="OUT")
         if fmt == "onnx" and args.opset is not None and args.opset < 18:
             raise ValueError(f"--opset must be >= 18, got {args.opset}")
-        if fmt == "onnx" and args.scan == "custom" and args.dtype != "float32":
+        if fmt == "onnx" and args.scan == "plugin" and args.dtype != "float32":
             raise ValueError(
-                f"--scan custom: vimc's ONNX Runtime plugin computes in float32, got --dtype "
+                f"--scan plugin: vimc's ONNX Runtime plugin computes in float32, got --dtype "
                 f"{args.dtype}; export float32 (or a standard-op --scan)"
             )
         if fmt == "aoti" and not str(args.out).endswith(".pt2"):
@@ -230,7 +234,7 @@ def run_export(args: argparse.Namespace) -> int:
         steps.close()
         return _error("export", f"{type(exc).__name__}: {exc}", 1)
     print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
-    if fmt == "onnx" and args.scan == "custom":
+    if fmt == "onnx" and args.scan == "plugin":
         from .onnx import ort_plugin_path
 
         try:
@@ -255,7 +259,7 @@ def _validate(model, fmt: str, args, dtype):
     from .parity import compare
 
     backend = {"onnx": "onnxruntime", "aoti": "aoti", "tensorrt": "tensorrt"}[fmt]
-    if fmt == "onnx" and args.scan == "custom":
+    if fmt == "onnx" and args.scan == "plugin":
         backend = "onnxruntime-plugin"
     batch = args.batch or 3
     return compare(
@@ -294,19 +298,19 @@ def add_parity_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--batch",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         help="batch of random inputs (default 2)",
     )
     p.add_argument(
         "--atol",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=None,
         help="absolute tolerance (default per dtype; 1e-4 for float32)",
     )
     p.add_argument(
         "--rtol",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=None,
         help="relative tolerance (default per dtype; 1e-4 for float32)",
     )
@@ -364,8 +368,8 @@ def run_parity(args: argparse.Namespace) -> int:
 def add_ort_plugin_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "ort-plugin",
-        help="build vimc's ONNX Runtime plugin (runs `vimc export onnx --scan custom` files)",
-        description="Build the custom-op library that runs the plugin form's vimc nodes in "
+        help="build vimc's ONNX Runtime plugin (runs `vimc export onnx --scan plugin` files)",
+        description="Build the custom-op library that runs the plugin route's vimc nodes in "
         "ONNX Runtime (>= 1.17) and print its path; with OUT, copy it there (atomically), "
         "for SessionOptions.register_custom_ops_library or RegisterCustomOpsLibrary (C/C++).",
     )

@@ -20,9 +20,9 @@ def test_export_onnx_validates_by_default(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_export_onnx_plugin_form_validates_with_the_plugin(tmp_path, capsys):
+def test_export_onnx_plugin_route_validates_with_the_plugin(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert _run(["export", "onnx", SMALL, str(out), "--scan", "custom", "--quiet"]) == 0
+    assert _run(["export", "onnx", SMALL, str(out), "--scan", "plugin", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "onnxruntime-plugin" in text and "PASS" in text
     assert "runs with vimc's ONNX Runtime plugin: " in text and ".so" in text
@@ -64,6 +64,13 @@ def test_export_onnx_fixed_batch_no_validate(tmp_path, capsys):
         (["export", "onnx", SMALL, "x.onnx", "--batch", "2", "--dynamic-batch"], "not allowed"),
         (["parity", SMALL, "--dtype", "int8"], "--dtype"),
         (["parity", SMALL, "--atol", "-1"], "--atol"),
+        (["export", "onnx", SMALL, "x.onnx", "--scan", "loop"], "unknown 'loop'"),
+        (
+            ["export", "onnx", SMALL, "x.onnx", "--scan", "scan"],
+            "argument --scan: 'scan' was removed (it was slower than 'step'); use 'step' or "
+            "'paired' (choices: paired, step, plugin)",
+        ),
+        (["export", "onnx", SMALL, "x.onnx", "--scan", "unrolled"], "'unrolled' was removed"),
     ],
 )
 def test_usage_errors_exit_2(argv, needle, capsys):
@@ -82,8 +89,12 @@ def test_usage_errors_exit_2(argv, needle, capsys):
         (["export", "onnx", "vim_huge", "{tmp}/m.onnx"], "unknown model 'vim_huge'"),
         (["export", "onnx", SMALL, "{tmp}/m.onnx", "--opset", "11"], "--opset"),
         (
+            ["export", "onnx", SMALL, "{tmp}/m.onnx", "--scan", "plugin", "--dtype", "float16"],
+            "--scan plugin: vimc's ONNX Runtime plugin computes in float32",
+        ),
+        (  # the old name is the same route, refused the same way
             ["export", "onnx", SMALL, "{tmp}/m.onnx", "--scan", "custom", "--dtype", "float16"],
-            "--scan custom: vimc's ONNX Runtime plugin computes in float32",
+            "--scan plugin: vimc's ONNX Runtime plugin computes in float32",
         ),
         (["parity", SMALL, "--backends", "eager,tvm"], "--backends: unknown 'tvm'"),
         (["parity", SMALL, "--json", "{tmp}/no/r.json"], "--json"),
@@ -95,6 +106,17 @@ def test_bad_arguments_exit_2_with_message(argv, needle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("vimc ") and needle in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("old,new", [("bidir", "paired"), ("custom", "plugin")])
+def test_old_scan_names_are_taken_with_a_warning(old, new, capsys):
+    args = build_parser().parse_args(["export", "onnx", SMALL, "x.onnx", "--scan", old])
+    assert args.scan == new
+    err = capsys.readouterr().err
+    assert f"warning: --scan {old} is deprecated" in err and f"use --scan {new}" in err
+    build_parser().parse_args(["export", "onnx", SMALL, "x.onnx", "--scan", new])
+    build_parser().parse_args(["export", "onnx", SMALL, "x.onnx"])  # the default is no old name
+    assert capsys.readouterr().err == ""
 
 
 def test_export_tensorrt_without_tensorrt_exits_1(tmp_path, capsys):
