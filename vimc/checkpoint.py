@@ -29,6 +29,12 @@ from vimc.version import __version__
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+# Larger than any Vim training checkpoint with optimizer state (Vim-B's is about 1.2 GB): a
+# bigger file is refused before anything is read, not parsed into memory.
+MAX_CHECKPOINT_BYTES = 16 * 2**30
+# More patch entries than a 256 x 256 grid (4096 px at stride 16) is no Vim's pos_embed:
+# resizing one would allocate without bound.
+MAX_POS_EMBED_TOKENS = 256 * 256 + 1
 
 
 class CheckpointError(ValueError):
@@ -130,9 +136,75 @@ def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _check_file(path: Path) -> None:
+    """A regular, non-empty file of plausible size, before a byte of it is parsed (a device
+    such as /dev/zero would otherwise be read until memory runs out)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes)")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(
+            f"{path} is {size / 2**30:.1f} GiB, more than any Vim checkpoint "
+            f"({MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB at most)"
+        )
+
+
+def _check_tensors(sd: dict[str, torch.Tensor], path) -> None:
+    """Real floating-point tensors with finite values: a complex tensor would lose its
+    imaginary part on load, an integer one be cast silently, and NaN weights give NaN
+    predictions that look like answers."""
+    bad_dtype = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sd.items()]
+    bad_dtype = [d for d, v in zip(bad_dtype, sd.values()) if not v.is_floating_point()]
+    if bad_dtype:
+        raise CheckpointError(
+            f"{path}: tensors that are not real floating point: {', '.join(bad_dtype[:10])}"
+            + (f" and {len(bad_dtype) - 10} more" if len(bad_dtype) > 10 else "")
+        )
+    nonfinite = [k for k, v in sd.items() if not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise CheckpointError(
+            f"{path}: tensors with NaN or infinite values: {', '.join(nonfinite[:10])}"
+            + (f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else "")
+        )
+    pe = sd.get("pos_embed")
+    if pe is not None and (pe.dim() != 3 or pe.shape[1] > MAX_POS_EMBED_TOKENS):
+        raise CheckpointError(
+            f"{path}: pos_embed must be (1, tokens, dim) with at most {MAX_POS_EMBED_TOKENS} "
+            f"tokens, got {list(pe.shape)}"
+        )
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
+    try:
+        if "vimc" in meta:
+            record = json.loads(meta["vimc"])
+        elif (path.parent / CONFIG_FILE).exists():
+            record = json.loads((path.parent / CONFIG_FILE).read_text())
+        else:
+            return sd, None
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: its vimc config is not valid JSON: {exc}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise CheckpointError(
+            f"{path}: its vimc record has no 'config' object (not written by save_pretrained?)"
+        )
+    return sd, record
+
+
 def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """-> (state_dict, vimc config record or None). Accepts a save_pretrained directory, a
-    .safetensors file, an official training checkpoint or a bare state_dict."""
+    .safetensors file, an official training checkpoint or a bare state_dict. Every tensor is
+    real floating point and finite; anything else is a CheckpointError."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -140,19 +212,45 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
         if not (path / WEIGHTS_FILE).exists():
             raise CheckpointError(f"{path} is a directory without {WEIGHTS_FILE}")
         path = path / WEIGHTS_FILE
+    _check_file(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        sd, record = _read_safetensors(path)
+    else:
+        sd, record = _unwrap(_torch_load_safe(path), path), None
+    _check_tensors(sd, path)
+    return sd, record
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-        record = None
-        if "vimc" in meta:
-            record = json.loads(meta["vimc"])
-        elif (path.parent / CONFIG_FILE).exists():
-            record = json.loads((path.parent / CONFIG_FILE).read_text())
-        return sd, record
-    return _unwrap(_torch_load_safe(path), path), None
+
+def check_config_fits(config, sd: dict[str, torch.Tensor], source) -> None:
+    """The widths, depth and sizes a config asks for against the tensors ``sd`` holds, before
+    a model is built from it: a file's recorded config is never trusted on its own (a few
+    bytes of metadata could otherwise ask for a model of any size). Official key names."""
+    got = {}
+    if "cls_token" in sd:
+        got["embed_dim"] = sd["cls_token"].shape[-1]
+    layers = {
+        int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()
+    }
+    if layers:
+        got["depth"] = max(layers) + 1
+    w = sd.get("patch_embed.proj.weight")
+    if w is not None and w.dim() == 4:
+        got["in_chans"], got["patch_size"] = w.shape[1], w.shape[-1]
+    a = sd.get("layers.0.mixer.A_log")
+    if a is not None and a.dim() == 2:
+        got["d_state"] = a.shape[-1]
+    c = sd.get("layers.0.mixer.conv1d.weight")
+    if c is not None and c.dim() == 3:
+        got["d_conv"] = c.shape[-1]
+    bad = [
+        f"{name}: config {getattr(config, name)} vs tensors {value}"
+        for name, value in got.items()
+        if getattr(config, name) != value
+    ]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source}: its config does not match its tensors ({'; '.join(bad)})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +293,25 @@ def _format_problems(problems: dict[str, list], source, target: str) -> str:
     return "\n".join(lines)
 
 
+def fit_state_dict(
+    model, sd: dict[str, torch.Tensor], *, source="state_dict", keep: tuple[str, ...] = ()
+) -> tuple[dict[str, torch.Tensor], dict[str, list], str]:
+    """``sd`` with pos_embed resized to ``model``'s grid, the problems left (missing,
+    unexpected, shape: see check_state_dict; ``keep``: prefixes of the model's own entries the
+    checkpoint need not provide) and their message. Reads only shapes of ``model``, so a model
+    on the meta device checks a file before any memory is allocated for it."""
+    sd = dict(sd)
+    pe = sd.get("pos_embed")
+    if pe is not None and pe.dim() == 3 and pe.shape[1] != model.pos_embed.shape[1]:
+        sd["pos_embed"] = resize_pos_embed(
+            pe, _square_grid(pe.shape[1] - 1), model.patch_embed.grid_size
+        )
+    problems = check_state_dict(model, sd)
+    problems["missing"] = [k for k in problems["missing"] if not k.startswith(keep)]
+    msg = _format_problems(problems, source, model.name or type(model).__name__)
+    return sd, problems, msg
+
+
 def load_state_dict(
     model,
     sd: dict[str, torch.Tensor],
@@ -207,16 +324,8 @@ def load_state_dict(
     one CheckpointError listing every missing/unexpected key and shape mismatch. Not strict:
     loads what fits and returns the problems. ``keep``: prefixes of the model's own entries
     that the checkpoint is not expected to provide (a fresh head)."""
-    sd = dict(sd)
-    pe = sd.get("pos_embed")
-    if pe is not None and pe.dim() == 3 and pe.shape[1] != model.pos_embed.shape[1]:
-        sd["pos_embed"] = resize_pos_embed(
-            pe, _square_grid(pe.shape[1] - 1), model.patch_embed.grid_size
-        )
-    problems = check_state_dict(model, sd)
-    problems["missing"] = [k for k in problems["missing"] if not k.startswith(keep)]
+    sd, problems, msg = fit_state_dict(model, sd, source=source, keep=keep)
     if any(problems.values()):
-        msg = _format_problems(problems, source, model.name or type(model).__name__)
         if strict:
             raise CheckpointError(msg)
         bad = {k for k, _, _ in problems["shape"]} | set(problems["unexpected"])

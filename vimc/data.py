@@ -90,8 +90,28 @@ def load_image(path) -> PIL.Image.Image:  # noqa: F821  (PIL imported lazily)
         with Image.open(path) as im:
             im.load()
             return im.copy()
+    except Image.DecompressionBombError as exc:  # Pillow's pixel limit, Image.MAX_IMAGE_PIXELS
+        raise ImageError(f"refusing image {path}: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read image {path}: {exc}") from None
+
+
+def _to_8bit(img):
+    """High-bit-depth grayscale (16-bit "I;16*", 32-bit "I", float "F") scaled into 8 bits.
+    ``Image.convert`` would clip instead: every value over 255 of a 16-bit image becomes white."""
+    from PIL import Image
+
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    a = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "F":
+        top = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
+    else:  # "I": Pillow's mode for 16-bit PNGs, or 8-bit data widened
+        top = 65535.0 if a.size and a.max() > 255 else 255.0
+    a = np.nan_to_num(np.clip(a / top, 0.0, 1.0), nan=0.0)
+    return Image.fromarray(np.round(a * 255.0).astype(np.uint8), mode="L")
 
 
 def preprocess(img, cfg: dict) -> torch.Tensor:
@@ -107,7 +127,7 @@ def preprocess(img, cfg: dict) -> torch.Tensor:
             f"cfg input_size {d['input_size']} does not match mean/std "
             f"{d['mean']}/{d['std']} (1 or 3 channels)"
         )
-    img = img.convert("RGB" if C == 3 else "L")
+    img = _to_8bit(img).convert("RGB" if C == 3 else "L")
     scale = int(max(H, W) / d["crop_pct"]) if d["crop_pct"] > 0 else max(H, W)
     w0, h0 = img.size
     if w0 <= h0:

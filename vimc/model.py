@@ -17,6 +17,8 @@ from torch import nn
 
 from vimc.checkpoint import (
     CheckpointError,
+    check_config_fits,
+    fit_state_dict,
     load_state_dict,
     read_checkpoint,
     resize_pos_embed,
@@ -479,6 +481,15 @@ def _load_checkpoint(
     if config.num_classes != ckpt_classes:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         keep = ("head.",)
+    # a recorded config is checked against the file's tensors, and every key and shape
+    # against a model on the meta device (no memory), before the real model is allocated
+    if record is not None:
+        check_config_fits(config, sd, path)
+    if strict:
+        probe = VisionMamba(config, name=name, device="meta")
+        _, problems, msg = fit_state_dict(probe, sd, source=str(path), keep=keep)
+        if any(problems.values()):
+            raise CheckpointError(msg)
     model = VisionMamba(
         config,
         scan_impl=scan_impl,
