@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vimc.machine import cpu_name, device_name, versions  # noqa: F401  (re-exported for export/)
+from vimc.resolve import load_model
 
 DTYPES = {
     "float32": torch.float32,
@@ -56,15 +57,15 @@ def check_batch(batch, *, arg: str = "batch") -> int:
 
 
 def resolve_model(model, *, checkpoint=None, img_size=None, dtype=None, **overrides) -> nn.Module:
-    """An nn.Module in eval mode: ``model`` itself, or ``vimc.create_model(model, ...)`` for a
-    registered name (``vimc.list_models()``)."""
+    """An nn.Module in eval mode: ``model`` itself, or for a registered name (``list_models()``)
+    the model ``vimc.resolve.load_model`` gives: ``checkpoint``'s weights, else the built-in
+    ones where the variant ships them (``vim_digits``: exporting it exports what ``vimc
+    predict`` runs), else random initialization (never a download)."""
     if isinstance(model, str):
-        import vimc
-
         kw = dict(overrides)
         if img_size is not None:
             kw["img_size"] = img_size
-        m = vimc.create_model(model, checkpoint_path=checkpoint, **kw)
+        m = load_model(model, checkpoint, pretrained="auto", **kw)
     elif isinstance(model, nn.Module):
         if checkpoint is not None or img_size is not None or overrides:
             raise ValueError(

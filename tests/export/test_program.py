@@ -65,3 +65,17 @@ def test_every_form_exports_the_same_numbers(tiny):
         for form in SCAN_FORMS:
             got = to_exported_program(tiny, x[:1], scan_form=form).module()(x)
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=form)
+
+
+def test_a_model_name_exports_the_weights_predict_uses():
+    """``vimc export onnx vim_digits out.onnx`` (no --checkpoint) exports the built-in weights,
+    the model ``vimc predict``/``demo`` run, not a random one; a variant without built-in
+    weights is a randomly initialized model of its shape, never a download."""
+    from vimc.export._common import resolve_model
+
+    builtin = create_model("vim_digits", pretrained=True).eval()
+    for _ in range(2):  # the same every time
+        got = resolve_model("vim_digits")
+        for k, v in builtin.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert resolve_model("vim_tiny", depth=1).layers[0].mixer.d_model == 192
