@@ -1,5 +1,6 @@
 """vimc.data: Pillow preprocessing per pretrained_cfg, the digits split and the shipped
-held-out file, and the built-in model's accuracy on it."""
+held-out file, the built-in model's accuracy on it, and vimc.resolve, which picks the model
+(and the built-in weights) from a name, a checkpoint or neither."""
 
 import builtins
 import importlib.util
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vimc import data
+from vimc import data, resolve
 
 HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None
 DIGITS_CFG = {
@@ -200,3 +201,76 @@ def test_builtin_digits_weights_file():
     model = vimc.create_model("vim_digits", pretrained=True)
     cfg = model.pretrained_cfg
     assert tuple(cfg["input_size"]) == (3, 32, 32) and cfg["num_classes"] == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing the model: vimc.resolve
+# ---------------------------------------------------------------------------------------------
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_load_model_defaults_to_the_built_in_model():
+    import vimc
+
+    model = resolve.load_model()
+    assert model.name == "vim_digits" and not model.training
+    assert _same_weights(model, vimc.create_model("vim_digits", pretrained=True))
+
+
+def test_load_model_pretrained_auto():
+    """ "auto": built-in weights where the variant has them, else random initialization."""
+    import vimc
+
+    digits = resolve.load_model("vim_digits", pretrained="auto")
+    assert _same_weights(digits, vimc.create_model("vim_digits", pretrained=True))
+    tiny = resolve.load_model("vim_tiny", pretrained="auto", depth=1, img_size=32)
+    assert tiny.name == "vim_tiny" and len(tiny.layers) == 1 and not tiny.training
+    random = resolve.load_model("vim_digits", pretrained=False)
+    assert not _same_weights(random, digits)
+    with pytest.raises(ValueError, match="pretrained must be"):
+        resolve.load_model("vim_digits", pretrained="yes")
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(
+        resolve.ModelNotFound, match=r"unknown model 'vim_huge'; known models: .*vim_tiny"
+    ):
+        resolve.load_model("vim_huge")
+    assert issubclass(resolve.ModelNotFound, ValueError)  # what create_model raised before
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*none.pth"):
+        resolve.load_model("vim_tiny", tmp_path / "none.pth")
+
+
+def test_guess_model_from_checkpoint_shapes(tmp_path):
+    """vimc's files record their architecture; official ones are told by width and stride."""
+    import vimc
+
+    model = vimc.create_model("vim_small_s8", depth=1)
+    model.save_pretrained(tmp_path / "vimc_format")
+    assert resolve.guess_model(tmp_path / "vimc_format") == "vim_small_s8"
+
+    def official(name, width, tokens):
+        path = tmp_path / name
+        torch.save(
+            {
+                "model": {
+                    "cls_token": torch.zeros(1, 1, width),
+                    "pos_embed": torch.zeros(1, tokens, width),
+                }
+            },
+            path,
+        )
+        return path
+
+    assert resolve.guess_model(official("t.pth", 192, 197)) == "vim_tiny"
+    assert resolve.guess_model(official("t8.pth", 192, 27 * 27 + 1)) == "vim_tiny_s8"
+    assert resolve.guess_model(official("b.pth", 768, 197)) == "vim_base"
+    with pytest.raises(resolve.ModelNotFound, match="embedding width 100 matches no registered"):
+        resolve.guess_model(official("odd.pth", 100, 197))
+    torch.save({"model": {"head.weight": torch.zeros(10, 192)}}, tmp_path / "headless.pth")
+    with pytest.raises(resolve.ModelNotFound, match="not a Vim checkpoint"):
+        resolve.guess_model(tmp_path / "headless.pth")
