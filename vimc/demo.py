@@ -3,19 +3,20 @@
 1. load ``vim_digits`` (built-in weights) and the 360 held-out digits shipped with vimc;
 2. compile it with ``torch.compile`` (one graph for every batch size);
 3. export it to ONNX twice, run in ONNX Runtime (the scan lowered to standard operators, and
-   the plugin form that vimc's ONNX Runtime plugin runs) and to AOTInductor (a ``.pt2``
-   package) with ``vimc.export``;
+   the plugin route, whose nodes vimc's ONNX Runtime plugin runs) and to AOTInductor (a
+   ``.pt2`` package) with ``vimc.export``;
 4. held-out accuracy of every backend; the parity table of ``vimc.export.compare`` (every
    backend against float32 eager on all 360 images, atol/rtol 1e-4); a latency table (batch
-   1 and ``--batch``).
+   1 and ``batch``).
 
-Exit 1 if eager accuracy < ``--min-accuracy`` or a parity row fails (a backend that cannot
-run, e.g. onnxruntime missing, is a failed row with its reason).
+:func:`run` returns the checks that failed: eager accuracy below ``min_accuracy``, a parity
+row that fails (a backend that cannot run, e.g. onnxruntime missing, is a failed row with its
+reason), a backend that fails while timed. The CLI turns a non-empty list into exit 1.
 """
 
 from __future__ import annotations
 
-import statistics
+import logging
 import sys
 import tempfile
 import time
@@ -24,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+import vimc
+from vimc.data import digits_to_tensor, load_digits_test
+from vimc.resolve import load_model
+from vimc.timing import time_fn
 
 LATENCY_SECONDS = 1.5  # time budget per (backend, batch) latency measurement
 EXPORTED = ("onnxruntime", "onnxruntime-plugin", "aoti")  # backends run from exported files
@@ -39,43 +45,23 @@ class Backend:
     note: str = ""  # the exported file
 
 
-def _say(msg: str) -> None:
-    print(msg, flush=True)
+def run(
+    *,
+    checkpoint=None,
+    batch: int = 60,
+    min_accuracy: float = 0.97,
+    out=None,
+    skip_compile: bool = False,
+    skip_export: bool = False,
+    tracebacks: bool = False,
+) -> list[str]:
+    """Run the demo, printing its steps and tables; returns the failed checks (empty: passed).
 
-
-def _run_batched(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([fn(x[i : i + batch]).float() for i in range(0, len(x), batch)])
-
-
-def latency(fn, x: torch.Tensor, budget_s: float = LATENCY_SECONDS, max_iters: int = 200):
-    """(median ms, images/s) of ``fn(x)`` after one warm-up call."""
-    with torch.inference_mode():
-        fn(x)
-        times, t_end = [], time.perf_counter() + budget_s
-        while len(times) < max_iters and (not times or time.perf_counter() < t_end):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return med * 1e3, len(x) / med
-
-
-def _table(head: tuple, rows: list[tuple]) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(head)]
-    fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join(
-        [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
-    )
-
-
-def run(args) -> int:
-    import logging
-
-    import vimc
-    from vimc.cli import EXIT_CHECK_FAILED, EXIT_OK, load_model
-    from vimc.data import digits_to_tensor, load_digits_test
-
+    ``checkpoint``: vim_digits weights to use instead of the built-in ones. ``out``: folder
+    for the exported files (default: a temporary one, removed at the end). ``tracebacks``:
+    print the stack of a failed export. A model that cannot be loaded raises
+    (``vimc.resolve``'s errors) before anything is measured.
+    """
     # the ONNX exporter logs one warning per torchvision op it cannot find; noise here
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     t_start = time.perf_counter()
@@ -83,30 +69,21 @@ def run(args) -> int:
     _say(f"vimc {vimc.__version__} demo | torch {torch.__version__} | CPU, {threads} threads")
 
     # 1. model and data ---------------------------------------------------------------------
-    model = load_model("vim_digits", args.checkpoint)
+    model = load_model("vim_digits", checkpoint)
     images, labels = load_digits_test()
     x = digits_to_tensor(images, model.pretrained_cfg)
     y = torch.from_numpy(labels)
     n_params = sum(p.numel() for p in model.parameters())
-    src = f"checkpoint {args.checkpoint}" if args.checkpoint else "built-in weights"
+    src = f"checkpoint {checkpoint}" if checkpoint else "built-in weights"
     _say(
         f"[1/5] vim_digits: {n_params:,} parameters ({src}), input {tuple(x.shape[1:])}; "
         f"held-out digits: {len(x)} images"
     )
-    bs = args.batch
     backends = [Backend("eager", run=model, setup_s=0.0)]
 
     # 2. torch.compile -----------------------------------------------------------------------
-    if not args.skip_compile:
-        b = Backend("compiled")
-        try:
-            t0 = time.perf_counter()
-            compiled = torch.compile(model, dynamic=True)  # batch axis symbolic: one graph
-            with torch.inference_mode():
-                compiled(x[:bs])
-            b.run, b.setup_s = compiled, time.perf_counter() - t0
-        except Exception as exc:  # noqa: BLE001 (reported as a failed backend)
-            b.error = _one_line(exc)
+    if not skip_compile:
+        b = _compiled_backend(model, x[:batch])
         backends.append(b)
         _say(
             "[2/5] torch.compile: "
@@ -115,17 +92,17 @@ def run(args) -> int:
 
     # 3. exports -------------------------------------------------------------------------------
     tmp, artifacts = None, {}
-    if not args.skip_export:
-        if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
+    if not skip_export:
+        if out:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
         else:
             tmp = tempfile.TemporaryDirectory(prefix="vimc-demo-")
-            out = Path(tmp.name)
+            folder = Path(tmp.name)
         exports = (
-            _onnx_backend(model, out, threads),
-            _onnx_backend(model, out, threads, plugin=True),
-            _aoti_backend(model, out),
+            _onnx_backend(model, folder, threads, tracebacks=tracebacks),
+            _onnx_backend(model, folder, threads, plugin=True, tracebacks=tracebacks),
+            _aoti_backend(model, folder, tracebacks=tracebacks),
         )
         for b in exports:
             backends.append(b)
@@ -137,27 +114,7 @@ def run(args) -> int:
             )
 
     # 4. accuracy and parity on every held-out image --------------------------------------------
-    failed = []
-    for b in backends:
-        if b.error:
-            continue
-        try:
-            b.logits = _run_batched(b.run, x, bs)
-        except Exception as exc:  # noqa: BLE001
-            b.error = _one_line(exc)
-    rows = []
-    for b in backends:
-        if b.error:
-            rows.append((b.name, "FAILED", b.error[:70]))
-            continue
-        correct = int((b.logits.argmax(-1) == y).sum())
-        rows.append((b.name, f"{100 * correct / len(y):.2f}%", f"{correct}/{len(y)}"))
-        if b.name == "eager" and correct / len(y) < args.min_accuracy:
-            failed.append(
-                f"held-out accuracy {correct / len(y):.2%} < --min-accuracy {args.min_accuracy:.2%}"
-            )
-    _say("[4/5] held-out accuracy:")
-    print(_table(("backend", "accuracy", "correct"), rows))
+    failed = _accuracy_step(backends, x, y, batch, min_accuracy)
     report = _parity_report(model, x, backends, artifacts)
     print(report.to_text(), flush=True)
     failed += [
@@ -167,28 +124,8 @@ def run(args) -> int:
     ]
 
     # 5. latency -----------------------------------------------------------------------------
-    _say(f"[5/5] latency (median of repeated runs, ~{LATENCY_SECONDS:g}s each):")
-    lat_rows = []
-    for b in backends:
-        if b.error:
-            continue
-        cells = [b.name]
-        for n in (1, bs):
-            xb = x[:n] if n <= len(x) else x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n]
-            try:
-                ms, ips = latency(b.run, xb)
-                cells += [f"{ms:.2f}", f"{ips:.0f}"]
-            except Exception as exc:  # noqa: BLE001
-                cells += ["FAILED", type(exc).__name__]
-                failed.append(f"{b.name} at batch {n}: {_one_line(exc)}")
-        lat_rows.append(tuple(cells))
-    print(
-        _table(
-            ("backend", "batch 1 ms", "batch 1 img/s", f"batch {bs} ms", f"batch {bs} img/s"),
-            lat_rows,
-        )
-    )
-    if args.out and not args.skip_export:
+    failed += _latency_step(backends, x, batch)
+    if out and not skip_export:
         _say(f"exported files: {', '.join(artifacts.values())}")
     if tmp is not None:
         tmp.cleanup()
@@ -198,17 +135,76 @@ def run(args) -> int:
         print(f"demo FAILED after {total:.0f}s:", file=sys.stderr)
         for f in failed:
             print(f"  - {f}", file=sys.stderr)
-        return EXIT_CHECK_FAILED
+        return failed
     _say(
-        f"demo passed in {total:.0f}s: held-out accuracy >= {args.min_accuracy:.0%}, every "
+        f"demo passed in {total:.0f}s: held-out accuracy >= {min_accuracy:.0%}, every "
         f"backend within tolerance of eager"
     )
-    return EXIT_OK
+    return []
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+# ---------------------------------------------------------------------------------------------
+# the steps
+# ---------------------------------------------------------------------------------------------
+
+
+def _accuracy_step(backends, x, y, batch: int, min_accuracy: float) -> list[str]:
+    """Runs every backend on all images (keeping the logits for parity) and prints the
+    accuracy table; a backend that fails here is marked failed for the later steps."""
+    failed = []
+    for b in backends:
+        if b.error:
+            continue
+        try:
+            b.logits = _run_batched(b.run, x, batch)
+        except Exception as exc:  # noqa: BLE001 (reported as a failed backend)
+            b.error = _one_line(exc)
+    rows = []
+    for b in backends:
+        if b.error:
+            rows.append((b.name, "FAILED", b.error[:70]))
+            continue
+        correct = int((b.logits.argmax(-1) == y).sum())
+        rows.append((b.name, f"{100 * correct / len(y):.2f}%", f"{correct}/{len(y)}"))
+        if b.name == "eager" and correct / len(y) < min_accuracy:
+            failed.append(
+                f"held-out accuracy {correct / len(y):.2%} < --min-accuracy {min_accuracy:.2%}"
+            )
+    _say("[4/5] held-out accuracy:")
+    print(_table(("backend", "accuracy", "correct"), rows))
+    return failed
+
+
+def _latency_step(backends, x, batch: int) -> list[str]:
+    """Prints the latency table (batch 1 and ``batch``); returns the backends that failed."""
+    _say(f"[5/5] latency (median of repeated runs, ~{LATENCY_SECONDS:g}s each):")
+    failed, rows = [], []
+    for b in backends:
+        if b.error:
+            continue
+        cells = [b.name]
+        for n in (1, batch):
+            xb = x[:n] if n <= len(x) else x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n]
+            try:
+                ms, ips = latency(b.run, xb)
+                cells += [f"{ms:.2f}", f"{ips:.0f}"]
+            except Exception as exc:  # noqa: BLE001
+                cells += ["FAILED", type(exc).__name__]
+                failed.append(f"{b.name} at batch {n}: {_one_line(exc)}")
+        rows.append(tuple(cells))
+    head = ("backend", "batch 1 ms", "batch 1 img/s", f"batch {batch} ms", f"batch {batch} img/s")
+    print(_table(head, rows))
+    return failed
+
+
+def latency(fn, x: torch.Tensor, budget_s: float = LATENCY_SECONDS, max_iters: int = 200):
+    """(median ms, images/s) of ``fn(x)`` after one warm-up call, timed for ``budget_s``."""
+    with torch.inference_mode():
+        # warm up apart: a compiled backend may compile for this batch size first, which must
+        # not eat the time budget of the measurement
+        fn(x)
+        timing = time_fn(lambda: fn(x), warmup=0, repeats=max_iters, budget_s=budget_s)
+    return timing.median_ms, timing.per_second(len(x))
 
 
 def _parity_report(model, x, backends, artifacts):
@@ -240,8 +236,28 @@ def _parity_report(model, x, backends, artifacts):
     return report
 
 
-def _onnx_backend(model, out: Path, threads: int, plugin: bool = False) -> Backend:
-    """The standard-op file, or with ``plugin`` the plugin form (its session registers vimc's
+# ---------------------------------------------------------------------------------------------
+# the backends
+# ---------------------------------------------------------------------------------------------
+
+
+def _compiled_backend(model, x: torch.Tensor) -> Backend:
+    b = Backend("compiled")
+    try:
+        t0 = time.perf_counter()
+        compiled = torch.compile(model, dynamic=True)  # batch axis symbolic: one graph
+        with torch.inference_mode():
+            compiled(x)
+        b.run, b.setup_s = compiled, time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 (reported as a failed backend)
+        b.error = _one_line(exc)
+    return b
+
+
+def _onnx_backend(
+    model, out: Path, threads: int, plugin: bool = False, tracebacks: bool = False
+) -> Backend:
+    """The standard-op file, or with ``plugin`` the plugin route (its session registers vimc's
     ONNX Runtime plugin)."""
     b = Backend("onnxruntime-plugin" if plugin else "onnxruntime")
     try:
@@ -250,7 +266,7 @@ def _onnx_backend(model, out: Path, threads: int, plugin: bool = False) -> Backe
 
         t0 = time.perf_counter()
         name, scan = (
-            ("vim_digits_plugin.onnx", "custom") if plugin else ("vim_digits.onnx", "bidir")
+            ("vim_digits_plugin.onnx", "plugin") if plugin else ("vim_digits.onnx", "paired")
         )
         path = to_onnx(model, out / name, scan=scan)
         sess = onnxruntime_session(path, threads=threads)
@@ -259,12 +275,12 @@ def _onnx_backend(model, out: Path, threads: int, plugin: bool = False) -> Backe
         b.note = str(path)
     except Exception as exc:  # noqa: BLE001
         b.error = _one_line(exc)
-        if "--traceback" in sys.argv:
+        if tracebacks:
             traceback.print_exc()
     return b
 
 
-def _aoti_backend(model, out: Path) -> Backend:
+def _aoti_backend(model, out: Path, tracebacks: bool = False) -> Backend:
     b = Backend("aoti")
     try:
         from vimc.export import load_aoti, to_aoti
@@ -276,6 +292,33 @@ def _aoti_backend(model, out: Path) -> Backend:
         b.note = str(path)
     except Exception as exc:  # noqa: BLE001
         b.error = _one_line(exc)
-        if "--traceback" in sys.argv:
+        if tracebacks:
             traceback.print_exc()
     return b
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _run_batched(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([fn(x[i : i + batch]).float() for i in range(0, len(x), batch)])
+
+
+def _table(head: tuple, rows: list[tuple]) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(head)]
+    fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join(
+        [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__

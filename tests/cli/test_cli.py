@@ -17,8 +17,9 @@ from PIL import Image
 import vimc
 from vimc import cli
 from vimc.data import digit_to_image, load_digits_test
+from vimc.flops import scan_flops
 
-SUBCOMMANDS = ("demo", "predict", "info", "bench", "list", "export", "parity")
+SUBCOMMANDS = ("demo", "predict", "info", "bench", "list", "export", "parity", "ort-plugin")
 
 
 def run_cli(capsys, *argv):
@@ -111,7 +112,7 @@ def test_info_text_and_resolution(capsys):
 def test_scan_flops_formula():
     model = vimc.create_model("vim_tiny", device="meta")
     # 24 layers x 2 directions x E=384 x L=197 x (7 x 16 + 10)
-    assert cli.scan_flops(model, 1, (224, 224)) == 2 * 24 * 384 * 197 * (7 * 16 + 10)
+    assert scan_flops(model, 1, (224, 224)) == 2 * 24 * 384 * 197 * (7 * 16 + 10)
 
 
 def test_info_unknown_model(capsys):
@@ -238,10 +239,27 @@ def test_predict_official_checkpoint_imagenet_names(capsys, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_export_commands_are_wired(capsys):
+def test_export_commands_are_wired():
+    """The real handlers of vimc.export.cli, not the stand-ins cli.py registers when that
+    module cannot be imported (importing it here fails the test in that case)."""
+    from vimc.export import cli as export_cli
+
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert {"export", "parity"} <= set(sub.choices)
+    handlers = {
+        "export": export_cli.run_export,
+        "parity": export_cli.run_parity,
+        "ort-plugin": export_cli.run_ort_plugin,
+    }
+    for name, handler in handlers.items():
+        assert sub.choices[name].get_default("func") is handler, name
+
+
+def test_export_commands_say_why_when_unavailable(capsys, monkeypatch):
+    """Without vimc.export.cli the commands still exist and exit 2 with the reason."""
+    monkeypatch.setitem(sys.modules, "vimc.export.cli", None)  # its import raises ImportError
+    code, _, err = run_cli(capsys, "export", "onnx", "vim_digits", "out.onnx")
+    assert code == 2 and "this command is unavailable" in err
 
 
 # ---------------------------------------------------------------------------------------------
