@@ -8,10 +8,10 @@
     vimc export / parity / ort-plugin from vimc.export
 
 Each command is an ``add_<cmd>_parser(sub)`` beside its ``cmd_<cmd>`` handler, as in
-vimc/export/cli.py; :func:`build_parser` adds them all. The work happens below: models come
-from ``vimc.resolve``, FLOPs from ``vimc.flops``, ``vimc bench``'s measurements and files from
-``vimc.bench`` and ``vimc.bench_report``, the demo from ``vimc.demo``. Heavy modules are
-imported inside the handlers, so ``vimc --help`` stays instant.
+vimc/export/cli.py; :func:`build_parser` adds them all. The handlers parse and report; the
+work happens below them: models come from ``vimc.resolve``, ``vimc info``'s facts from
+``vimc.info`` (FLOPs: ``vimc.flops``), ``vimc bench``'s measurements and files from
+``vimc.bench`` and ``vimc.bench_report``, the demo from ``vimc.demo``.
 
 Exit codes: 0 success, 1 a check failed (accuracy, parity), 2 bad usage or input (unknown
 model, missing or unreadable image, a checkpoint that does not fit). Errors are one line on
