@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
+from vimc.ops import selective_scan, selective_scan_bidirectional
+from vimc.ops.selective_scan import bidirectional, cpu
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag, save_results  # noqa: E402
-from vimc.ops import selective_scan, selective_scan_bidirectional  # noqa: E402
-from vimc.ops.selective_scan import bidirectional, cpu  # noqa: E402
+from vimc.cliargs import positive_int
+from vimc.machine import header, machine_tag, save_results
+from vimc.timing import Timing, time_round_robin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -111,29 +109,45 @@ def dispatch_cases() -> dict:
     }
 
 
+def repeated(fn, inner: int):
+    """``fn`` called ``inner`` times: one timed sample of calls too short to time alone."""
+
+    def run():
+        for _ in range(inner):
+            fn()
+
+    return run
+
+
+def rotated_round_robin(fns: dict, rounds: int) -> dict[str, Timing]:
+    """``time_round_robin`` one round at a time, the order rotated every round, so that no
+    function always runs right after the same other one (and inherits its cache state)."""
+    names = list(fns)
+    timings = {name: Timing() for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        one_round = time_round_robin({name: fns[name] for name in order}, rounds=1, warmup=0)
+        for name, t in one_round.items():
+            timings[name].times_s += t.times_s
+    return timings
+
+
 def interleaved(fns: dict, repeats: int, inner: int) -> dict:
     """name -> (p20, median, p80) microseconds per call, ``inner`` calls per sample."""
-    for fn in fns.values():
+    for fn in fns.values():  # warm-up: builds / loads what the first call needs
         fn()
-    times = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fns[k]()
-            times[k].append((time.perf_counter() - t0) / inner * 1e6)
-    out = {}
-    for k, ts in times.items():
-        q = statistics.quantiles(ts, n=5)
-        out[k] = (q[0], statistics.median(ts), q[3])
-    return out
+    timings = rotated_round_robin({k: repeated(fn, inner) for k, fn in fns.items()}, repeats)
+    per_call_us = 1e3 / inner
+    return {
+        k: (t.p20_ms * per_call_us, t.median_ms * per_call_us, t.p80_ms * per_call_us)
+        for k, t in timings.items()
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=positive_int, default=30)
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     if not cpu.c_kernel_available():

@@ -2,15 +2,16 @@
 
     python benchmarks/export.py                      # Vim-Ti 224, batch 1 and 8
     python benchmarks/export.py --batches 1 --repeats 5 --backends eager,onnxruntime
-    python benchmarks/export.py --backends compiled,onnxruntime --onnx-scan bidir,step,scan
+    python benchmarks/export.py --backends compiled,onnxruntime --onnx-scan paired,step,step:2
     python benchmarks/export.py --backends compiled,onnxruntime --ort-threads 2,1
     python benchmarks/export.py --backends compiled,onnxruntime-plugin --ort-spinning off,on
 
-Backends: ``onnxruntime`` runs the standard-op file (``--onnx-scan``), ``onnxruntime-plugin``
-the plugin form (``scan="custom"``) with vimc's ONNX Runtime plugin. One run: export/compile
-time and file size per backend, then latency per batch with the backends interleaved
-round-robin (so load from other processes hits all of them alike), p50 with p20/p80, and the
-ratio to the compiled model. ONNX Runtime's idle threads busy-wait after a run when spinning
+Backends: ``onnxruntime`` runs the standard-op file (``--onnx-scan``: "paired", "step", with
+":k" steps per Scan iteration), ``onnxruntime-plugin`` the plugin route (``scan="plugin"``)
+with vimc's ONNX Runtime plugin. One run: export/compile time and file size per backend,
+then latency per batch (``vimc.timing``) with the backends interleaved round-robin (so load
+from other processes hits all of them alike), p50 with p20/p80, and the ratio to the
+compiled model. ONNX Runtime's idle threads busy-wait after a run when spinning
 is on (its default, "+spin" rows): then every timed call, of every backend, is followed by an
 untimed pause (``--settle-ms``) so that no backend is timed while another's threads spin.
 Results go to benchmarks/results/export-<machine>.{json,md}.
@@ -21,29 +22,30 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_tag, save_results  # noqa: E402
 from vimc.export import load_aoti, onnxruntime_session, to_aoti, to_onnx
-from vimc.export._common import cpu_name, versions
-from vimc.export.onnx import DEFAULT_SCAN, SCAN_FORMULATIONS, run_onnxruntime
+from vimc.export.onnx import run_onnxruntime
+from vimc.export.onnx.names import DEFAULT_SCAN, STANDARD_LOWERINGS, resolve_lowering
 
 import vimc
+from vimc.cliargs import nonneg_float, positive_int
+from vimc.machine import cpu_name, header, machine_tag, save_results, versions
+from vimc.timing import time_round_robin
 
 BACKENDS = ("eager", "compiled", "aoti", "onnxruntime", "onnxruntime-plugin")
 ORT = ("onnxruntime", "onnxruntime-plugin")
 
 
-def machine_header() -> dict:
+def machine_info() -> dict:
+    """The machine header line and its parts, with the load average at the start."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
+        "header": header(),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -54,13 +56,13 @@ def machine_header() -> dict:
 
 
 def parse_onnx_scans(spec: str) -> list[tuple[str, int | None]]:
-    """--onnx-scan "bidir,unrolled:8" -> [("bidir", None), ("unrolled", 8)]."""
+    """--onnx-scan "paired,step:2" -> [("paired", None), ("step", 2)]: standard-op lowerings
+    only (the plugin route is its own backend); old spellings ("bidir") warn and give their
+    new names."""
     scans = []
     for item in (s.strip() for s in spec.split(",")):
         name, _, k = item.partition(":")
-        if name not in SCAN_FORMULATIONS or name == "custom":
-            known = ", ".join(f for f in SCAN_FORMULATIONS if f != "custom")
-            raise ValueError(f"--onnx-scan: unknown {name!r}; choose from {known}")
+        name = resolve_lowering(name, arg="--onnx-scan", choices=STANDARD_LOWERINGS)
         if k and not (k.isdigit() and int(k) >= 1):
             raise ValueError(f"--onnx-scan: bad steps per iteration in {item!r}")
         scans.append((name, int(k) if k else None))
@@ -73,7 +75,7 @@ def expand_backends(
     ort_threads: list[int] = (),
     spinning: list[bool] = (False,),
 ) -> list[str]:
-    """One "onnxruntime:<formulation>" backend per --onnx-scan entry when there are several,
+    """One "onnxruntime:<lowering>" backend per --onnx-scan entry when there are several,
     one "...@<n>t" per --ort-threads entry when there are several, and "...+spin" for
     --ort-spinning on, for each ONNX Runtime backend."""
     out = []
@@ -105,8 +107,8 @@ _EXPORT_S: dict[Path, float] = {}  # ONNX file -> seconds its export took
 
 def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None), ort_threads=None):
     """-> (run callable, seconds to export/compile, file size in bytes or None). ``name``
-    "onnxruntime:<formulation>[:k]" picks the ONNX scan formulation, else ``scan``
-    ("onnxruntime-plugin" always the plugin form); a suffix "@<n>t" ONNX Runtime's intra-op
+    "onnxruntime:<lowering>[:k]" picks the ONNX scan lowering, else ``scan``
+    ("onnxruntime-plugin" always the plugin route); a suffix "@<n>t" ONNX Runtime's intra-op
     threads, else ``ort_threads`` (default torch's); "+spin" leaves ONNX Runtime's spinning
     on."""
     name, spin = name.removesuffix("+spin"), name.endswith("+spin")
@@ -117,7 +119,7 @@ def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None), ort_thread
         f, _, k = name.removeprefix("onnxruntime:").partition(":")
         name, scan = "onnxruntime", (f, int(k) if k else None)
     if name == "onnxruntime-plugin":
-        scan = ("custom", None)
+        scan = ("plugin", None)
     t0 = time.perf_counter()
     size = None
     if name == "eager":
@@ -153,8 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--onnx-scan",
         default=DEFAULT_SCAN,
-        help="ONNX scan formulation(s), comma-separated, 'name' or 'name:k' (k steps per "
-        "Scan iteration); several give one onnxruntime backend each",
+        help="ONNX scan lowering(s) of standard operators, comma-separated, 'name' or 'name:k' "
+        f"(k steps per Scan iteration), name one of {', '.join(STANDARD_LOWERINGS)}; several "
+        "give one onnxruntime backend each",
     )
     ap.add_argument(
         "--ort-threads",
@@ -170,16 +173,19 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--settle-ms",
-        type=float,
+        type=nonneg_float,
         default=50.0,
         help="untimed pause after each timed call when a backend spins (default 50)",
     )
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=positive_int, default=10)
+    ap.add_argument(
+        "--warmup", type=positive_int, default=2, help="untimed calls, the first one reported"
+    )
     ap.add_argument("--out-dir", default=str(Path(__file__).with_name("results")))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     scans = parse_onnx_scans(args.onnx_scan)
+    scan_spec = ",".join(f + (f":{k}" if k else "") for f, k in scans)  # old spellings renamed
     ort_threads = [int(t) for t in args.ort_threads.split(",") if t]
     spinning = parse_spinning(args.ort_spinning)
     backends = expand_backends(
@@ -189,12 +195,9 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     model = vimc.create_model(args.model, img_size=args.img_size).eval()
-    header = machine_header()
-    print(
-        f"# {args.model} {args.img_size}px on {header['cpu']} ({header['cores']} cores, "
-        f"{header['torch_threads']} torch threads, load {header['loadavg_at_start']})",
-        flush=True,
-    )
+    machine = machine_info()
+    print(machine["header"])
+    print(f"# {args.model} {args.img_size}px, load {machine['loadavg_at_start']}", flush=True)
     runs, setup = {}, {}
     results = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
@@ -211,47 +214,42 @@ def main(argv=None) -> int:
         for batch in batches:
             x = torch.randn(batch, 3, args.img_size, args.img_size)
             ref = model(x)
-            times = {b: [] for b in backends}
-            for b in backends:  # warm-up (compiled: compiles for this batch size)
-                t0 = time.perf_counter()
-                out = runs[b](x)
-                first = time.perf_counter() - t0
-                for _ in range(args.warmup - 1):
-                    runs[b](x)
-                setup[b][f"first_call_s_b{batch}"] = first
-                setup[b][f"max_abs_b{batch}"] = (out.float() - ref).abs().max().item()
-            for _ in range(args.repeats):
-                for b in backends:
-                    t0 = time.perf_counter()
-                    runs[b](x)
-                    times[b].append(time.perf_counter() - t0)
-                    if settle:  # spinning ORT threads go idle before the next backend
-                        time.sleep(settle)
-            base = statistics.median(times["compiled"]) if "compiled" in times else None
+            # warm-up first (compiled: compiles for this batch size), then round-robin; when a
+            # backend spins, a pause after every timed call lets its threads go idle first
+            timings = time_round_robin(
+                {b: (lambda run=runs[b], x=x: run(x)) for b in backends},
+                rounds=args.repeats,
+                warmup=args.warmup,
+                pause_s=settle,
+            )
             for b in backends:
-                q = statistics.quantiles(times[b], n=5) if len(times[b]) > 1 else times[b] * 4
-                p50 = statistics.median(times[b])
+                setup[b][f"first_call_s_b{batch}"] = timings[b].first_s
+                setup[b][f"max_abs_b{batch}"] = (runs[b](x).float() - ref).abs().max().item()
+            base = timings["compiled"].median_ms if "compiled" in timings else None
+            for b, t in timings.items():
                 results.append(
                     {
                         "backend": b,
                         "batch": batch,
-                        "p50_ms": p50 * 1e3,
-                        "p20_ms": q[0] * 1e3,
-                        "p80_ms": q[-1] * 1e3,
-                        "img_per_s": batch / p50,
-                        "vs_compiled": p50 / base if base else None,
+                        "p50_ms": t.median_ms,
+                        "p20_ms": t.p20_ms,
+                        "p80_ms": t.p80_ms,
+                        "img_per_s": t.per_second(batch),
+                        "vs_compiled": t.median_ms / base if base else None,
                     }
                 )
-    header["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    machine["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     md = [
         f"# Export benchmark: {args.model} {args.img_size}px",
         "",
-        f"Machine: {header['cpu']}, {header['cores']} cores, {header['torch_threads']} "
-        f"torch threads; load average {header['loadavg_at_start']} at start, "
-        f"{header['loadavg_at_end']} at end. "
-        + ", ".join(f"{k} {header[k]}" for k in ("torch", "onnx", "onnxruntime", "tensorrt"))
-        + f"; ONNX scan formulation {args.onnx_scan}; ONNX Runtime intra-op threads "
-        + (args.ort_threads or f"{header['torch_threads']} (torch's)")
+        "```",
+        machine["header"],
+        "```",
+        "",
+        f"Load average {machine['loadavg_at_start']} at start, {machine['loadavg_at_end']} at "
+        f"end; onnx {machine['onnx']}; ONNX scan lowering {scan_spec}; ONNX Runtime "
+        "intra-op threads "
+        + (args.ort_threads or f"{machine['torch_threads']} (torch's)")
         + (
             f", spinning off unless '+spin' (then {args.settle_ms:g} ms untimed pause after "
             "every timed call)"
@@ -285,11 +283,11 @@ def main(argv=None) -> int:
     if not args.no_save:
         payload = {
             "model": args.model,
-            "onnx_scan": args.onnx_scan,
+            "onnx_scan": scan_spec,
             "ort_spinning": args.ort_spinning,
             "settle_ms": args.settle_ms if any(spinning) else 0,
             "img_size": args.img_size,
-            "machine": header,
+            "machine": machine,
             "setup": setup,
             "latency": results,
         }

@@ -9,8 +9,8 @@ into one loop. Exported node by node, that is a Pad, K Slices, K Muls and K Adds
 direction. vimc's ONNX route records ``conv1d_channel_major`` instead: one Conv node per
 direction on x.mT. This script exports both forms of one layer's two convolutions (input x of
 shape (B, L, E); outputs both directions' u, token-major) through vimc's export path, checks
-them against the model's function, and times them in ONNX Runtime round-robin: median with
-p20/p80 and the ratio to the shifted sums. Results go to
+them against the model's function, and times them in ONNX Runtime round-robin, the order
+alternated every round: median with p20/p80 and the ratio to the shifted sums. Results go to
 benchmarks/results/onnx_conv-<machine>.{json,md}.
 """
 
@@ -19,20 +19,18 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+from vimc.export.onnx import onnxruntime_session, run_onnxruntime
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag, save_results  # noqa: E402
-from vimc.export.onnx import onnxruntime_session, run_onnxruntime  # noqa: E402
-
-from vimc.layers import anticausal_conv1d, causal_conv1d, conv1d_channel_major  # noqa: E402
+from vimc.cliargs import positive_int
+from vimc.layers import anticausal_conv1d, causal_conv1d, conv1d_channel_major
+from vimc.machine import header, machine_tag, save_results
+from vimc.timing import Timing, time_round_robin
 
 E, L, K = 384, 197, 4  # Vim-Ti: d_inner 384, 196 patches + class token, d_conv 4
 LAYERS = 24
@@ -75,16 +73,27 @@ def export(form: str, path: Path, state: dict) -> tuple[Path, dict]:
     return path, dict(ops)
 
 
+def rotated_round_robin(fns: dict, rounds: int) -> dict[str, Timing]:
+    """``time_round_robin`` one round at a time, the order rotated every round, so that no
+    function always runs right after the same other one (and inherits the cache it left)."""
+    names = list(fns)
+    timings = {name: Timing() for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        one_round = time_round_robin({name: fns[name] for name in order}, rounds=1, warmup=0)
+        for name, t in one_round.items():
+            timings[name].times_s += t.times_s
+    return timings
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--threads", type=positive_int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=positive_int, default=30)
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1:
-        ap.error("--threads and --repeats must be >= 1")
     batches = [int(b) for b in args.batches.split(",") if b]
     torch.manual_seed(0)
     state = TwoConvs("shifted").state_dict()
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
         for batch in batches:
             x = torch.randn(batch, L, E)
             ref = ref_model(x)
-            err, times = {}, {f: [] for f in FORMS}
+            err = {}
             for form, sess in sessions.items():
                 name = sess.get_inputs()[0].name
                 outs = sess.run(None, {name: x.numpy()})
@@ -111,34 +120,31 @@ def main(argv=None) -> int:
                     (torch.from_numpy(o) - r).abs().max().item() for o, r in zip(outs, ref)
                 )
                 run_onnxruntime(sess, x)  # warm-up
-            for i in range(args.repeats):
-                for form in FORMS[i % 2 :] + FORMS[: i % 2]:  # order alternated each round
-                    t0 = time.perf_counter()
-                    run_onnxruntime(sessions[form], x)
-                    times[form].append(time.perf_counter() - t0)
-            base = statistics.median(times["shifted"])
+            fns = {f: (lambda s=s, x=x: run_onnxruntime(s, x)) for f, s in sessions.items()}
+            timings = rotated_round_robin(fns, args.repeats)
+            base = timings["shifted"].median_ms
             for form in FORMS:
-                q = statistics.quantiles(times[form], n=5)
-                p50 = statistics.median(times[form])
+                t = timings[form]
                 rows.append(
                     {
                         "batch": batch,
                         "form": form,
-                        "p50_ms": p50 * 1e3,
-                        "p20_ms": q[0] * 1e3,
-                        "p80_ms": q[-1] * 1e3,
-                        "vs_shifted": p50 / base,
+                        "p50_ms": t.median_ms,
+                        "p20_ms": t.p20_ms,
+                        "p80_ms": t.p80_ms,
+                        "vs_shifted": t.median_ms / base,
                         "max_abs_err": err[form],
                     }
                 )
-                print(f"b{batch} {form:8s} {p50 * 1e3:8.3f} ms  err {err[form]:.1e}", flush=True)
+                print(f"b{batch} {form:8s} {t.median_ms:8.3f} ms  err {err[form]:.1e}", flush=True)
     md = [
         f"# A mixer's two convolutions in ONNX Runtime, {machine_tag()}",
         "",
         "```",
         head,
         f"ONNX Runtime intra-op threads {args.threads}, spinning off; repeats {args.repeats}, "
-        f"round-robin; load average {load_start} at start, {os.getloadavg()} at end",
+        f"round-robin, order alternated each round; load average {load_start} at start, "
+        f"{os.getloadavg()} at end",
         "```",
         "",
         f"Input x (B, {L}, {E}); both directions' depthwise conv (K = {K}) + silu, outputs "

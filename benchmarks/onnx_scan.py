@@ -1,72 +1,73 @@
-"""One lowered selective scan in ONNX Runtime: every formulation of export/onnx.py side by side.
+"""One lowered selective scan in ONNX Runtime: the standard-op lowerings of vimc.export.onnx
+side by side.
 
     taskset -c 1 python benchmarks/onnx_scan.py --threads 1     # Vim-Ti shapes, batch 1 and 8
-    python benchmarks/onnx_scan.py --batches 1 --repeats 5 --formulations scan,step,bidir
+    python benchmarks/onnx_scan.py --batches 1 --repeats 5 --lowerings step,paired
 
 A tiny ONNX model holds the placeholder node(s) of one Vim-Ti layer (u, delta, z (Bt, 384,
 197); A (384, 16); B, C (Bt, 1, 16, 197); D, delta_bias (384,); softplus on), lowered by each
-formulation ("name" or "name:k", k steps per Scan iteration). Cases: the forward scan, the
+lowering ("name" or "name:k", k steps per Scan iteration). Cases: the forward scan, the
 reverse scan, and both directions of a layer (two placeholders sharing z, as Vim's mixer emits
-them; "bidir" runs them in one Scan, the others in two). Every result is checked against
-``vimc.ops.selective_scan``; the formulations of a case are timed round-robin, the order
-rotated every round (so load from other processes, and the cache left by the previous run,
-hit all alike): median with p20/p80 and the ratio to "scan". "bidir" lowers a lone placeholder
-as "step", so in the forward and reverse cases the two rows time one graph twice: a check of
-the noise. Results go to benchmarks/results/onnx_scan-<machine>.{json,md}.
+them; "paired" runs them in one Scan, "step" in two). Every result is checked against
+``vimc.ops.selective_scan``; the lowerings of a case are timed round-robin, the order rotated
+every round (so load from other processes, and the cache left by the previous run, hit all
+alike): median with p20/p80 and the ratio to "step". "paired" lowers a lone placeholder as
+"step", so in the forward and reverse cases the two rows time one graph twice: a check of
+the noise. (The "scan" and "unrolled" lowerings this script also timed were removed from
+vimc: benchmarks/results/onnx_scan-amd-epyc-2c.md has them slower than "step".) Results go to
+benchmarks/results/onnx_scan-<machine>.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag, save_results  # noqa: E402
-from vimc.export.onnx import (  # noqa: E402
-    LOWERINGS,
+from vimc.export.onnx import (
     SCAN_DOMAIN,
     SCAN_OP,
     lower_scans,
     nonstandard_nodes,
     onnxruntime_session,
 )
-from vimc.ops import selective_scan  # noqa: E402
+from vimc.export.onnx.names import STANDARD_LOWERINGS, resolve_lowering
+from vimc.ops import selective_scan
+
+from vimc.cliargs import positive_int
+from vimc.machine import header, machine_tag, save_results
+from vimc.timing import Timing, time_round_robin
 
 E, N, L = 384, 16, 197  # Vim-Ti: d_inner 384, d_state 16, 196 patches + class token
 LAYERS = 24
-DEFAULT_FORMULATIONS = "scan,unrolled:8,step,step:2,step:4,bidir,bidir:2"
+DEFAULT_LOWERINGS = "step,step:2,step:4,paired,paired:2"
 CASES = ("forward", "reverse", "both")
-BASELINE = "scan"
+BASELINE = "step"
 RESULTS = Path(__file__).resolve().parent / "results"
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
-def parse_formulations(spec: str) -> list[tuple[str, int | None]]:
-    """ "scan,step:2" -> [("scan", None), ("step", 2)]."""
+def parse_lowerings(spec: str) -> list[tuple[str, int | None]]:
+    """ "step,paired:2" -> [("step", None), ("paired", 2)]; old spellings ("bidir") warn and
+    give their new names."""
     out = []
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
         name, _, k = item.partition(":")
-        if name not in LOWERINGS:
-            raise ValueError(
-                f"--formulations: unknown {name!r}; choose from {', '.join(LOWERINGS)}"
-            )
+        name = resolve_lowering(name, arg="--lowerings", choices=STANDARD_LOWERINGS)
         if k and not (k.isdigit() and int(k) >= 1):
-            raise ValueError(f"--formulations: bad steps per iteration in {item!r}")
+            raise ValueError(f"--lowerings: bad steps per iteration in {item!r}")
         out.append((name, int(k) if k else None))
     if not out:
-        raise ValueError("--formulations: name at least one formulation")
+        raise ValueError("--lowerings: name at least one lowering")
     return out
 
 
@@ -155,44 +156,44 @@ def max_error(session, feeds, refs) -> float:
     return max(float(np.abs(outs[n] - r.numpy()).max()) for n, r in refs.items())
 
 
-def quantiles(times: list[float]) -> tuple[float, float, float]:
-    """(p20, median, p80) in ms."""
-    q = statistics.quantiles(times, n=5) if len(times) > 1 else times * 4
-    return q[0] * 1e3, statistics.median(times) * 1e3, q[-1] * 1e3
+def rotated_round_robin(fns: dict, rounds: int) -> dict[str, Timing]:
+    """``time_round_robin`` one round at a time, the order rotated every round, so that no
+    function always runs right after the same other one (and inherits the cache it left)."""
+    names = list(fns)
+    timings = {name: Timing() for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        one_round = time_round_robin({name: fns[name] for name in order}, rounds=1, warmup=0)
+        for name, t in one_round.items():
+            timings[name].times_s += t.times_s
+    return timings
 
 
-def measure_case(case, Bt, formulations, args, workdir) -> list[dict]:
+def measure_case(case, Bt, lowerings, args, workdir) -> list[dict]:
     mp, feeds, refs = case_model(case, Bt)
     runs = {}
-    for name, k in formulations:
+    for name, k in lowerings:
         sess, scans = lowered_session(mp, name, k, args.threads, workdir)
         err = max_error(sess, feeds, refs)  # also the first (warm-up) call
         for _ in range(args.warmup - 1):
             sess.run(None, feeds)
         runs[label(name, k)] = (sess, scans, err)
-    times = {f: [] for f in runs}
-    order = list(runs)
-    for r in range(args.repeats):
-        # rotate the round-robin: a formulation run right after a cache-thrashing one was
-        # measured ~5% slower, so no formulation always follows the same one
-        for f in order[r % len(order) :] + order[: r % len(order)]:
-            t0 = time.perf_counter()
-            runs[f][0].run(None, feeds)
-            times[f].append(time.perf_counter() - t0)
-    base = statistics.median(times[BASELINE]) * 1e3 if BASELINE in times else None
+    fns = {f: (lambda s=sess: s.run(None, feeds)) for f, (sess, _, _) in runs.items()}
+    timings = rotated_round_robin(fns, args.repeats)
+    base = timings[BASELINE].median_ms if BASELINE in timings else None
     rows = []
     for f, (_, scans, err) in runs.items():
-        p20, p50, p80 = quantiles(times[f])
+        t = timings[f]
         rows.append(
             {
                 "case": case,
                 "batch": Bt,
-                "formulation": f,
+                "lowering": f,
                 "scan_nodes": scans,
-                "p50_ms": p50,
-                "p20_ms": p20,
-                "p80_ms": p80,
-                "vs_scan": p50 / base if base else None,
+                "p50_ms": t.median_ms,
+                "p20_ms": t.p20_ms,
+                "p80_ms": t.p80_ms,
+                "vs_step": t.median_ms / base if base else None,
                 "max_abs_err": err,
             }
         )
@@ -212,21 +213,21 @@ def markdown(rows, head: str, args) -> str:
         "",
         f"One Vim-Ti scan: u, delta, z ({'Bt'}, {E}, {L}), A ({E}, {N}), B, C (Bt, 1, {N}, {L}), "
         "softplus on. `both`: the forward and reverse scans of one layer (sharing z). "
-        f"`x {BASELINE}`: median over the `{BASELINE}` formulation's, same case. "
+        f"`x {BASELINE}`: median over the `{BASELINE}` lowering's, same case. "
         f"`{LAYERS} layers`: the `both` median times {LAYERS}, the scans of one Vim-Ti image "
         "(an extrapolation, not measured on the model). Error: max abs against "
-        "`vimc.ops.selective_scan`, outputs and last states. `bidir` lowers a lone scan as "
+        "`vimc.ops.selective_scan`, outputs and last states. `paired` lowers a lone scan as "
         "`step`: in the forward and reverse cases those two rows time one graph (a noise check).",
         "",
-        "| Bt | case | formulation | Scan nodes | median ms | p20 ms | p80 ms "
+        "| Bt | case | lowering | Scan nodes | median ms | p20 ms | p80 ms "
         f"| x {BASELINE} | {LAYERS} layers ms | max abs err |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = f"{r['vs_scan']:.2f}" if r["vs_scan"] else "-"
+        ratio = f"{r['vs_step']:.2f}" if r["vs_step"] else "-"
         per_image = f"{r['p50_ms'] * LAYERS:.0f}" if r["case"] == "both" else "-"
         lines.append(
-            f"| {r['batch']} | {r['case']} | {r['formulation']} | {r['scan_nodes']} | "
+            f"| {r['batch']} | {r['case']} | {r['lowering']} | {r['scan_nodes']} | "
             f"{r['p50_ms']:.3f} | {r['p20_ms']:.3f} | {r['p80_ms']:.3f} | {ratio} | "
             f"{per_image} | {r['max_abs_err']:.1e} |"
         )
@@ -235,24 +236,32 @@ def markdown(rows, head: str, args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--threads", type=positive_int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument(
-        "--formulations",
-        default=DEFAULT_FORMULATIONS,
-        help="comma-separated, 'name' or 'name:k' (k steps per Scan iteration)",
+        "--lowerings",
+        default=DEFAULT_LOWERINGS,
+        help="comma-separated, 'name' or 'name:k' (k steps per Scan iteration), name one of "
+        f"{', '.join(STANDARD_LOWERINGS)}",
     )
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--formulations", help=argparse.SUPPRESS)  # old name of --lowerings
+    ap.add_argument("--repeats", type=positive_int, default=15)
+    ap.add_argument("--warmup", type=positive_int, default=2)
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads < 1:
-        ap.error(f"--threads must be >= 1, got {args.threads}")
-    if args.repeats < 1 or args.warmup < 1:
-        ap.error("--repeats and --warmup must be >= 1")
-    formulations = parse_formulations(args.formulations)
+    if args.formulations is not None:
+        warnings.warn(
+            "--formulations is deprecated and will be removed in the next release; use --lowerings",
+            FutureWarning,
+            stacklevel=2,
+        )
+        args.lowerings = args.formulations
+    try:
+        lowerings = parse_lowerings(args.lowerings)
+    except ValueError as exc:
+        ap.error(str(exc))
     cases = [c for c in args.cases.split(",") if c]
     bad = [c for c in cases if c not in CASES]
     if bad:
@@ -266,11 +275,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for Bt in batches:
             for case in cases:
-                new = measure_case(case, Bt, formulations, args, Path(tmp))
+                new = measure_case(case, Bt, lowerings, args, Path(tmp))
                 rows += new
                 for r in new:
                     print(
-                        f"Bt {Bt} {case:8s} {r['formulation']:12s} {r['p50_ms']:9.3f} ms "
+                        f"Bt {Bt} {case:8s} {r['lowering']:12s} {r['p50_ms']:9.3f} ms "
                         f"(p20 {r['p20_ms']:.3f}, p80 {r['p80_ms']:.3f}) "
                         f"err {r['max_abs_err']:.1e}",
                         flush=True,

@@ -1,4 +1,4 @@
-"""ONNX Runtime's own gated linear-attention ops running one Vim scan, next to vimc's lowering.
+"""ONNX Runtime's own gated linear-attention ops running one Vim scan, next to vimc's lowerings.
 
     taskset -c 1 python benchmarks/ort_contrib.py --threads 1    # Vim-Ti shapes, batch 1 and 8
 
@@ -9,7 +9,8 @@ delta_t u_t and the log-space decay delta_t A (per head and key dimension), scal
 ships two contrib ops (domain ``com.microsoft``) that run that recurrence in one kernel:
 ``GatedDeltaNet`` and ``LinearAttention``, both with ``update_rule="gated"``. This times each of
 them on one forward scan of a Vim-Ti layer against ``benchmarks/onnx_scan.py``'s standard-op
-formulations of the same scan, round-robin in one process.
+lowerings of the same scan ("step" and "paired"), round-robin in one process, the order rotated
+every round.
 
 The contrib nodes get their inputs precomputed (softplus, the products, LinearAttention's key
 repeated per head) and leave out D and the silu(z) gate: they are timed alone, a lower bound
@@ -21,35 +22,49 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper
+from vimc.ops import selective_scan
+from vimc.ops.selective_scan.reference import softplus
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag, save_results  # noqa: E402
-from onnx_scan import (  # noqa: E402
-    LAYERS,
-    E,
-    L,
-    N,
-    case_model,
-    lowered_session,
-    max_error,
-    quantiles,
-    scan_inputs,
-)
-from vimc.ops import selective_scan  # noqa: E402
-from vimc.ops.selective_scan.reference import softplus  # noqa: E402
+from vimc.cliargs import positive_int
+from vimc.machine import header, machine_tag, save_results
+
+# The scan cases and their checks are onnx_scan.py's. Imported as benchmarks.ort_contrib (the
+# tests) it reads its sibling through the package; run as a script, its folder is on sys.path.
+if __package__:
+    from .onnx_scan import (
+        LAYERS,
+        E,
+        L,
+        N,
+        case_model,
+        lowered_session,
+        max_error,
+        rotated_round_robin,
+        scan_inputs,
+    )
+else:
+    from onnx_scan import (
+        LAYERS,
+        E,
+        L,
+        N,
+        case_model,
+        lowered_session,
+        max_error,
+        rotated_round_robin,
+        scan_inputs,
+    )
 
 CONTRIB = ("GatedDeltaNet", "LinearAttention")
-STANDARD = ("step", "bidir")  # the fastest standard-op formulations (onnx_scan results)
+STANDARD = ("step", "paired")  # vimc's standard-op lowerings
 BASELINE = "step"
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -135,22 +150,16 @@ def measure(Bt: int, ops: list[str], args, workdir: Path) -> list[dict]:
     for sess, f, _ in runs.values():
         for _ in range(args.warmup):
             sess.run(None, f)
-    times = {k: [] for k in runs}
-    order = list(runs)
-    for r in range(args.repeats):  # round-robin, order rotated each round
-        for k in order[r % len(order) :] + order[: r % len(order)]:
-            sess, f, _ = runs[k]
-            t0 = time.perf_counter()
-            sess.run(None, f)
-            times[k].append(time.perf_counter() - t0)
-    base = statistics.median(times[BASELINE]) * 1e3
+    fns = {k: (lambda s=sess, f=f: s.run(None, f)) for k, (sess, f, _) in runs.items()}
+    timings = rotated_round_robin(fns, args.repeats)
+    base = timings[BASELINE].median_ms
     rows = []
     for k, (_, _, err) in runs.items():
-        p20, p50, p80 = quantiles(times[k])
+        t = timings[k]
         kind = "com.microsoft node, inputs precomputed" if k in CONTRIB else "standard, whole"
         rows.append(
-            {"batch": Bt, "route": k, "kind": kind, "p50_ms": p50, "p20_ms": p20, "p80_ms": p80,
-             "vs_step": p50 / base, "max_abs_err": err}
+            {"batch": Bt, "route": k, "kind": kind, "p50_ms": t.median_ms, "p20_ms": t.p20_ms,
+             "p80_ms": t.p80_ms, "vs_step": t.median_ms / base, "max_abs_err": err}
         )  # fmt: skip
     return rows
 
@@ -188,15 +197,15 @@ def markdown(rows: list[dict], head: str, args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--threads", type=positive_int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=positive_int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
-        ap.error("--threads and --repeats must be >= 1, --warmup >= 0")
+    if args.warmup < 0:
+        ap.error(f"--warmup must be >= 0, got {args.warmup}")
     ops = [op for op in CONTRIB if op in available_contrib_ops()]
     if not ops:
         print(f"this ONNX Runtime registers none of {', '.join(CONTRIB)}: nothing to compare")

@@ -16,15 +16,14 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from vimc.ops import selective_scan, selective_scan_reference
+from vimc.ops.selective_scan import cpu
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, machine_tag, save_results  # noqa: E402
-from vimc.ops import selective_scan, selective_scan_reference  # noqa: E402
-from vimc.ops.selective_scan import cpu  # noqa: E402
+from vimc.machine import header, machine_tag, save_results
+from vimc.timing import time_fn
 
 SHAPES = [(1, 384, 197, 16), (8, 384, 197, 16), (1, 384, 6085, 16)]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,23 +42,6 @@ def inputs(Bt, E, L, N, device, requires_grad=False):
         delta_bias=torch.randn(E, generator=g) * 0.3,
     )
     return {k: v.to(device).requires_grad_(requires_grad) for k, v in t.items()}
-
-
-def timeit(fn, reps: int, warmup: int = 2, sync=lambda: None) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)
-
-
-def quantile(xs, q):
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def implementations(device):
@@ -84,7 +66,6 @@ def implementations(device):
 
 def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
     rows = []
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for Bt, E, L, N in shapes:
         for reverse in (False, True):
             for mode in ("fwd", "fwd+bwd"):
@@ -109,8 +90,8 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                         if mode == "fwd+bwd":
                             out.backward(g)
 
-                    ts = timeit(step, reps, warmup=1 if long else 2, sync=sync)
-                    med = quantile(ts, 0.5)
+                    t = time_fn(step, warmup=1 if long else 2, repeats=reps, device=device)
+                    med = t.median_ms / 1e3
                     base = base or (med if name == "reference loop" else None)
                     exps = Bt * E * L * N * (3 if mode == "fwd+bwd" else 1)
                     nbytes = 4 * (4 * Bt * E * L + 2 * Bt * N * L)
@@ -120,9 +101,9 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                             direction="reverse" if reverse else "forward",
                             mode=mode,
                             impl=name,
-                            median_ms=med * 1e3,
-                            p20_ms=quantile(ts, 0.2) * 1e3,
-                            p80_ms=quantile(ts, 0.8) * 1e3,
+                            median_ms=t.median_ms,
+                            p20_ms=t.p20_ms,
+                            p80_ms=t.p80_ms,
                             gexp_s=exps / med / 1e9,
                             gb_s=nbytes / med / 1e9 if mode == "fwd" else None,
                             speedup_vs_loop=base / med if base else None,

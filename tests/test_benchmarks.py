@@ -1,72 +1,141 @@
-"""The benchmark scripts' argument helpers (the timing itself is not a unit test)."""
+"""The benchmark scripts' argument helpers and timing plumbing (the timings themselves are not
+unit-tested), imported as the package ``benchmarks`` from the repository root, and each script
+run as the README runs it, ``python benchmarks/<name>.py``."""
 
 from __future__ import annotations
 
-import importlib.util
+import ast
+import importlib
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    """benchmarks/<name>.py as a module, with benchmarks/ importable while it loads."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__")
 
 
 @pytest.fixture(scope="module")
 def export_bench():
-    return _load("export")
+    return importlib.import_module("benchmarks.export")
+
+
+@pytest.fixture(scope="module")
+def onnx_scan_bench():
+    pytest.importorskip("onnxruntime")
+    return importlib.import_module("benchmarks.onnx_scan")
 
 
 @pytest.fixture(scope="module")
 def contrib_bench():
     pytest.importorskip("onnxruntime")
-    return _load("ort_contrib")
+    return importlib.import_module("benchmarks.ort_contrib")
 
 
-def test_one_onnxruntime_backend_per_formulation_and_thread_count(export_bench):
-    scans = export_bench.parse_onnx_scans("bidir,step:2")
-    assert scans == [("bidir", None), ("step", 2)]
+def test_one_onnxruntime_backend_per_lowering_and_thread_count(export_bench):
+    scans = export_bench.parse_onnx_scans("paired,step:2")
+    assert scans == [("paired", None), ("step", 2)]
     got = export_bench.expand_backends(["compiled", "onnxruntime"], scans, [2, 1])
     assert got == [
         "compiled",
-        "onnxruntime:bidir@2t",
-        "onnxruntime:bidir@1t",
+        "onnxruntime:paired@2t",
+        "onnxruntime:paired@1t",
         "onnxruntime:step:2@2t",
         "onnxruntime:step:2@1t",
     ]
-    # one formulation and one thread count: the plain name
-    one = export_bench.parse_onnx_scans("bidir")
+    # one lowering and one thread count: the plain name
+    one = export_bench.parse_onnx_scans("paired")
     assert export_bench.expand_backends(["onnxruntime"], one, [1]) == ["onnxruntime"]
 
 
 def test_plugin_backend_and_spinning_variants(export_bench):
-    one = export_bench.parse_onnx_scans("bidir")
+    one = export_bench.parse_onnx_scans("paired")
     spin = export_bench.parse_spinning("off,on")
     assert spin == [False, True]
     got = export_bench.expand_backends(["compiled", "onnxruntime-plugin"], one, [], spin)
     assert got == ["compiled", "onnxruntime-plugin", "onnxruntime-plugin+spin"]
-    # the plugin form has one formulation: --onnx-scan does not multiply it
-    two = export_bench.parse_onnx_scans("bidir,step")
+    # the plugin route has one lowering: --onnx-scan does not multiply it
+    two = export_bench.parse_onnx_scans("paired,step")
     assert export_bench.expand_backends(["onnxruntime-plugin"], two) == ["onnxruntime-plugin"]
     with pytest.raises(ValueError, match="--ort-spinning"):
         export_bench.parse_spinning("fast")
 
 
-@pytest.mark.parametrize("spec", ["nope", "step:0", "custom"])
+@pytest.mark.parametrize("spec", ["nope", "step:0", "custom", "plugin", "scan", "unrolled:8"])
 def test_bad_onnx_scan_is_named(export_bench, spec):
+    """Unknown names, bad step counts, the plugin route (its own backend) and the removed
+    lowerings are refused, naming the option."""
     with pytest.raises(ValueError, match="--onnx-scan"):
         export_bench.parse_onnx_scans(spec)
+
+
+def test_old_onnx_scan_spelling_warns_and_gives_the_new_name(export_bench):
+    with pytest.warns(FutureWarning, match="paired"):
+        assert export_bench.parse_onnx_scans("bidir,step") == [("paired", None), ("step", None)]
+
+
+def test_onnx_scan_bench_parses_the_standard_lowerings(onnx_scan_bench):
+    parse = onnx_scan_bench.parse_lowerings
+    assert parse(onnx_scan_bench.DEFAULT_LOWERINGS) == [
+        ("step", None),
+        ("step", 2),
+        ("step", 4),
+        ("paired", None),
+        ("paired", 2),
+    ]
+    assert onnx_scan_bench.BASELINE in {name for name, _ in parse("step,paired")}
+    with pytest.warns(FutureWarning, match="paired"):
+        assert parse("bidir:2") == [("paired", 2)]
+    for bad in ("scan", "unrolled:8", "custom", "step:x", ","):
+        with pytest.raises(ValueError, match="--lowerings"):
+            parse(bad)
+
+
+def test_onnx_scan_bench_old_option_name_warns(onnx_scan_bench, monkeypatch):
+    """--formulations, the old name of --lowerings, still works for one release, warning."""
+    seen = {}
+
+    def stop(lowerings):  # the point past option handling: stop before any measuring
+        seen["lowerings"] = lowerings
+        raise SystemExit(0)
+
+    monkeypatch.setattr(onnx_scan_bench, "parse_lowerings", stop)
+    with pytest.warns(FutureWarning, match="--lowerings"), pytest.raises(SystemExit):
+        onnx_scan_bench.main(["--formulations", "step"])
+    assert seen["lowerings"] == "step"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(SystemExit):
+            onnx_scan_bench.main(["--lowerings", "paired"])
+    assert seen["lowerings"] == "paired"
+
+
+@pytest.mark.parametrize("module", ["bidirectional", "onnx_conv", "onnx_scan"])
+def test_rotated_round_robin_times_every_function_in_rotated_order(module):
+    """Each function is timed once per round, and round r starts at function r mod n, so no
+    function always follows the same other one."""
+    if module != "bidirectional":
+        pytest.importorskip("onnxruntime")
+    rotated_round_robin = importlib.import_module(f"benchmarks.{module}").rotated_round_robin
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    timings = rotated_round_robin(fns, 4)
+    assert calls == list("abcbcacababc")
+    assert set(timings) == set("abc")
+    assert all(t.n == 4 and t.median_ms >= 0 for t in timings.values())
+
+
+def test_bidirectional_bench_times_one_call_of_a_repeated_sample():
+    """A sample of ``inner`` calls is reported per call."""
+    bench = importlib.import_module("benchmarks.bidirectional")
+    calls = []
+    bench.repeated(lambda: calls.append(1), 5)()
+    assert len(calls) == 5
+    res = bench.interleaved({"x": lambda: None}, repeats=3, inner=10)
+    p20, med, p80 = res["x"]
+    assert 0 <= p20 <= med <= p80
 
 
 @pytest.mark.parametrize("op", ["GatedDeltaNet", "LinearAttention"])
@@ -77,3 +146,38 @@ def test_contrib_op_runs_the_selective_scan(contrib_bench, op):
         pytest.skip(f"this onnxruntime has no com.microsoft.{op}")
     _, _, err = contrib_bench.contrib_session(op, Bt=2, threads=1)
     assert err < 1e-4
+
+
+def test_contrib_bench_compares_vimcs_standard_lowerings(contrib_bench):
+    from vimc.export.onnx.names import STANDARD_LOWERINGS
+
+    assert set(contrib_bench.STANDARD) == set(STANDARD_LOWERINGS)
+    assert contrib_bench.BASELINE in contrib_bench.STANDARD
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmarks_leave_sys_path_alone(script):
+    """Benchmarks import vimc as an installed package and each other through the package:
+    no script edits sys.path."""
+    tree = ast.parse((ROOT / "benchmarks" / f"{script}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "path":
+            assert not (isinstance(node.value, ast.Name) and node.value.id == "sys"), script
+
+
+@pytest.mark.slow  # one subprocess per script: importing torch takes seconds on shared cores
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_script_runs_as_documented(script):
+    """``python benchmarks/<name>.py --help`` from the repository root: the imports a script
+    run needs resolve (the script's folder is on sys.path, the repository root is not)."""
+    if script in ("onnx_scan", "onnx_conv", "ort_contrib", "export"):
+        pytest.importorskip("onnxruntime")
+    r = subprocess.run(
+        [sys.executable, f"benchmarks/{script}.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "usage:" in r.stdout
