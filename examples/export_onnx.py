@@ -2,7 +2,7 @@
 
     python examples/export_onnx.py                         # vim_tiny -> vim_tiny.onnx
     python examples/export_onnx.py --checkpoint vim_t_midclstok_76p1acc.pth --out vim_t.onnx
-    python examples/export_onnx.py --plugin                # the plugin form, 3-4.5x faster on CPU
+    python examples/export_onnx.py --plugin                # the plugin route, faster on CPU
 
 The file has one input ``pixel_values`` (batch, 3, H, W), normalized with the model's
 mean/std, and one output ``logits`` (batch, num_classes); the batch axis is dynamic. By
@@ -10,7 +10,8 @@ default it has standard operators only, so any ONNX runtime loads it without a p
 TensorRT: ``trtexec --onnx=vim_tiny.onnx --fp16 --minShapes=pixel_values:1x3x224x224 ...``.
 With ``--plugin`` each layer's scan is one ``vimc.SelectiveScanBidirectional`` node, which
 ONNX Runtime runs once vimc's plugin library is registered in the session options (below:
-the plain onnxruntime API, as a C++ program would do it with RegisterCustomOpsLibrary).
+the plain onnxruntime API, as a C++ program would do it with RegisterCustomOpsLibrary). How
+much faster it runs on CPU: README, "Export routes" (benchmarks/results/export-*.md).
 """
 
 import argparse
@@ -28,7 +29,7 @@ ap.add_argument("--checkpoint", default=None)
 ap.add_argument("--img-size", type=int, default=224)
 ap.add_argument("--depth", type=int, default=None, help="fewer layers, for a quick try")
 ap.add_argument("--out", default=None)
-ap.add_argument("--plugin", action="store_true", help="the plugin form (scan='custom')")
+ap.add_argument("--plugin", action="store_true", help="the plugin route (scan='plugin')")
 args = ap.parse_args()
 
 extra = {} if args.depth is None else {"depth": args.depth}
@@ -36,7 +37,7 @@ model = vimc.create_model(
     args.model, checkpoint_path=args.checkpoint, img_size=args.img_size, **extra
 ).eval()
 out = args.out or f"{args.model}.onnx"
-to_onnx(model, out, scan="custom" if args.plugin else "bidir")  # dynamic batch
+to_onnx(model, out, scan="plugin" if args.plugin else "paired")  # dynamic batch
 print(f"wrote {out}")
 
 options = ort.SessionOptions()

@@ -129,9 +129,13 @@ def test_compare_backends(tiny_digits):
             2,
         )
     )
-    lines = {ln.split()[0]: ln for ln in out.splitlines()[2:]}
+    head, *rest = out.splitlines()
+    assert head.startswith("date ") and "| torch " in head  # vimc.machine's header
+    table = rest[[ln.split()[0] for ln in rest].index("backend") + 1 :]
+    lines = {ln.split()[0]: ln for ln in table}
     assert set(lines) == {"eager", "onnxruntime", "onnxruntime-plugin"}
     assert "FAILED" not in out
+    assert all(float(ln.split()[-1]) > 0 for ln in lines.values())  # median ms
 
 
 @pytest.mark.slow  # a subprocess: importing torch alone takes seconds on 2 shared cores
