@@ -3,6 +3,9 @@ machine and version information."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -151,3 +154,24 @@ def check_names(values: Sequence[str], known: Sequence[str], *, arg: str) -> lis
     if not values:
         raise ValueError(f"{arg} must name at least one of {', '.join(known)}")
     return values
+
+
+@contextlib.contextmanager
+def quiet_torch_export():
+    """Silence two messages torch prints on every export that say nothing about the user's
+    model: a FutureWarning from torch's own pytree code (``isinstance(treespec, LeafSpec)``,
+    raised while torch copies a program) and the ONNX exporter's log lines about torchvision
+    ops it skips when torchvision is absent. Everything else still shows."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+        )
+        log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            log.setLevel(level)

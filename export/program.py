@@ -27,7 +27,14 @@ import warnings
 import torch
 from torch import nn
 
-from ._common import batch_dim, check_names, example_input, export_example, resolve_model
+from ._common import (
+    batch_dim,
+    check_names,
+    example_input,
+    export_example,
+    quiet_torch_export,
+    resolve_model,
+)
 
 SCAN_FORMS = ("per_direction", "bidirectional", "plugin")
 _OLD_SCAN_FORMS = {"token_major": "plugin"}  # deprecated spellings, for one release
@@ -100,7 +107,7 @@ def to_exported_program(
     scan_form = check_scan_form(scan_form)
     m: nn.Module = resolve_model(model)
     x = export_example(example_input(m, example), dynamic_batch)
-    with torch.no_grad(), model_forms(m, scan_form):
+    with torch.no_grad(), model_forms(m, scan_form), quiet_torch_export():
         return torch.export.export(
             m, (x,), dynamic_shapes=batch_dim(x, dynamic_batch, max_batch), strict=strict
         )

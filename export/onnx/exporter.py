@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import atomic_path, check_writable
+from .._common import quiet_torch_export
 from ..program import to_exported_program
 from .names import (
     BATCH_AXIS,
@@ -71,17 +72,18 @@ def export_onnx_proto(
     form = "plugin" if scan == "plugin" else "per_direction"
     ep = to_exported_program(model, example, dynamic_batch=dynamic_batch, scan_form=form)
     x = ep.example_inputs[0][0]
-    prog = torch.onnx.export(
-        ep,
-        (x,),
-        input_names=[input_name],
-        output_names=[output_name],
-        opset_version=opset,
-        dynamo=True,
-        external_data=False,
-        custom_translation_table=translation_table(),
-        verbose=False,
-    )
+    with quiet_torch_export():
+        prog = torch.onnx.export(
+            ep,
+            (x,),
+            input_names=[input_name],
+            output_names=[output_name],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            custom_translation_table=translation_table(),
+            verbose=False,
+        )
     mp = prog.model_proto
     if scan == "plugin":
         mp.metadata_props.add(key=SCAN_METADATA, value="plugin")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from vimc.export.program import SCAN_FORMS, model_forms, scan_nodes, to_exported_program
+
 from vimc.model import create_model
 
 
@@ -79,3 +84,23 @@ def test_a_model_name_exports_the_weights_predict_uses():
         for k, v in builtin.state_dict().items():
             torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0, msg=k)
     assert resolve_model("vim_tiny", depth=1).layers[0].mixer.d_model == 192
+
+
+@pytest.mark.slow  # a fresh process: warnings and torch's log handlers as a user sees them
+def test_exports_print_no_library_noise(tmp_path):
+    """torch's own pytree FutureWarning (LeafSpec) and the ONNX exporter's torchvision log
+    lines are silenced where vimc triggers them; a user's warning still shows."""
+    code = textwrap.dedent(
+        f"""
+        import warnings
+        import vimc
+        from vimc.export import to_onnx
+        warnings.simplefilter("always")
+        to_onnx(vimc.create_model("vim_digits", depth=2).eval(), {str(tmp_path / "m.onnx")!r})
+        warnings.warn("the user's own", UserWarning)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "LeafSpec" not in r.stderr and "torchvision" not in r.stderr, r.stderr
+    assert "the user's own" in r.stderr
