@@ -83,7 +83,7 @@ def run(
 
     # 2. torch.compile -----------------------------------------------------------------------
     if not skip_compile:
-        b = _compiled_backend(model, x[:batch])
+        b = _backend("compiled", lambda: _compile(model, x[:batch]), tracebacks)
         backends.append(b)
         _say(
             "[2/5] torch.compile: "
@@ -100,9 +100,17 @@ def run(
             tmp = tempfile.TemporaryDirectory(prefix="vimc-demo-")
             folder = Path(tmp.name)
         exports = (
-            _onnx_backend(model, folder, threads, tracebacks=tracebacks),
-            _onnx_backend(model, folder, threads, plugin=True, tracebacks=tracebacks),
-            _aoti_backend(model, folder, tracebacks=tracebacks),
+            _backend(
+                "onnxruntime",
+                lambda: _onnx(model, folder / "vim_digits.onnx", "paired", threads),
+                tracebacks,
+            ),
+            _backend(
+                "onnxruntime-plugin",
+                lambda: _onnx(model, folder / "vim_digits_plugin.onnx", "plugin", threads),
+                tracebacks,
+            ),
+            _backend("aoti", lambda: _aoti(model, folder / "vim_digits.pt2"), tracebacks),
         )
         for b in exports:
             backends.append(b)
@@ -241,60 +249,45 @@ def _parity_report(model, x, backends, artifacts):
 # ---------------------------------------------------------------------------------------------
 
 
-def _compiled_backend(model, x: torch.Tensor) -> Backend:
-    b = Backend("compiled")
+def _backend(name: str, setup, tracebacks: bool = False) -> Backend:
+    """Backend ``name`` from ``setup() -> (run, exported file or "")``, its setup timed; a
+    failure becomes the backend's error (a failed row later), with its stack if
+    ``tracebacks``."""
+    b = Backend(name)
     try:
         t0 = time.perf_counter()
-        compiled = torch.compile(model, dynamic=True)  # batch axis symbolic: one graph
-        with torch.inference_mode():
-            compiled(x)
-        b.run, b.setup_s = compiled, time.perf_counter() - t0
+        b.run, b.note = setup()
+        b.setup_s = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 (reported as a failed backend)
         b.error = _one_line(exc)
-    return b
-
-
-def _onnx_backend(
-    model, out: Path, threads: int, plugin: bool = False, tracebacks: bool = False
-) -> Backend:
-    """The standard-op file, or with ``plugin`` the plugin route (its session registers vimc's
-    ONNX Runtime plugin)."""
-    b = Backend("onnxruntime-plugin" if plugin else "onnxruntime")
-    try:
-        from vimc.export import onnxruntime_session, to_onnx
-        from vimc.export.onnx import run_onnxruntime
-
-        t0 = time.perf_counter()
-        name, scan = (
-            ("vim_digits_plugin.onnx", "plugin") if plugin else ("vim_digits.onnx", "paired")
-        )
-        path = to_onnx(model, out / name, scan=scan)
-        sess = onnxruntime_session(path, threads=threads)
-        b.run = lambda x: run_onnxruntime(sess, x)
-        b.setup_s = time.perf_counter() - t0
-        b.note = str(path)
-    except Exception as exc:  # noqa: BLE001
-        b.error = _one_line(exc)
         if tracebacks:
             traceback.print_exc()
     return b
 
 
-def _aoti_backend(model, out: Path, tracebacks: bool = False) -> Backend:
-    b = Backend("aoti")
-    try:
-        from vimc.export import load_aoti, to_aoti
+def _compile(model, x: torch.Tensor):
+    compiled = torch.compile(model, dynamic=True)  # batch axis symbolic: one graph
+    with torch.inference_mode():
+        compiled(x)
+    return compiled, ""
 
-        t0 = time.perf_counter()
-        path = to_aoti(model, out / "vim_digits.pt2")
-        b.run = load_aoti(path)
-        b.setup_s = time.perf_counter() - t0
-        b.note = str(path)
-    except Exception as exc:  # noqa: BLE001
-        b.error = _one_line(exc)
-        if tracebacks:
-            traceback.print_exc()
-    return b
+
+def _onnx(model, path: Path, scan: str, threads: int):
+    """``scan="paired"``: standard operators; ``"plugin"``: the plugin route, whose session
+    registers vimc's ONNX Runtime plugin."""
+    from vimc.export import onnxruntime_session, to_onnx
+    from vimc.export.onnx import run_onnxruntime
+
+    path = to_onnx(model, path, scan=scan)
+    sess = onnxruntime_session(path, threads=threads)
+    return (lambda x: run_onnxruntime(sess, x)), str(path)
+
+
+def _aoti(model, path: Path):
+    from vimc.export import load_aoti, to_aoti
+
+    path = to_aoti(model, path)
+    return load_aoti(path), str(path)
 
 
 # ---------------------------------------------------------------------------------------------
