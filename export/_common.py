@@ -68,7 +68,8 @@ def resolve_model(model, *, checkpoint=None, img_size=None, dtype=None, **overri
         kw = dict(overrides)
         if img_size is not None:
             kw["img_size"] = img_size
-        m = load_model(model, checkpoint, pretrained="auto", **kw)
+        # overrides that change shapes (depth, embed_dim, ...) cannot take built-in weights
+        m = load_model(model, checkpoint, pretrained="auto" if not overrides else False, **kw)
     elif isinstance(model, nn.Module):
         if checkpoint is not None or img_size is not None or overrides:
             raise ValueError(

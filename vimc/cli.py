@@ -145,11 +145,19 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="registered model name (default: vim_digits, or guessed from --checkpoint)",
     )
-    p.add_argument(
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument(
         "--checkpoint",
         "-c",
         default=None,
-        help="an official .pth checkpoint or vimc safetensors (file or folder)",
+        help="an official .pth checkpoint, vimc safetensors (file or folder), or "
+        "hf-hub:OWNER/REPO/FILE",
+    )
+    weights.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="the model's official weights from the Hugging Face Hub (through the Hub cache; "
+        "HF_HUB_OFFLINE=1 uses the cached copy only)",
     )
     p.add_argument("--topk", "-k", type=positive_int, default=5, help="how many classes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -168,7 +176,7 @@ def cmd_predict(args) -> int:
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise CLIError("image not found: " + ", ".join(str(p) for p in missing))
-    model = _load_model(args.model, args.checkpoint)
+    model = _load_model(args.model, args.checkpoint, pretrained=True if args.pretrained else "ask")
     cfg = model.pretrained_cfg
     try:
         x = load_images(args.images, cfg)
@@ -190,7 +198,7 @@ def cmd_predict(args) -> int:
     if args.json:
         print(json.dumps({"model": model.name, "results": results}, indent=2))
         return EXIT_OK
-    src = args.checkpoint or "built-in weights"
+    src = args.checkpoint or ("official weights" if args.pretrained else "built-in weights")
     print(f"model {model.name} ({src}), input {tuple(cfg['input_size'])}")
     for r in results:
         print(r["image"])
@@ -379,7 +387,13 @@ def cmd_list(args) -> int:
     for name in list_models(args.pattern):
         v = get_variant(name)
         c = v.config
-        w = "built-in weights" if v.weights else "random init / --checkpoint"
+        w = (
+            "built-in weights"
+            if v.weights
+            else "--pretrained (Hugging Face Hub)"
+            if v.hf_hub_id
+            else "random init / --checkpoint"
+        )
         print(
             f"{name:<14} D={c.embed_dim:<4} depth={c.depth:<3} img={c.img_hw[0]:<4} "
             f"patch={c.patch_size}/stride={c.stride:<3} classes={c.num_classes:<5} {w}"

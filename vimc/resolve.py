@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vimc.checkpoint import read_checkpoint
+from vimc.hub import hub_download, is_hub_path, parse_hub_path
 from vimc.model import VisionMamba, create_model, get_variant, list_models
 
 DEFAULT_MODEL = "vim_digits"  # the model with built-in weights, used when nothing is named
@@ -41,6 +42,8 @@ def check_model_name(name: str) -> str:
 def guess_model(checkpoint) -> str:
     """The registered variant that fits a checkpoint's shapes: the architecture recorded in
     vimc's own files, else the width and stride of an official file."""
+    if is_hub_path(checkpoint):
+        checkpoint = hub_download(*parse_hub_path(checkpoint))
     sd, record = read_checkpoint(checkpoint)
     if record and record.get("architecture"):
         return record["architecture"]
@@ -75,13 +78,16 @@ def load_model(
     - ``"auto"``: the built-in weights (shipped in ``vimc/weights/``) where the variant has
       them, else random initialization, never a download (what an export wants:
       ``vim_digits`` exports its trained weights, ``vim_tiny`` without a checkpoint a randomly
-      initialized model of the right shape).
+      initialized model of the right shape);
+    - ``"ask"``: the built-in weights, else a ``ValueError`` that says how to get weights
+      (``pretrained=True`` / ``--pretrained`` for the official ones, or a checkpoint): what a
+      prediction wants, never random weights and never an unasked-for download.
 
     ``overrides``: ``create_model``'s keywords (``img_size``, ``device``, ``dtype``, ...).
     """
-    if pretrained not in (True, False, "auto"):
-        raise ValueError(f"pretrained must be True, False or 'auto', got {pretrained!r}")
-    if checkpoint is not None and not Path(checkpoint).exists():
+    if pretrained not in (True, False, "auto", "ask"):
+        raise ValueError(f"pretrained must be True, False, 'auto' or 'ask', got {pretrained!r}")
+    if checkpoint is not None and not is_hub_path(checkpoint) and not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if name is None:
         name = guess_model(checkpoint) if checkpoint is not None else DEFAULT_MODEL
@@ -89,8 +95,15 @@ def load_model(
     if checkpoint is not None:
         model = create_model(name, checkpoint_path=checkpoint, **overrides)
     else:
-        if pretrained == "auto":
-            pretrained = get_variant(name).weights is not None
+        builtin = get_variant(name).weights is not None
+        if pretrained == "ask" and not builtin:
+            raise ValueError(
+                f"{name!r} has no built-in weights: pass --pretrained (pretrained=True) for its "
+                f"official weights from the Hugging Face Hub, or --checkpoint (checkpoint=) "
+                f"for a file"
+            )
+        if pretrained in ("auto", "ask"):
+            pretrained = builtin
         model = create_model(name, pretrained=pretrained, **overrides)
     return model.eval()
 

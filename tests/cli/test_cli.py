@@ -175,8 +175,36 @@ def test_predict_unknown_model(capsys, digit_pngs):
 
 
 def test_predict_model_without_weights(capsys, digit_pngs):
+    """No built-in weights: an error saying how to get some, never random weights and never a
+    download nobody asked for."""
     code, _, err = run_cli(capsys, "predict", str(digit_pngs[0][0]), "--model", "vim_tiny")
-    assert code == 2 and "checkpoint" in err
+    assert code == 2 and "--pretrained" in err and "--checkpoint" in err
+
+
+def test_predict_pretrained_from_the_hub_cache(capsys, tmp_path, monkeypatch):
+    """--pretrained: the official file through the Hub cache (offline); --checkpoint
+    hf-hub:...: the same file by name; both exclusive."""
+    from huggingface_hub import constants
+
+    import vimc
+    from tests.model._helpers import randomize_, write_hub_cache
+
+    m = randomize_(vimc.create_model("vim_tiny"), seed=2, scale=0.3)
+    repo, file = "hustvl/Vim-tiny-midclstok", "vim_t_midclstok_76p1acc.pth"
+    write_hub_cache(tmp_path / "hub", repo, file, {"model": m.state_dict(), "epoch": 1})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(img)
+    outs = []
+    for how in (["--model", "vim_tiny", "--pretrained"], ["--checkpoint", f"hf-hub:{repo}/{file}"]):
+        code, out, err = run_cli(capsys, "predict", str(img), *how, "--topk", "2", "--json")
+        assert code == 0, err
+        outs.append(json.loads(out)["results"])
+    assert outs[0] == outs[1]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["predict", str(img), "--pretrained", "--checkpoint", "x.pth"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 def test_predict_missing_checkpoint(capsys, digit_pngs, tmp_path):

@@ -1,4 +1,5 @@
-"""Helpers for the model tests: a small config (depth 2, width 48, 32x32) and random weights."""
+"""Helpers for the model tests: a small config (depth 2, width 48, 32x32), random weights, and a
+Hugging Face Hub cache written in the cache's documented layout."""
 
 import torch
 
@@ -22,3 +23,17 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.5) -> tor
                 fan_in = max(1, p[0].numel()) if p.dim() > 1 else 16
                 p.copy_((2 * r - 1) * scale * (3.0 / fan_in) ** 0.5 * 1.7)
     return model
+
+
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def write_hub_cache(cache, repo: str, filename: str, obj) -> None:
+    """``obj`` saved as ``filename`` of ``repo``'s main revision in a Hub cache at ``cache``
+    (refs/main holds the revision; snapshots/<revision>/<file> the file)."""
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(HUB_REVISION)
+    snap = root / "snapshots" / HUB_REVISION
+    snap.mkdir(parents=True)
+    torch.save(obj, snap / filename)

@@ -16,20 +16,9 @@ import vimc
 from vimc.checkpoint import CheckpointError
 from vimc.hub import parse_hub_path
 
-from ._helpers import randomize_
+from ._helpers import randomize_, write_hub_cache
 
 REPO, FILE = "hustvl/Vim-tiny-midclstok", "vim_t_midclstok_76p1acc.pth"
-REVISION = "0123456789abcdef0123456789abcdef01234567"
-
-
-def write_hub_cache(cache, repo: str, filename: str, obj) -> None:
-    """``obj`` saved as ``filename`` of ``repo``'s main revision in a Hub cache at ``cache``."""
-    root = cache / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(REVISION)
-    snap = root / "snapshots" / REVISION
-    snap.mkdir(parents=True)
-    torch.save(obj, snap / filename)
 
 
 @pytest.fixture(scope="module")
