@@ -30,7 +30,7 @@ from vimc.ops.selective_scan import bidirectional, cpu
 
 from vimc.cliargs import positive_int
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import Timing, time_round_robin
+from vimc.timing import time_round_robin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -119,24 +119,12 @@ def repeated(fn, inner: int):
     return run
 
 
-def rotated_round_robin(fns: dict, rounds: int) -> dict[str, Timing]:
-    """``time_round_robin`` one round at a time, the order rotated every round, so that no
-    function always runs right after the same other one (and inherits its cache state)."""
-    names = list(fns)
-    timings = {name: Timing() for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        one_round = time_round_robin({name: fns[name] for name in order}, rounds=1, warmup=0)
-        for name, t in one_round.items():
-            timings[name].times_s += t.times_s
-    return timings
-
-
 def interleaved(fns: dict, repeats: int, inner: int) -> dict:
     """name -> (p20, median, p80) microseconds per call, ``inner`` calls per sample."""
     for fn in fns.values():  # warm-up: builds / loads what the first call needs
         fn()
-    timings = rotated_round_robin({k: repeated(fn, inner) for k, fn in fns.items()}, repeats)
+    sampled = {k: repeated(fn, inner) for k, fn in fns.items()}
+    timings = time_round_robin(sampled, rounds=repeats, warmup=0, rotate=True)
     per_call_us = 1e3 / inner
     return {
         k: (t.p20_ms * per_call_us, t.median_ms * per_call_us, t.p80_ms * per_call_us)

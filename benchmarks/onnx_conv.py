@@ -30,7 +30,7 @@ from vimc.export.onnx import onnxruntime_session, run_onnxruntime
 from vimc.cliargs import positive_int
 from vimc.layers import anticausal_conv1d, causal_conv1d, conv1d_channel_major
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import Timing, time_round_robin
+from vimc.timing import time_round_robin
 
 E, L, K = 384, 197, 4  # Vim-Ti: d_inner 384, 196 patches + class token, d_conv 4
 LAYERS = 24
@@ -73,19 +73,6 @@ def export(form: str, path: Path, state: dict) -> tuple[Path, dict]:
     return path, dict(ops)
 
 
-def rotated_round_robin(fns: dict, rounds: int) -> dict[str, Timing]:
-    """``time_round_robin`` one round at a time, the order rotated every round, so that no
-    function always runs right after the same other one (and inherits the cache it left)."""
-    names = list(fns)
-    timings = {name: Timing() for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        one_round = time_round_robin({name: fns[name] for name in order}, rounds=1, warmup=0)
-        for name, t in one_round.items():
-            timings[name].times_s += t.times_s
-    return timings
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=positive_int, default=2, help="ONNX Runtime intra-op threads")
@@ -121,7 +108,7 @@ def main(argv=None) -> int:
                 )
                 run_onnxruntime(sess, x)  # warm-up
             fns = {f: (lambda s=s, x=x: run_onnxruntime(s, x)) for f, s in sessions.items()}
-            timings = rotated_round_robin(fns, args.repeats)
+            timings = time_round_robin(fns, rounds=args.repeats, warmup=0, rotate=True)
             base = timings["shifted"].median_ms
             for form in FORMS:
                 t = timings[form]

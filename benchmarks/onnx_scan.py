@@ -43,7 +43,7 @@ from vimc.ops import selective_scan
 
 from vimc.cliargs import positive_int
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import Timing, time_round_robin
+from vimc.timing import time_round_robin
 
 E, N, L = 384, 16, 197  # Vim-Ti: d_inner 384, d_state 16, 196 patches + class token
 LAYERS = 24
@@ -156,19 +156,6 @@ def max_error(session, feeds, refs) -> float:
     return max(float(np.abs(outs[n] - r.numpy()).max()) for n, r in refs.items())
 
 
-def rotated_round_robin(fns: dict, rounds: int) -> dict[str, Timing]:
-    """``time_round_robin`` one round at a time, the order rotated every round, so that no
-    function always runs right after the same other one (and inherits the cache it left)."""
-    names = list(fns)
-    timings = {name: Timing() for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        one_round = time_round_robin({name: fns[name] for name in order}, rounds=1, warmup=0)
-        for name, t in one_round.items():
-            timings[name].times_s += t.times_s
-    return timings
-
-
 def measure_case(case, Bt, lowerings, args, workdir) -> list[dict]:
     mp, feeds, refs = case_model(case, Bt)
     runs = {}
@@ -179,7 +166,7 @@ def measure_case(case, Bt, lowerings, args, workdir) -> list[dict]:
             sess.run(None, feeds)
         runs[label(name, k)] = (sess, scans, err)
     fns = {f: (lambda s=sess: s.run(None, feeds)) for f, (sess, _, _) in runs.items()}
-    timings = rotated_round_robin(fns, args.repeats)
+    timings = time_round_robin(fns, rounds=args.repeats, warmup=0, rotate=True)
     base = timings[BASELINE].median_ms if BASELINE in timings else None
     rows = []
     for f, (_, scans, err) in runs.items():

@@ -35,6 +35,7 @@ from vimc.ops.selective_scan.reference import softplus
 
 from vimc.cliargs import positive_int
 from vimc.machine import header, machine_tag, save_results
+from vimc.timing import time_round_robin
 
 # The scan cases and their checks are onnx_scan.py's. Imported as benchmarks.ort_contrib (the
 # tests) it reads its sibling through the package; run as a script, its folder is on sys.path.
@@ -47,7 +48,6 @@ if __package__:
         case_model,
         lowered_session,
         max_error,
-        rotated_round_robin,
         scan_inputs,
     )
 else:
@@ -59,7 +59,6 @@ else:
         case_model,
         lowered_session,
         max_error,
-        rotated_round_robin,
         scan_inputs,
     )
 
@@ -151,7 +150,7 @@ def measure(Bt: int, ops: list[str], args, workdir: Path) -> list[dict]:
         for _ in range(args.warmup):
             sess.run(None, f)
     fns = {k: (lambda s=sess, f=f: s.run(None, f)) for k, (sess, f, _) in runs.items()}
-    timings = rotated_round_robin(fns, args.repeats)
+    timings = time_round_robin(fns, rounds=args.repeats, warmup=0, rotate=True)
     base = timings[BASELINE].median_ms
     rows = []
     for k, (_, _, err) in runs.items():

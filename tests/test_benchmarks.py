@@ -112,21 +112,6 @@ def test_onnx_scan_bench_old_option_name_warns(onnx_scan_bench, monkeypatch):
     assert seen["lowerings"] == "paired"
 
 
-@pytest.mark.parametrize("module", ["bidirectional", "onnx_conv", "onnx_scan"])
-def test_rotated_round_robin_times_every_function_in_rotated_order(module):
-    """Each function is timed once per round, and round r starts at function r mod n, so no
-    function always follows the same other one."""
-    if module != "bidirectional":
-        pytest.importorskip("onnxruntime")
-    rotated_round_robin = importlib.import_module(f"benchmarks.{module}").rotated_round_robin
-    calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    timings = rotated_round_robin(fns, 4)
-    assert calls == list("abcbcacababc")
-    assert set(timings) == set("abc")
-    assert all(t.n == 4 and t.median_ms >= 0 for t in timings.values())
-
-
 def test_bidirectional_bench_times_one_call_of_a_repeated_sample():
     """A sample of ``inner`` calls is reported per call."""
     bench = importlib.import_module("benchmarks.bidirectional")

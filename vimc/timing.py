@@ -118,10 +118,13 @@ def time_round_robin(
     warmup: int = 1,
     device=None,
     pause_s: float = 0.0,
+    rotate: bool = False,
 ) -> dict[str, Timing]:
     """Time several functions side by side: ``warmup`` untimed calls each, then ``rounds``
     rounds that call each function once, in turn. ``pause_s``: an untimed sleep after every
-    timed call (lets a runtime's spinning threads go idle before the next one is timed)."""
+    timed call (lets a runtime's spinning threads go idle before the next one is timed).
+    ``rotate``: round r starts at the (r mod n)-th function, so that no function always runs
+    right after the same other one (and inherits its cache state)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     sync = _syncer(device)
@@ -131,9 +134,11 @@ def time_round_robin(
             t = _timed(fn, sync)
             if i == 0:
                 results[name].first_s = t
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            results[name].times_s.append(_timed(fn, sync))
+    names = list(fns)
+    for r in range(rounds):
+        k = r % len(names) if rotate and names else 0
+        for name in names[k:] + names[:k]:
+            results[name].times_s.append(_timed(fns[name], sync))
             if pause_s:
                 time.sleep(pause_s)
     return results
