@@ -24,6 +24,7 @@ import torch
 
 from . import _cbuild
 from ._alloc import new_output, new_output_like
+from ._checks import ScanDims, check_scan_args
 from .reference import softplus
 
 CHUNK = 16
@@ -90,7 +91,7 @@ class _ScanArgs(ctypes.Structure):
 _lib = None
 _lib_error: str | None = None
 _lib_lock = threading.Lock()
-# read once at import, not per scan call (an os.environ lookup per call was ~1 us, ad hoc)
+# read once at import: an os.environ lookup per scan call would add to every call
 _FORCED_TORCH = os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
 
 
@@ -103,7 +104,7 @@ def _build() -> ctypes.CDLL:
     if lib.vimc_scan_abi() != ctypes.sizeof(_ScanArgs) * 1000 + LANES:
         raise RuntimeError("cpu_kernel.c and cpu.py disagree on the argument struct")
     for fn in (lib.vimc_scan_fwd, lib.vimc_scan_bwd):
-        fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _call)
+        fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _pack)
         fn.restype = ctypes.c_int
     return lib
 
@@ -160,69 +161,40 @@ def _threads(items: int) -> int:
 
 
 # _ScanArgs is all 8-byte words (int64 and pointers), so a call packs it as one flat int64
-# array.array: filling the ctypes Structure field by field, or a ctypes array, cost 13-20 us
-# per call (a Vim forward makes 48 calls); array.array takes ~1 us
+# array.array, a single C-level copy, instead of filling the ctypes Structure field by field
+# (one Python-level setattr per field): a Vim forward makes 48 calls, so per-call overhead counts
 _WORDS = ctypes.sizeof(_ScanArgs) // 8
 _AT = {name: getattr(_ScanArgs, name).offset // 8 for name, _ in _ScanArgs._fields_}
 assert ctypes.sizeof(_ScanArgs) == 8 * _WORDS and all(
     getattr(_ScanArgs, n).size % 8 == 0 for n in _AT
 )
 _INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "bias")  # the order of _inputs()
-# The shape each tensor argument must have, an index into _pack's ``shapes``: 0 like u
-# (Bt, E, L), 1 like B (Bt, G, N, L), 2 a state (Bt, E, N), 3 (E, N), 4 (E,); -1 unchecked
-# (the per-thread partial sums, the kernel's own allocations).
-_SHAPE_OF = dict.fromkeys(_STRIDED3, 0) | dict.fromkeys(_STRIDED4, 1) | {"A": 3}
-_SHAPE_OF |= dict.fromkeys(("last_state", "dlast"), 2) | dict.fromkeys(("D", "bias"), 4)
-# per tensor argument: (its name, word of its pointer, word of its first stride or None, shape)
-_SLOTS = {n: (n, _AT[n], _AT.get("s_" + n), _SHAPE_OF.get(n, -1)) for n in _AT}
+# per tensor argument: (word of its pointer, word of its first stride or None)
+_SLOTS = {n: (_AT[n], _AT.get("s_" + n)) for n in _AT}
 _IN_SLOTS = [_SLOTS[n] for n in _INPUTS]
+_WHO = "vimc scan kernel"  # how the kernels' argument checks name themselves
 
 
-def _pack(ins, delta_softplus, reverse, nthreads, outs) -> array.array:
+def _pack(dims: ScanDims, ins, delta_softplus, reverse, nthreads, outs) -> array.array:
     """``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (name ->
-    tensor) as a _ScanArgs word array. Kept lean: it runs per scan. Called through
-    torch.ops.vimc.* directly, the ops reach here without selective_scan's validation, so
-    the shapes that size the kernel's loops are checked here (a mismatch would read out of
-    bounds); about 2 us of the call (ad hoc timing)."""
-    u, A, B = ins[0], ins[2], ins[3]
-    us, Bs = u.shape, B.shape
-    if len(us) != 3 or A.dim() != 2 or len(Bs) != 4:
-        raise ValueError(
-            f"vimc scan kernel: u (Bt, E, L), A (E, N), B (Bt, G, N, L) expected, got shapes "
-            f"{tuple(us)}, {tuple(A.shape)}, {tuple(Bs)}"
-        )
-    Bt, E, L = us
-    N, G = A.shape[1], Bs[1]
-    shapes = (us, (Bt, G, N, L), (Bt, E, N), (E, N), (E,))
-    if G < 1 or E % G:
-        raise ValueError(f"vimc scan kernel: B's G = {G} must divide E = {E}")
-    per_thread = _SCRATCH_ROWS * L * LANES
+    tensor) as a _ScanArgs word array, sized by ``dims`` (check_scan_args' answer for ``ins``:
+    the kernel's loops trust it). Kept lean: it runs per scan."""
+    per_thread = _SCRATCH_ROWS * dims.L * LANES
     words = [0] * _WORDS
-    words[:8] = Bt, E, L, N, G, delta_softplus, reverse, nthreads
+    words[:8] = *dims, delta_softplus, reverse, nthreads
     words[_AT["scratch_floats"]] = per_thread
     words[_AT["scratch"]] = _scratch_buffer(nthreads * per_thread).data_ptr()
-    for (name, at, st, k), t in [*zip(_IN_SLOTS, ins), *((_SLOTS[n], t) for n, t in outs.items())]:
+    for (at, st), t in [*zip(_IN_SLOTS, ins), *((_SLOTS[n], t) for n, t in outs.items())]:
         if t is not None:
-            if k >= 0 and t.shape != shapes[k]:
-                raise ValueError(
-                    f"vimc scan kernel: {name} must have shape {tuple(shapes[k])}, "
-                    f"got {tuple(t.shape)}"
-                )
             words[at] = t.data_ptr()
             if st is not None:
                 words[st : st + t.dim()] = t.stride()
     return array.array("q", words)
 
 
-def _call(fn, ins, delta_softplus, reverse, nthreads, outs):
-    packed = _pack(ins, delta_softplus, reverse, nthreads, outs)
-    fn(packed.buffer_info()[0])  # packed stays alive until the call returns
-
-
-def _items(u: torch.Tensor, B: torch.Tensor) -> int:
-    Bt, E, _ = u.shape
-    G = B.shape[1]
-    return Bt * G * (-(-(E // G) // LANES))
+def _items(dims: ScanDims) -> int:
+    """The kernel's units of work: (batch row, group, block of LANES channels)."""
+    return dims.Bt * dims.G * (-(-(dims.E // dims.G) // LANES))
 
 
 def _inputs(u, delta, A, B, C, D, z, delta_bias) -> list:
@@ -233,31 +205,33 @@ def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, pair=No
     """The forward kernel on one scan, or with ``pair`` (u, delta, A, B, C, D, delta_bias of
     a second scan over the same shape, run reversed) on both at once: out = (y + y_pair) / 2
     gated by silu(z). -> (out in u's dtype and layout, last state[, the pair's last state])."""
-    Bt, E, L = u.shape
-    N = A.shape[1]
-    T = _threads(_items(u, B))
+    dims = check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=_WHO, grouped_only=True)
+    T = _threads(_items(dims))
     ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
     out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
-    lasts = [new_output((Bt, E, N), torch.float32, u.device)]
-    packed = _pack(ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0]})
+    lasts = [new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device)]
+    packed = _pack(dims, ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0]})
     if pair is not None:  # its z, out and scratch are the first scan's
-        pair_ins = _inputs(*pair[:6], None, pair[6])
-        lasts.append(new_output((Bt, E, N), torch.float32, u.device))
-        packed_pair = _pack(pair_ins, delta_softplus, True, T, {"last_state": lasts[1]})
-        if packed_pair[:5] != packed[:5]:  # Bt, E, L, N, G: the kernel sizes both by the first
+        pair_dims = check_scan_args(*pair[:6], None, pair[6], who=_WHO, grouped_only=True)
+        if pair_dims != dims:  # the kernel sizes both scans by the first
             raise ValueError(
-                "vimc scan kernel: the pair's u, A, B must have the first scan's shapes, got "
-                f"(Bt, E, L, N, G) = {tuple(packed_pair[:5])} and {tuple(packed[:5])}"
+                f"{_WHO}: the pair's u, A, B must have the first scan's shapes, got "
+                f"(Bt, E, L, N, G) = {tuple(pair_dims)} and {tuple(dims)}"
             )
+        pair_ins = _inputs(*pair[:6], None, pair[6])
+        lasts.append(new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device))
+        packed_pair = _pack(dims, pair_ins, delta_softplus, True, T, {"last_state": lasts[1]})
         packed[_AT["pair"]] = packed_pair.buffer_info()[0]
     _lib.vimc_scan_fwd(packed.buffer_info()[0])  # what it points to is alive until here
     return ((out if u.dtype == torch.float32 else out.to(u.dtype)), *lasts)
 
 
 def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    Bt, E, L = u.shape
-    N, G = A.shape[1], B.shape[1]
-    T = _threads(_items(u, B))
+    dims = check_scan_args(
+        u, delta, A, B, C, D, z, delta_bias, dout=dout, dlast=dlast, who=_WHO, grouped_only=True
+    )
+    Bt, E, L, N, G = dims
+    T = _threads(_items(dims))
     f32 = torch.float32
     ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
     # each gradient in its input's layout, as the fake kernel promises
@@ -282,7 +256,8 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
         dB_part=dB_p,
         dC_part=dC_p,
     )
-    _call(_lib.vimc_scan_bwd, ins, delta_softplus, reverse, T, outs)
+    packed = _pack(dims, ins, delta_softplus, reverse, T, outs)
+    _lib.vimc_scan_bwd(packed.buffer_info()[0])  # what it points to is alive until here
     dB, dC = dB_p.sum((0, -1)), dC_p.sum((0, -1))
     return (
         du.to(u.dtype),
@@ -381,7 +356,7 @@ def _bwd_torch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
 
 
 # ---------------------------------------------------------------------------------------------
-# entry points used by op.py (B, C already (Bt, G, N, L); shapes already checked)
+# entry points used by op.py (B, C already (Bt, G, N, L))
 # ---------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ machine without a GPU driver Inductor cannot compile a ``triton_op`` at all, so 
 always take the opaque op. The ops are defined through a plain ``torch.library.Library``
 (_library.py says why not ``@custom_op``).
 
-``selective_scan`` validates its arguments before anything is traced or launched.
+``selective_scan`` validates its arguments (_checks.py) before anything is traced or launched;
+the kernels check them again, for callers of ``torch.ops.vimc.*`` who skip this function.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import torch
 
 from . import _library, cpu
 from ._autograd import backward_with, setup_context
+from ._checks import FLOATS, MAX_D_STATE, check_scan_args
 
-MAX_D_STATE = 256  # the state of one channel lives in registers / on-chip; past this it won't fit
+# the names bidirectional.py imports from here
+_FLOATS = FLOATS
+_validate = check_scan_args
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = ["MAX_D_STATE", "selective_scan", "selective_scan_bwd", "selective_scan_fwd"]
 
 
 def _state_dtype(u: torch.Tensor) -> torch.dtype:
@@ -59,9 +63,8 @@ def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     if u.is_cuda:
         from .triton import selective_scan_fwd_triton
 
-        # the Triton kernels read contiguous (Bt, E, L) rows; the CPU kernel reads any strides
         out, last = selective_scan_fwd_triton(
-            *_contiguous(u, delta, A, B, C, D, z, delta_bias), delta_softplus, reverse
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
         )
         return out, last.to(_state_dtype(u))  # float64 inputs: computed in float32 on CUDA
     return cpu.selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
@@ -72,9 +75,7 @@ def _kernel_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus
         from .triton import selective_scan_bwd_triton
 
         return selective_scan_bwd_triton(
-            *_contiguous(dout, dlast, u, delta, A, B, C, D, z, delta_bias),
-            delta_softplus,
-            reverse,
+            dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
         )
     return cpu.selective_scan_bwd_cpu(
         dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
@@ -156,84 +157,6 @@ _library.register_autograd(_FWD, backward_with(_BWD), setup_context)
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_tensor(name: str, t, ndim: int | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOATS:
-        raise TypeError(
-            f"selective_scan: {name} must be a floating tensor "
-            f"(float16, bfloat16, float32 or float64), got {t.dtype}"
-        )
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(
-            f"selective_scan: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}"
-        )
-
-
-def _check_shape(name: str, t: torch.Tensor, expected: tuple, what: str) -> None:
-    if tuple(t.shape) != tuple(expected):
-        raise ValueError(
-            f"selective_scan: {name} must have shape {what} = {tuple(expected)}, "
-            f"got {tuple(t.shape)}"
-        )
-
-
-def _validate(u, delta, A, B, C, D, z, delta_bias):
-    _check_tensor("u", u, 3)
-    Bt, E, L = u.shape
-    _check_tensor("delta", delta, 3)
-    _check_shape("delta", delta, (Bt, E, L), "(Bt, E, L) like u")
-    _check_tensor("A", A, 2)
-    if A.shape[0] != E:
-        raise ValueError(
-            f"selective_scan: A must have shape (E, N) with E = {E} (u.shape[1]), "
-            f"got {tuple(A.shape)}"
-        )
-    N = A.shape[1]
-    if not 1 <= N <= MAX_D_STATE:
-        raise ValueError(
-            f"selective_scan: the state size N = A.shape[1] must be in "
-            f"[1, {MAX_D_STATE}] for the kernels, got {N}"
-        )
-    for name, M in (("B", B), ("C", C)):
-        _check_tensor(name, M)
-        if M.dim() == 3:
-            _check_shape(name, M, (Bt, N, L), "(Bt, N, L)")
-        elif M.dim() == 4:
-            G = M.shape[1]
-            if G < 1 or E % G:
-                raise ValueError(
-                    f"selective_scan: {name} of shape (Bt, G, N, L) needs G to divide "
-                    f"E = {E}, got G = {G}"
-                )
-            _check_shape(name, M, (Bt, G, N, L), "(Bt, G, N, L)")
-        else:
-            raise ValueError(
-                f"selective_scan: {name} must have shape (Bt, N, L) = {(Bt, N, L)} or "
-                f"(Bt, G, N, L); got {tuple(M.shape)} (time-invariant (E, N) B/C "
-                f"is not supported)"
-            )
-    if B.dim() != C.dim() or B.shape != C.shape:
-        raise ValueError(
-            f"selective_scan: B and C must have the same shape, got {tuple(B.shape)} "
-            f"and {tuple(C.shape)}"
-        )
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None:
-            _check_tensor(name, t, 1)
-            _check_shape(name, t, (E,), "(E,)")
-    if z is not None:
-        _check_tensor("z", z, 3)
-        _check_shape("z", z, (Bt, E, L), "(Bt, E, L) like u")
-    named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    devices = {n: t.device for n, t in named.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"selective_scan: all tensors must be on one device, got {listing}")
-    if u.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"selective_scan: u.device must be cpu or cuda, got {u.device}")
-
-
 def _use_triton_op(u: torch.Tensor) -> bool:
     # float64 keeps the opaque op, whose contract returns a float64 state
     if u.device.type != "cuda" or u.dtype == torch.float64:
@@ -267,7 +190,7 @@ def selective_scan(
     ``(out, last_state)``, the state after the last step taken, shape (Bt, E, N).
     Differentiable in every tensor argument; compiles with ``fullgraph=True``.
     """
-    _validate(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     args = (u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias)
     args = (*args, bool(delta_softplus), bool(reverse))
     if _use_triton_op(u):

@@ -25,7 +25,12 @@ buffer instead of atomics keeps gradients deterministic (bitwise reproducible ru
 costs little: Vim-Ti has E / BLOCK_E = 384 / 16 = 24 blocks in its one group. dA, dD, dbias
 (sums over the batch) go to per-row partials the same way.
 
-Not measured on a GPU yet (the table of sequence length vs time belongs here once it is).
+The per-step work lives in small ``@triton.jit`` helpers (``_scan_step``, ``_load_step``,
+``_decay``, ``_readout``) that the forward kernel, the pre-pass and the backward all call: the
+backward recomputes the forward's states with the very code that computed them.
+
+Not timed on a GPU yet: the table of sequence length vs time belongs in benchmarks/results/
+once it is.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 
 from ._alloc import new_output
 from ._autograd import backward_with, setup_context
+from ._checks import check_scan_args
 
 try:
     import triton
@@ -49,6 +55,7 @@ except ImportError:  # the CPU path needs no triton; the ops below are then not 
 # all) and the checkpoints Bt*E*N*L/CHUNK: 16 keeps both well below the Bt*E*N*L history
 CHUNK = 16
 MAX_BLOCK_TILE = 1024  # BLOCK_E * BLOCK_N fp32 values per state tile: a register budget
+_WHO = "selective_scan (triton)"  # how the launchers' argument errors name themselves
 
 
 def triton_op_available() -> bool:
@@ -78,6 +85,121 @@ if _HAS_TRITON:
         l1p = tl.where(den == 0.0, w, tl.log(onep) * w / tl.where(den == 0.0, 1.0, den))
         return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + l1p)
 
+    # --- helpers shared by both kernels: a program's tile, its parameters, one step ----------
+
+    @triton.jit
+    def _program_tile(E, L, N, G, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+        """This program's tile: batch row b and group g (program_id(1) = b * G + g), a block of
+        BLOCK_E channels of g (program_id(0)), every state index -> (e (BLOCK_E,) channel
+        indices, n (BLOCK_N,) state indices, mask_e, mask_n, be (BLOCK_E,) index of (b, e) in
+        (Bt, E), bc (BLOCK_N,) offset of each state row of B and C in (Bt, G, N, L)); e, be
+        and bc in int64, so offsets past 2**31 elements do not wrap."""
+        pid_bg = tl.program_id(1)
+        b = pid_bg // G
+        g = pid_bg % G
+        le = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)  # channel index in the group
+        e = (g * (E // G) + le).to(tl.int64)
+        n = tl.arange(0, BLOCK_N)
+        bc = (pid_bg.to(tl.int64) * N + n) * L
+        return e, n, le < E // G, n < N, b.to(tl.int64) * E + e, bc
+
+    @triton.jit
+    def _load_params(
+        A_ptr,  # (E, N)
+        D_ptr,  # (E,); read only when HAS_D
+        bias_ptr,  # (E,) delta_bias; read only when HAS_BIAS
+        e,
+        n,
+        N,
+        mask_e,
+        mask_n,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        BLOCK_E: tl.constexpr,
+    ):
+        """-> (A (BLOCK_E, BLOCK_N), D (BLOCK_E,), delta_bias (BLOCK_E,)), float32; 0 where
+        absent or masked. A padding lane gets A = 0 and (_load_step) d = 0: its state stays 0."""
+        mask_en = mask_e[:, None] & mask_n[None, :]
+        A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(tl.float32)
+        Dv = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        bias = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
+        return A, Dv, bias
+
+    @triton.jit
+    def _time(s, L, REVERSE: tl.constexpr):
+        """The time index of the scan's step s: s, or L - 1 - s in reverse."""
+        t = s
+        if REVERSE:
+            t = L - 1 - s
+        return t
+
+    @triton.jit
+    def _load_step(
+        u_rows,  # (BLOCK_E,) pointers to each channel's row of u, (Bt, E, L)
+        delta_rows,  # (BLOCK_E,) pointers to each channel's row of delta, (Bt, E, L)
+        B_rows,  # (BLOCK_N,) pointers to each state row of B, (Bt, G, N, L)
+        t,
+        bias,  # (BLOCK_E,) float32
+        mask_e,
+        mask_n,
+        HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+    ):
+        """Step t's inputs, float32 -> (u_t, x_t = delta_t + bias, d_t = softplus(x_t) or x_t,
+        B_t): (BLOCK_E,) but B_t (BLOCK_N,); d_t is 0 on padding channels."""
+        ut = tl.load(u_rows + t, mask=mask_e, other=0.0).to(tl.float32)
+        x = tl.load(delta_rows + t, mask=mask_e, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x += bias
+        d = x
+        if SOFTPLUS:
+            d = _softplus(x)
+        d = tl.where(mask_e, d, 0.0)
+        B_t = tl.load(B_rows + t, mask=mask_n, other=0.0).to(tl.float32)
+        return ut, x, d, B_t
+
+    @triton.jit
+    def _decay(d, A):
+        """exp(d_t A): (BLOCK_E,), (BLOCK_E, BLOCK_N) -> (BLOCK_E, BLOCK_N)."""
+        return tl.exp(d[:, None] * A)
+
+    @triton.jit
+    def _scan_step(
+        h,  # (BLOCK_E, BLOCK_N) float32 state after step t - 1
+        A,  # (BLOCK_E, BLOCK_N) float32
+        bias,  # (BLOCK_E,) float32
+        u_rows,  # (BLOCK_E,) pointers into u, as _load_step's
+        delta_rows,  # (BLOCK_E,) pointers into delta
+        B_rows,  # (BLOCK_N,) pointers into B
+        t,
+        mask_e,
+        mask_n,
+        HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+    ):
+        """h_t = exp(d_t A) h_{t-1} + d_t u_t B_t -> (h_t, u_t). The forward, its chunk pre-pass
+        and the backward's recompute all step through this function, so the states the backward
+        recomputes are the forward's, bit for bit (test_triton.py holds it to that)."""
+        ut, x, d, B_t = _load_step(
+            u_rows, delta_rows, B_rows, t, bias, mask_e, mask_n, HAS_BIAS, SOFTPLUS
+        )
+        return _decay(d, A) * h + (d * ut)[:, None] * B_t[None, :], ut
+
+    @triton.jit
+    def _readout(h, C_t, ut, Dv, HAS_D: tl.constexpr):
+        """<h_t, C_t> + D u_t, the output before the gate: (BLOCK_E, BLOCK_N), (BLOCK_N,),
+        (BLOCK_E,), (BLOCK_E,) -> (BLOCK_E,)."""
+        y = tl.sum(h * C_t[None, :], axis=1)
+        if HAS_D:
+            y += Dv * ut
+        return y
+
+    # --- the kernels ---------------------------------------------------------------------------
+
     @triton.jit(do_not_specialize=["L"])
     def _selective_scan_fwd_kernel(
         u_ptr,  # (Bt, E, L) input, any float dtype
@@ -106,58 +228,33 @@ if _HAS_TRITON:
         BLOCK_E: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        pid_e = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        b = pid_bg // G
-        g = pid_bg % G
-        EG = E // G
-        le = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)  # channel index inside the group
-        mask_e = le < EG
-        e = (g * EG + le).to(tl.int64)
-        n = tl.arange(0, BLOCK_N)
-        mask_n = n < N
+        e, n, mask_e, mask_n, be, bc = _program_tile(E, L, N, G, BLOCK_E, BLOCK_N)
         mask_en = mask_e[:, None] & mask_n[None, :]
-
-        # padding lanes get A = 0 and d*u*B = 0, so their state stays exactly 0
-        A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
-        row = (b.to(tl.int64) * E + e) * L  # (BLOCK_E,) start of each channel's time row
-        bc = (pid_bg.to(tl.int64) * N + n) * L  # (BLOCK_N,) start of each state row of B, C
+        A, Dv, bias = _load_params(
+            A_ptr, D_ptr, bias_ptr, e, n, N, mask_e, mask_n, HAS_D, HAS_BIAS, BLOCK_E
+        )
+        row = be * L  # (BLOCK_E,) offset of each channel's time row in (Bt, E, L)
+        u_rows, delta_rows, B_rows = u_ptr + row, delta_ptr + row, B_ptr + bc
         n_chunks = tl.cdiv(L, CHUNK)
 
         h = tl.zeros((BLOCK_E, BLOCK_N), dtype=tl.float32)
         for c in range(0, n_chunks):
-            if STORE_CHUNKS:
-                chk = ((b.to(tl.int64) * E + e) * n_chunks + c) * N
+            if STORE_CHUNKS:  # chk[b, e, c, :]
+                chk = (be * n_chunks + c) * N
                 tl.store(chk_ptr + chk[:, None] + n[None, :], h, mask=mask_en)
-            s0 = c * CHUNK
-            for i in range(0, tl.minimum(CHUNK, L - s0)):
-                if REVERSE:
-                    t = L - 1 - (s0 + i)
-                else:
-                    t = s0 + i
-                ut = tl.load(u_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                d = tl.load(delta_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    d += bias
-                if SOFTPLUS:
-                    d = _softplus(d)
-                B_t = tl.load(B_ptr + bc + t, mask=mask_n, other=0.0).to(tl.float32)
-                h = tl.exp(d[:, None] * A) * h + (d * ut)[:, None] * B_t[None, :]
+            for i in range(0, tl.minimum(CHUNK, L - c * CHUNK)):
+                t = _time(c * CHUNK + i, L, REVERSE)
+                h, ut = _scan_step(
+                    h, A, bias, u_rows, delta_rows, B_rows, t, mask_e, mask_n, HAS_BIAS, SOFTPLUS
+                )
                 if STORE_OUT:
                     C_t = tl.load(C_ptr + bc + t, mask=mask_n, other=0.0).to(tl.float32)
-                    y = tl.sum(h * C_t[None, :], axis=1)
-                    if HAS_D:
-                        y += Dv * ut
+                    y = _readout(h, C_t, ut, Dv, HAS_D)
                     if HAS_Z:
                         zt = tl.load(z_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
                         y = y * zt * tl.sigmoid(zt)
                     tl.store(out_ptr + row + t, y.to(out_ptr.dtype.element_ty), mask=mask_e)
-        last = (b.to(tl.int64) * E + e) * N
-        tl.store(last_ptr + last[:, None] + n[None, :], h, mask=mask_en)
+        tl.store(last_ptr + (be * N)[:, None] + n[None, :], h, mask=mask_en)
 
     @triton.jit(do_not_specialize=["L"])
     def _selective_scan_bwd_kernel(
@@ -195,86 +292,51 @@ if _HAS_TRITON:
         BLOCK_E: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        pid_e = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        n_eblocks = tl.num_programs(0)
-        b = pid_bg // G
-        g = pid_bg % G
-        EG = E // G
-        le = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = le < EG
-        e = (g * EG + le).to(tl.int64)
-        n = tl.arange(0, BLOCK_N)
-        mask_n = n < N
+        e, n, mask_e, mask_n, be, bc = _program_tile(E, L, N, G, BLOCK_E, BLOCK_N)
         mask_en = mask_e[:, None] & mask_n[None, :]
-
-        A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
-        row = (b.to(tl.int64) * E + e) * L
-        bc = (pid_bg.to(tl.int64) * N + n) * L
-        be = b.to(tl.int64) * E + e  # (BLOCK_E,) index of (b, e) in (Bt, E)
-        part = ((pid_bg.to(tl.int64) * n_eblocks + pid_e) * L) * N  # this block's (L, N) partial
-        tile = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + n[None, :]
-        scratch = scratch_ptr + (pid_bg.to(tl.int64) * n_eblocks + pid_e) * (
-            CHUNK * BLOCK_E * BLOCK_N
+        A, Dv, bias = _load_params(
+            A_ptr, D_ptr, bias_ptr, e, n, N, mask_e, mask_n, HAS_D, HAS_BIAS, BLOCK_E
         )
+        row = be * L
+        u_rows, delta_rows, B_rows = u_ptr + row, delta_ptr + row, B_ptr + bc
+        state = (be * N)[:, None] + n[None, :]  # (BLOCK_E, BLOCK_N) offsets in (Bt, E, N)
+        program = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        part = program * L * N  # this program's (L, N) slice of dB_part and dC_part
+        scratch = scratch_ptr + program * (CHUNK * BLOCK_E * BLOCK_N)  # (CHUNK, BLOCK_E, BLOCK_N)
+        tile = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + n[None, :]  # offsets in one scratch step
         n_chunks = tl.cdiv(L, CHUNK)
 
+        dh = tl.zeros((BLOCK_E, BLOCK_N), dtype=tl.float32)  # adjoint of the state
         if HAS_DLAST:
-            dh = tl.load(dlast_ptr + be[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(
-                tl.float32
-            )
-        else:
-            dh = tl.zeros((BLOCK_E, BLOCK_N), dtype=tl.float32)
+            dh = tl.load(dlast_ptr + state, mask=mask_en, other=0.0).to(tl.float32)
         dA = tl.zeros((BLOCK_E, BLOCK_N), dtype=tl.float32)
         dD = tl.zeros((BLOCK_E,), dtype=tl.float32)
         dbias = tl.zeros((BLOCK_E,), dtype=tl.float32)
 
         for cc in range(0, n_chunks):
             c = n_chunks - 1 - cc
-            s0 = c * CHUNK
-            steps = tl.minimum(CHUNK, L - s0)
-            h0 = tl.load(
-                chk_ptr + ((be * n_chunks + c) * N)[:, None] + n[None, :], mask=mask_en, other=0.0
-            )
+            steps = tl.minimum(CHUNK, L - c * CHUNK)
+            chk = (be * n_chunks + c) * N
+            h0 = tl.load(chk_ptr + chk[:, None] + n[None, :], mask=mask_en, other=0.0)
             # the sweep of the chunk after this one may still be reading the scratch
             tl.debug_barrier()
+            # 1) the chunk's states, recomputed from its checkpoint by the forward's own step
             h = h0
             for i in range(0, steps):
-                if REVERSE:
-                    t = L - 1 - (s0 + i)
-                else:
-                    t = s0 + i
-                ut = tl.load(u_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                d = tl.load(delta_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    d += bias
-                if SOFTPLUS:
-                    d = _softplus(d)
-                B_t = tl.load(B_ptr + bc + t, mask=mask_n, other=0.0).to(tl.float32)
-                h = tl.exp(d[:, None] * A) * h + (d * ut)[:, None] * B_t[None, :]
+                t = _time(c * CHUNK + i, L, REVERSE)
+                h, ut = _scan_step(
+                    h, A, bias, u_rows, delta_rows, B_rows, t, mask_e, mask_n, HAS_BIAS, SOFTPLUS
+                )
                 tl.store(scratch + i * (BLOCK_E * BLOCK_N) + tile, h)
             # replicated elements are stored by one thread and may be read back by another
             tl.debug_barrier()
+            # 2) swept last to first, the adjoint dh carried across steps and chunks
             for j in range(0, steps):
                 i = steps - 1 - j
-                if REVERSE:
-                    t = L - 1 - (s0 + i)
-                else:
-                    t = s0 + i
-                ut = tl.load(u_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                x = tl.load(delta_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    x += bias
-                if SOFTPLUS:
-                    d = _softplus(x)
-                else:
-                    d = x
-                d = tl.where(mask_e, d, 0.0)
-                B_t = tl.load(B_ptr + bc + t, mask=mask_n, other=0.0).to(tl.float32)
+                t = _time(c * CHUNK + i, L, REVERSE)
+                ut, x, d, B_t = _load_step(
+                    u_rows, delta_rows, B_rows, t, bias, mask_e, mask_n, HAS_BIAS, SOFTPLUS
+                )
                 C_t = tl.load(C_ptr + bc + t, mask=mask_n, other=0.0).to(tl.float32)
                 go = tl.load(dout_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
                 ht = tl.load(scratch + i * (BLOCK_E * BLOCK_N) + tile)
@@ -282,18 +344,15 @@ if _HAS_TRITON:
                 hprev = tl.where(i > 0, hp, h0)
 
                 # dy = d loss / d (<h, C> + D u): the gate's share taken out
+                dy = go
                 if HAS_Z:
                     zt = tl.load(z_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
                     sg = tl.sigmoid(zt)
                     dy = go * zt * sg
-                    yfull = tl.sum(ht * C_t[None, :], axis=1)
-                    if HAS_D:
-                        yfull += Dv * ut
-                    gz = go * yfull * sg * (1.0 + zt * (1.0 - sg))
+                    y = _readout(ht, C_t, ut, Dv, HAS_D)
+                    gz = go * y * sg * (1.0 + zt * (1.0 - sg))
                     tl.store(dz_ptr + row + t, gz.to(dz_ptr.dtype.element_ty), mask=mask_e)
-                else:
-                    dy = go
-                decay = tl.exp(d[:, None] * A)
+                decay = _decay(d, A)
                 dhn = dh + dy[:, None] * C_t[None, :]  # adjoint of h_t, all its uses in
                 gh = dhn * decay * hprev  # d loss / d (d * A)
                 dd = tl.sum(gh * A + dhn * ut[:, None] * B_t[None, :], axis=1)
@@ -316,7 +375,7 @@ if _HAS_TRITON:
                 tl.store(du_ptr + row + t, gu.to(du_ptr.dtype.element_ty), mask=mask_e)
                 tl.store(ddelta_ptr + row + t, dd.to(ddelta_ptr.dtype.element_ty), mask=mask_e)
 
-        tl.store(dA_part_ptr + be[:, None] * N + n[None, :], dA, mask=mask_en)
+        tl.store(dA_part_ptr + state, dA, mask=mask_en)
         if HAS_D:
             tl.store(dD_part_ptr + be, dD, mask=mask_e)
         if HAS_BIAS:
@@ -334,53 +393,10 @@ def _launch(kernel):
     return torch.library.wrap_triton(kernel)
 
 
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
-    if u.dim() != 3:
-        raise ValueError(f"selective_scan (triton): u must be (Bt, E, L), got {tuple(u.shape)}")
-    Bt, E, L = u.shape
-    if A.dim() != 2 or A.shape[0] != E:
-        raise ValueError(
-            f"selective_scan (triton): A must be (E, N) with E = {E}, got {tuple(A.shape)}"
-        )
-    N = A.shape[1]
-    if B.dim() != 4 or B.shape[0] != Bt or B.shape[2] != N or B.shape[3] != L:
-        raise ValueError(
-            f"selective_scan (triton): B must be (Bt, G, N, L) = ({Bt}, G, {N}, {L}), "
-            f"got {tuple(B.shape)}"
-        )
-    G = B.shape[1]
-    if G < 1 or E % G:
-        raise ValueError(f"selective_scan (triton): G = {G} must divide E = {E}")
-    if C.shape != B.shape:
-        raise ValueError(
-            f"selective_scan (triton): C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}"
-        )
-    for name, t in (("delta", delta), ("z", z)):
-        if t is not None and t.shape != u.shape:
-            raise ValueError(
-                f"selective_scan (triton): {name} must have u's shape "
-                f"{tuple(u.shape)}, got {tuple(t.shape)}"
-            )
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and tuple(t.shape) != (E,):
-            raise ValueError(
-                f"selective_scan (triton): {name} must be (E,) = ({E},), got {tuple(t.shape)}"
-            )
-    if N > 256:
-        raise ValueError(f"selective_scan (triton): N = {N} > 256 does not fit on chip")
-    for name, t in (
-        ("u", u),
-        ("delta", delta),
-        ("A", A),
-        ("B", B),
-        ("C", C),
-        ("D", D),
-        ("z", z),
-        ("delta_bias", delta_bias),
-    ):
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"selective_scan (triton): {name} must be contiguous")
-    return Bt, E, L, N, G
+def _rows(*ts):
+    """The kernels index (Bt, E, L) rows and (E, N) tables densely: contiguous copies where
+    needed (none for what already is)."""
+    return [None if t is None else t.contiguous() for t in ts]
 
 
 def _blocks(E: int, G: int, N: int, block_e: int | None):
@@ -390,36 +406,30 @@ def _blocks(E: int, G: int, N: int, block_e: int | None):
         # is large so that the state tile stays within MAX_BLOCK_TILE
         block_e = max(1, min(16, MAX_BLOCK_TILE // block_n, triton.next_power_of_2(E // G)))
     elif block_e < 1 or block_e & (block_e - 1):
-        raise ValueError(f"selective_scan (triton): block_e must be a power of two, got {block_e}")
-    # about 2 state elements per thread: at 4 the backward needs ~220 registers on sm_90
-    # (ptxas -v), at 2 about 128, without spills
+        raise ValueError(f"{_WHO}: block_e must be a power of two, got {block_e}")
+    # about two state elements per thread: the backward keeps several (BLOCK_E, BLOCK_N) tiles
+    # live (state, adjoint, dA, decay), and more elements per thread would spill registers
     num_warps = max(1, min(8, block_e * block_n // 64))
     return block_e, block_n, num_warps
 
 
-def selective_scan_fwd_triton(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, *, block_e: int | None = None
-):
-    """-> (out in u's dtype, last_state float32 (Bt, E, N)). B, C are (Bt, G, N, L)."""
-    Bt, E, L, N, G = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    out = new_output((Bt, E, L), u.dtype, u.device)
+def _forward(dims, ins, delta_softplus, reverse, block_e, out=None, chk=None, chunk=CHUNK):
+    """One launch of the forward kernel on ``ins`` (u, delta, A, B, C, D, z, delta_bias,
+    contiguous): writes ``out`` unless None and, given ``chk``, the state entering every
+    ``chunk`` steps -> the last state, float32 (Bt, E, N)."""
+    Bt, E, L, N, G = dims
+    u, delta, A, B, C, D, z, delta_bias = ins
     last = new_output((Bt, E, N), torch.float32, u.device)
-    if Bt * E == 0:
-        return out, last
     block_e, block_n, num_warps = _blocks(E, G, N, block_e)
-    grid = (triton.cdiv(E // G, block_e), Bt * G)
-    _launch(_selective_scan_fwd_kernel)[grid](
+    _launch(_selective_scan_fwd_kernel)[(triton.cdiv(E // G, block_e), Bt * G)](
         u,
         delta,
         A,
         B,
         C,
-        D if D is not None else u,
-        z if z is not None else u,
-        delta_bias if delta_bias is not None else u,
-        out,
+        *(u if t is None else t for t in (D, z, delta_bias, out)),  # u: an unread placeholder
         last,
-        u,
+        u if chk is None else chk,
         E,
         L,
         N,
@@ -429,14 +439,27 @@ def selective_scan_fwd_triton(
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus),
         REVERSE=bool(reverse),
-        STORE_OUT=True,
-        STORE_CHUNKS=False,
-        CHUNK=CHUNK,
+        STORE_OUT=out is not None,
+        STORE_CHUNKS=chk is not None,
+        CHUNK=chunk,
         BLOCK_E=block_e,
         BLOCK_N=block_n,
         num_warps=num_warps,
     )
-    return out, last
+    return last
+
+
+def selective_scan_fwd_triton(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, *, block_e: int | None = None
+):
+    """-> (out in u's dtype, last_state float32 (Bt, E, N)). B, C are (Bt, G, N, L); any
+    strides."""
+    dims = check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=_WHO, grouped_only=True)
+    out = new_output((dims.Bt, dims.E, dims.L), u.dtype, u.device)
+    if dims.Bt * dims.E == 0:
+        return out, new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device)
+    ins = _rows(u, delta, A, B, C, D, z, delta_bias)
+    return out, _forward(dims, ins, delta_softplus, reverse, block_e, out=out)
 
 
 def selective_scan_bwd_triton(
@@ -457,94 +480,50 @@ def selective_scan_bwd_triton(
     chunk: int | None = None,
 ):
     """-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each shaped and typed like its input,
-    None where the optional input was None. ``chunk`` (a power of two) overrides CHUNK."""
-    Bt, E, L, N, G = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if tuple(dout.shape) != (Bt, E, L):
-        raise ValueError(
-            f"selective_scan (triton): dout must be {(Bt, E, L)}, got {tuple(dout.shape)}"
-        )
-    if dlast is not None and tuple(dlast.shape) != (Bt, E, N):
-        raise ValueError(
-            f"selective_scan (triton): dlast must be {(Bt, E, N)}, got {tuple(dlast.shape)}"
-        )
+    None where the optional input was None. Any strides. ``chunk`` (a power of two) overrides
+    CHUNK."""
+    dims = check_scan_args(
+        u, delta, A, B, C, D, z, delta_bias, dout=dout, dlast=dlast, who=_WHO, grouped_only=True
+    )
+    Bt, E, L, N, G = dims
     chunk = CHUNK if chunk is None else chunk
     if chunk < 1 or chunk & (chunk - 1):
-        raise ValueError(f"selective_scan (triton): chunk must be a power of two, got {chunk}")
-    dout = dout.contiguous()
-    dlast = None if dlast is None else dlast.contiguous()
+        raise ValueError(f"{_WHO}: chunk must be a power of two, got {chunk}")
+    if Bt * E * L == 0:  # nothing to scan: every gradient is zero (and nothing to launch)
+        ins = (u, delta, A, B, C, D, z, delta_bias)
+        return tuple(None if t is None else torch.zeros_like(t) for t in ins)
+    dout, dlast, *ins = _rows(dout, dlast, u, delta, A, B, C, D, z, delta_bias)
+    u, delta, A, B, C, D, z, delta_bias = ins
     dev, f32 = u.device, torch.float32
+    # 1) pre-pass: the state entering every chunk, so the backward recomputes chunk by chunk
+    n_chunks = triton.cdiv(L, chunk)
+    chk = new_output((Bt, E, n_chunks, N), f32, dev)
+    no_readout = (*ins[:5], None, None, delta_bias)  # D and z only shape out, not stored here
+    _forward(dims, no_readout, delta_softplus, reverse, block_e, chk=chk, chunk=chunk)
+    # 2) backward sweep
+    block_e, block_n, num_warps = _blocks(E, G, N, block_e)
+    n_eblocks = triton.cdiv(E // G, block_e)
     du = new_output((Bt, E, L), u.dtype, dev)
     ddelta = new_output((Bt, E, L), delta.dtype, dev)
     dz = new_output((Bt, E, L), z.dtype, dev) if z is not None else None
-    if Bt * E * L == 0:  # nothing to scan: every gradient is zero (and nothing to launch)
-        zeros = [
-            torch.zeros_like(t) if t is not None else None
-            for t in (u, delta, A, B, C, D, z, delta_bias)
-        ]
-        return tuple(zeros)
-
-    block_e, block_n, num_warps = _blocks(E, G, N, block_e)
-    n_eblocks = triton.cdiv(E // G, block_e)
-    n_chunks = triton.cdiv(L, chunk)
-    grid = (n_eblocks, Bt * G)
-    placeholder = u
-    # 1) pre-pass: the state entering every chunk, so the backward recomputes chunk by chunk
-    chk = new_output((Bt, E, n_chunks, N), f32, dev)
-    last = torch.empty((Bt, E, N), dtype=f32, device=dev)
-    _launch(_selective_scan_fwd_kernel)[grid](
-        u,
-        delta,
-        A,
-        B,
-        C,
-        placeholder,
-        placeholder,
-        delta_bias if delta_bias is not None else placeholder,
-        placeholder,
-        last,
-        chk,
-        E,
-        L,
-        N,
-        G,
-        HAS_D=False,
-        HAS_Z=False,
-        HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus),
-        REVERSE=bool(reverse),
-        STORE_OUT=False,
-        STORE_CHUNKS=True,
-        CHUNK=chunk,
-        BLOCK_E=block_e,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
-    # 2) backward sweep
     scratch = torch.empty((Bt * G * n_eblocks, chunk, block_e, block_n), dtype=f32, device=dev)
     dA_part = new_output((Bt, E, N), f32, dev)
-    dD_part = new_output((Bt, E), f32, dev) if D is not None else placeholder
-    dbias_part = new_output((Bt, E), f32, dev) if delta_bias is not None else placeholder
+    dD_part = new_output((Bt, E), f32, dev) if D is not None else None
+    dbias_part = new_output((Bt, E), f32, dev) if delta_bias is not None else None
     dB_part = new_output((Bt, G, n_eblocks, L, N), f32, dev)
     dC_part = new_output((Bt, G, n_eblocks, L, N), f32, dev)
-    _launch(_selective_scan_bwd_kernel)[grid](
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D if D is not None else placeholder,
-        z if z is not None else placeholder,
-        delta_bias if delta_bias is not None else placeholder,
+    _launch(_selective_scan_bwd_kernel)[(n_eblocks, Bt * G)](
+        *(u if t is None else t for t in ins),  # u: an unread placeholder
         dout,
-        dlast if dlast is not None else placeholder,
+        u if dlast is None else dlast,
         chk,
         scratch,
         du,
         ddelta,
-        dz if dz is not None else placeholder,
+        u if dz is None else dz,
         dA_part,
-        dD_part,
-        dbias_part,
+        u if dD_part is None else dD_part,
+        u if dbias_part is None else dbias_part,
         dB_part,
         dC_part,
         E,
@@ -574,10 +553,7 @@ def selective_scan_bwd_triton(
 # op registration: triton_op twins of vimc::selective_scan_fwd / _bwd (op.py)
 # ---------------------------------------------------------------------------------------------
 
-
-def _empty(like: torch.Tensor) -> torch.Tensor:
-    return like.new_empty(0)
-
+_GRADS = tuple[(torch.Tensor,) * 8]  # (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)
 
 if _HAS_TRITON:
 
@@ -613,21 +589,12 @@ if _HAS_TRITON:
         delta_bias: torch.Tensor | None,
         delta_softplus: bool,
         reverse: bool,
-    ) -> tuple[
-        torch.Tensor,
-        torch.Tensor,
-        torch.Tensor,
-        torch.Tensor,
-        torch.Tensor,
-        torch.Tensor,
-        torch.Tensor,
-        torch.Tensor,
-    ]:
+    ) -> _GRADS:
         """Same contract as vimc::selective_scan_bwd: an absent input gets an empty gradient."""
         grads = selective_scan_bwd_triton(
             dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
         )
-        return tuple(g if g is not None else _empty(u) for g in grads)
+        return tuple(u.new_empty(0) if g is None else g for g in grads)
 
     torch.library.register_autograd(
         "vimc::selective_scan_fwd_cuda",
