@@ -1,4 +1,4 @@
-"""Input builders and error measures shared by the selective-scan tests."""
+"""The scan tests' one case class, input builders and error measures (tests/ops/*)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ import dataclasses
 import torch
 from vimc.ops import selective_scan_reference
 
-# (dtype, forward rel. error, gradient rel. error) against a float64 reference.
-# float32: the issue's bounds. Half types: inputs are rounded to 8 (bf16) or 11 (fp16) bits,
-# and out is rounded again on return, so the bound is a few units of the type's epsilon.
-TOLERANCES = {
-    torch.float32: (2e-5, 1e-4),
-    torch.bfloat16: (2e-2, None),
-    torch.float16: (4e-3, None),
-}
+from ..tolerances import COMPILED_VS_EAGER, COMPILED_VS_EAGER_GRAD, SCAN_REL_ERR
+
+TOLERANCES = SCAN_REL_ERR  # the name test_bidirectional.py imports
+_SHORT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.float64: "f64"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
+    """One scan: its sizes, which optional parts it has, and how a test runs it."""
+
     Bt: int = 2
     E: int = 12
     L: int = 33
@@ -29,6 +27,14 @@ class Case:
     bias: bool = True
     softplus: bool = True
     reverse: bool = False
+    dtype: torch.dtype = torch.float32  # of u, delta, z, B, C; A, D, delta_bias stay float32
+    dlast: bool = True  # backward tests: a cotangent for last_state (False: None reaches it)
+    block_e: int | None = None  # the Triton launchers' channel block (None: their choice)
+
+    @classmethod
+    def bare(cls, Bt: int, E: int, L: int, N: int, **on) -> Case:
+        """A case whose D, z, bias and softplus are off unless ``on`` turns them on."""
+        return cls(Bt, E, L, N, **{"D": False, "z": False, "bias": False, "softplus": False} | on)
 
     @property
     def id(self) -> str:
@@ -40,6 +46,9 @@ class Case:
                 ("-bias", self.bias),
                 ("-sp", self.softplus),
                 ("-rev", self.reverse),
+                ("-nodlast", not self.dlast),
+                (f"-be{self.block_e}", self.block_e is not None),
+                (f"-{_SHORT[self.dtype]}", self.dtype != torch.float32),
             )
             if on
         )
@@ -47,9 +56,10 @@ class Case:
         return f"B{self.Bt}-E{self.E}-L{self.L}-N{self.N}{g}{flags}"
 
 
-def make_inputs(c: Case, dtype=torch.float32, seed: int = 0) -> dict:
+def make_inputs(c: Case, dtype: torch.dtype | None = None, seed: int = 0) -> dict:
     """Inputs in the ranges Vim sees: delta around softplus(-4..0), A = -exp(A_log) with A_log
-    around log(1..N), unit-scale u, z, B, C."""
+    around log(1..N), unit-scale u, z, B, C; in ``dtype`` (default the case's)."""
+    dtype = c.dtype if dtype is None else dtype
     g = torch.Generator().manual_seed(seed)
 
     def rn(*shape, scale=1.0, shift=0.0):
@@ -117,22 +127,24 @@ def describe_mismatch(got: torch.Tensor, ref: torch.Tensor, tol: float) -> str:
 
 def assert_compiled_matches_eager(fn, ins: dict) -> None:
     """``torch.compile(fn, fullgraph=True)`` against eager ``fn`` on keyword tensors ``ins``:
-    the output (1e-5) and every input's gradient (1e-4) under one random cotangent."""
+    the output and every input's gradient under one random cotangent."""
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, dynamic=False)
     leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
     eager = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
     out, ref = compiled(**leaves), fn(**eager)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, **COMPILED_VS_EAGER)
     g = torch.randn_like(out)
     out.backward(g)
     ref.backward(g)
     for k in leaves:
-        torch.testing.assert_close(leaves[k].grad, eager[k].grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(leaves[k].grad, eager[k].grad, **COMPILED_VS_EAGER_GRAD)
 
 
-def assert_grads_match(got: dict, ref: dict, tol: float = 1e-4, what: str = "") -> None:
-    """Each gradient in ``got`` within ``tol`` relative of ``ref``'s, named on failure."""
+def assert_grads_match(got: dict, ref: dict, tol: float | None = None, what: str = "") -> None:
+    """Each gradient in ``got`` within ``tol`` (default: SCAN_REL_ERR's float32 gradient bound)
+    relative L2 error of ``ref``'s, named on failure."""
+    tol = SCAN_REL_ERR[torch.float32][1] if tol is None else tol
     for name, g in got.items():
         assert rel_err(g, ref[name]) <= tol, f"{what}d{name}: " + describe_mismatch(
             g, ref[name], tol
@@ -144,7 +156,7 @@ def assert_grads_match(got: dict, ref: dict, tol: float = 1e-4, what: str = "") 
 DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
-def make_pair(c: Case, dtype=torch.float32, layout="contiguous") -> dict:
+def make_pair(c: Case, dtype: torch.dtype | None = None, layout="contiguous") -> dict:
     """Two directions' inputs (``*_b`` the reverse one's, other values) and one z."""
     fwd, bwd = make_inputs(c, dtype, seed=0), make_inputs(c, dtype, seed=1)
     ins = {k: fwd[k] for k in DIRECTION} | {k + "_b": bwd[k] for k in DIRECTION}
