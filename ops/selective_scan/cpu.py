@@ -2,8 +2,8 @@
 
 The C kernel (``cpu_kernel.c``) is built on first use with the compiler that ``torch.compile``
 already needs on a CPU, cached under ``$VIMC_CACHE_DIR`` (default ``~/.cache/vimc``; see
-_cbuild.py), and called through ctypes: no build step at install, no torch headers, about a
-second to build.
+_cbuild.py), and called through ctypes: no build step at install and no torch headers (the
+README gives the build time).
 ``VIMC_CPU_KERNEL=torch`` (read at import) forces the pure-torch path; it is also what float64
 inputs take.
 
