@@ -231,8 +231,7 @@ def check_config_fits(config, sd: dict[str, torch.Tensor], source) -> None:
     layers = {
         int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()
     }
-    if layers:
-        got["depth"] = max(layers) + 1
+    got["depth"] = max(layers) + 1 if layers else 0
     w = sd.get("patch_embed.proj.weight")
     if w is not None and w.dim() == 4:
         got["in_chans"], got["patch_size"] = w.shape[1], w.shape[-1]
@@ -272,24 +271,24 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dic
     }
 
 
+def _listed(items: list[str], most: int = 30) -> str:
+    """The first ``most`` of ``items``, then how many more (a message stays readable when a
+    file matches nothing)."""
+    more = f", ... and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
 def _format_problems(problems: dict[str, list], source, target: str) -> str:
     lines = [f"checkpoint {source} does not fit {target}:"]
     if problems["missing"]:
-        lines.append(
-            f"  missing keys ({len(problems['missing'])}): " + ", ".join(problems["missing"])
-        )
+        lines.append(f"  missing keys ({len(problems['missing'])}): {_listed(problems['missing'])}")
     if problems["unexpected"]:
         lines.append(
-            f"  unexpected keys ({len(problems['unexpected'])}): "
-            + ", ".join(problems["unexpected"])
+            f"  unexpected keys ({len(problems['unexpected'])}): {_listed(problems['unexpected'])}"
         )
     if problems["shape"]:
-        lines.append(
-            f"  shape mismatches ({len(problems['shape'])}): "
-            + ", ".join(
-                f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in problems["shape"]
-            )
-        )
+        shapes = [f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in problems["shape"]]
+        lines.append(f"  shape mismatches ({len(shapes)}): {_listed(shapes)}")
     return "\n".join(lines)
 
 
