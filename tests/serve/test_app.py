@@ -16,6 +16,8 @@ import pytest
 from tests.serve.conftest import free_port
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'vimc[serve]')")
+# Ray's own modules use deprecated pydantic and ray.data options: not this project's to fix
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 
 TIMEOUT_S = 30
 

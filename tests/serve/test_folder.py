@@ -104,6 +104,7 @@ def test_bad_usage(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray's own options
 def test_ray_data_resumes_and_matches_local(ray_session, folder, tmp_path, eager_top5, capsys):
     """One Ray Data run (two actors, one model each) over a half-done output file: it
     classifies what is missing, retries the broken file, and leaves the rows local eager

@@ -16,6 +16,8 @@ import pytest
 from tests.serve.conftest import free_port, vimc_main
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'vimc[serve]')")
+# Ray's own modules use deprecated pydantic and ray.data options: not this project's to fix
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 
 STARTUP_LIMIT_S = 120
 

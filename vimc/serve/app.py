@@ -22,6 +22,7 @@ event loop keeps accepting requests, and filling the next batch, while a batch c
 # and as strings they did not resolve through Serve's ingress (`request: Request` became a
 # required query parameter)
 import asyncio
+import logging
 import os
 
 import ray
@@ -153,6 +154,8 @@ def start(
     """Deploy the application on the connected Ray cluster and wait until every replica is
     warm. ``start_serve``: start Serve with its HTTP proxy on ``host:port`` first (when Serve
     already runs on the cluster, it keeps its own host and port: pass False)."""
+    # the driver's own Serve logger ("Started Serve", "Application is ready", ...)
+    logging.getLogger("ray.serve").setLevel(log_level)
     if start_serve:
         serve.start(
             http_options={"host": host, "port": port},

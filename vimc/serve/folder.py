@@ -142,7 +142,8 @@ def _ray_batches(bundle, root, todo, batch_size, topk, actors, actor_cpus) -> It
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts images; Ray's would interleave with it
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # ... and not a warning that says they are off, every run
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     ds = ray.data.from_items([{"path": p} for p in todo])
     ds = ds.map_batches(
         FolderActor,
@@ -154,7 +155,7 @@ def _ray_batches(bundle, root, todo, batch_size, topk, actors, actor_cpus) -> It
         },
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),  # a fixed pool: one model each
         num_cpus=actor_cpus,
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
