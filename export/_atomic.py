@@ -29,8 +29,15 @@ def check_writable(path, *, arg: str = "path") -> Path:
         raise ValueError(f"{arg}: directory {str(parent)!r} does not exist")
     if not parent.is_dir():
         raise ValueError(f"{arg}: {str(parent)!r} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{arg}: directory {str(parent)!r} is not writable")
+    # a real file made and removed: os.access says yes to root on a read-only filesystem
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"{arg}: directory {str(parent)!r} is not writable ({exc.strerror})"
+        ) from None
     if p.exists() and not os.access(p, os.W_OK):
         raise ValueError(f"{arg}: {str(p)!r} exists and is not writable")
     return p

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -155,6 +156,13 @@ def check_names(values: Sequence[str], known: Sequence[str], *, arg: str) -> lis
     if not values:
         raise ValueError(f"{arg} must name at least one of {', '.join(known)}")
     return values
+
+
+# torch's export machinery is process-global: two threads inside torch.export, the ONNX
+# exporter's decompositions or the AOTInductor packager at once fail in it ("ProxyTorchDispatchMode
+# slot already occupied", symbols "not tracked with proxy": tests/export). vimc's routes run
+# those steps under this lock, one export at a time per process.
+TORCH_EXPORT_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager

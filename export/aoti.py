@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ._atomic import atomic_path, check_writable
-from ._common import quiet_torch_export
+from ._common import TORCH_EXPORT_LOCK, quiet_torch_export
 from .program import to_exported_program
 
 
@@ -51,7 +51,7 @@ def to_aoti(
         scan_form=scan_form,
     )
     configs = {"freezing": bool(freezing), **(inductor_configs or {})}
-    with atomic_path(path, arg="path") as tmp, quiet_torch_export():
+    with atomic_path(path, arg="path") as tmp, TORCH_EXPORT_LOCK, quiet_torch_export():
         os.unlink(tmp)  # the packager writes the file itself
         torch._inductor.aoti_compile_and_package(
             ep, package_path=str(tmp), inductor_configs=configs

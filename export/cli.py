@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 from vimc.cliargs import nonneg_float, positive_int
 
+from ._atomic import atomic_path
 from ._common import DTYPE_NAMES
 from .onnx.names import DEFAULT_SCAN, SCAN_LOWERINGS, resolve_lowering
 
@@ -198,38 +198,35 @@ def run_export(args: argparse.Namespace) -> int:
 
     dynamic = args.batch is None
     steps = _Steps(2 + bool(args.validate), f"vimc export {fmt}", disable=args.quiet)
+    report = None
     try:
         example = example_input(model, batch=args.batch or 2)
-        steps(f"export to {fmt} (torch.export, {'ONNX' if fmt == 'onnx' else fmt})")
-        if fmt == "onnx":
-            from .onnx import to_onnx
-
-            to_onnx(
-                model,
-                args.out,
-                example=example,
-                opset=args.opset,
-                dynamic_batch=dynamic,
-                scan=args.scan,
-            )
-        elif fmt == "aoti":
-            from .aoti import to_aoti
-
-            to_aoti(model, args.out, example=example, dynamic_batch=dynamic)
-        else:
-            from .tensorrt import to_tensorrt
-
-            to_tensorrt(model, args.out, example=example, dtype=dtype, dynamic_batch=dynamic)
-        size = Path(args.out).stat().st_size
-        report = None
-        if args.validate:
-            steps("validate")
-            report = _validate(model, fmt, args, dtype)
+        # export and validation work on a temporary file beside OUT, moved into place only
+        # when both are done: an interrupt leaves OUT as it was, and each of several exports
+        # to one OUT validates the bytes it wrote, never another's
+        with atomic_path(args.out, arg="OUT") as tmp:
+            steps(f"export to {fmt} (torch.export, {'ONNX' if fmt == 'onnx' else fmt})")
+            _export(fmt, model, tmp, example, args, dtype, dynamic)
+            size = tmp.stat().st_size
+            if args.validate:
+                steps("validate")
+                report = _validate(model, fmt, args, dtype, tmp)
+                if not report.passed:
+                    raise _ValidationFailed
         steps("done")
         steps.close()
     except KeyboardInterrupt:
         steps.close()
         return _error("export", "interrupted; nothing was written to OUT", 130)
+    except _ValidationFailed:
+        steps.close()
+        print(report.to_text())
+        return _error(
+            "export",
+            "validation failed: the exported model's logits are outside the tolerance (see "
+            "the table); nothing was written to OUT (--no-validate writes it unchecked)",
+            1,
+        )
     except Exception as exc:  # noqa: BLE001  (report, exit 1; the atomic write left no file)
         steps.close()
         return _error("export", f"{type(exc).__name__}: {exc}", 1)
@@ -243,19 +240,33 @@ def run_export(args: argparse.Namespace) -> int:
             print(f"needs vimc's ONNX Runtime plugin, which cannot be built here: {exc}")
     if report is not None:
         print(report.to_text())
-        if not report.passed:
-            return _error(
-                "export",
-                "validation failed: the exported model's logits are "
-                "outside the tolerance (see the table)",
-                1,
-            )
     return 0
 
 
-def _validate(model, fmt: str, args, dtype):
-    """Run the written file at the export's batch (or at batch 1 and 3 for a dynamic batch:
-    the first row and a batch other than the traced one) against float32 eager."""
+class _ValidationFailed(Exception):
+    """The exported file ran but its logits are outside the tolerance."""
+
+
+def _export(fmt: str, model, path, example, args, dtype, dynamic: bool) -> None:
+    if fmt == "onnx":
+        from .onnx import to_onnx
+
+        to_onnx(
+            model, path, example=example, opset=args.opset, dynamic_batch=dynamic, scan=args.scan
+        )
+    elif fmt == "aoti":
+        from .aoti import to_aoti
+
+        to_aoti(model, path, example=example, dynamic_batch=dynamic)
+    else:
+        from .tensorrt import to_tensorrt
+
+        to_tensorrt(model, path, example=example, dtype=dtype, dynamic_batch=dynamic)
+
+
+def _validate(model, fmt: str, args, dtype, path):
+    """Run the written file ``path`` at the export's batch (or at batch 1 and 3 for a dynamic
+    batch: the first row and a batch other than the traced one) against float32 eager."""
     from .parity import compare
 
     backend = {"onnx": "onnxruntime", "aoti": "aoti", "tensorrt": "tensorrt"}[fmt]
@@ -269,7 +280,7 @@ def _validate(model, fmt: str, args, dtype):
         batch=batch,
         atol=args.atol,
         rtol=args.rtol,
-        artifacts={backend: args.out},
+        artifacts={backend: str(path)},
     )
 
 

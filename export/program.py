@@ -21,13 +21,13 @@ duration of one export and restores them after. The scan forms an export asks fo
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 
 import torch
 from torch import nn
 
 from ._common import (
+    TORCH_EXPORT_LOCK,
     batch_dim,
     check_names,
     example_input,
@@ -44,10 +44,6 @@ _MIXER_FORMS = {
     "bidirectional": ("bidirectional", "shifted"),
     "plugin": ("token_major", "channel_major"),
 }
-# torch.export's tracer is process-global: two threads tracing at once fail inside it
-# ("ProxyTorchDispatchMode slot already occupied", tests/export/test_aoti.py). Exports, and the
-# form changes they make on a model, therefore run one at a time.
-_TRACE_LOCK = threading.RLock()
 
 
 def check_scan_form(scan_form: str) -> str:
@@ -72,7 +68,7 @@ def model_forms(model: nn.Module, scan_form: str):
     """Within this block, every mixer of ``model`` runs in the forms export ``scan_form``
     records (module doc); the model's own forms come back afterwards, also on error."""
     scan, conv = _MIXER_FORMS[check_scan_form(scan_form)]
-    with _TRACE_LOCK:
+    with TORCH_EXPORT_LOCK:  # one export at a time: the forms are the model's own state
         saved = [(m, m.scan_form, m.conv_form) for m in _mixers(model)]
         try:
             for m, _, _ in saved:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import atomic_path, check_writable
-from .._common import quiet_torch_export
+from .._common import TORCH_EXPORT_LOCK, quiet_torch_export
 from ..program import to_exported_program
 from .names import (
     BATCH_AXIS,
@@ -72,7 +72,7 @@ def export_onnx_proto(
     form = "plugin" if scan == "plugin" else "per_direction"
     ep = to_exported_program(model, example, dynamic_batch=dynamic_batch, scan_form=form)
     x = ep.example_inputs[0][0]
-    with quiet_torch_export():
+    with TORCH_EXPORT_LOCK, quiet_torch_export():
         prog = torch.onnx.export(
             ep,
             (x,),
