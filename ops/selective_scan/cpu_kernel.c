@@ -91,6 +91,9 @@ static inline v8f select8(v8i mask, v8f a, v8f b) {  // mask ? a : b, lane by la
     return (v8f)((mask & (v8i)a) | (~mask & (v8i)b));
 }
 
+// vmax8 and vmin8 return b in a lane where either operand is NaN (maxps/minps do, and the
+// portable select does the same), so a clamp is written vmax8(bound, x): a NaN x stays NaN
+// and reaches the output, as it does in the reference, instead of becoming the bound.
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 static inline v8f vmax8(v8f a, v8f b) { return (v8f)_mm256_max_ps((__m256)a, (__m256)b); }
@@ -109,9 +112,10 @@ static inline v8f vround8(v8f a) {
 
 // exp: Cody-Waite reduction by ln 2, then exp(r) on |r| <= ln2/2 by its degree-6 Taylor
 // polynomial (truncation error r^7/7! < 1.3e-7, about 1 ulp). Inputs are clamped to
-// [-87.3, 88.7]: exp(-87.3) ~ 1e-38 stands in for anything smaller (a long-decayed state).
+// [-87.3, 88.7]: exp(-87.3) ~ 1e-38 stands in for anything smaller (a long-decayed state);
+// NaN passes through the clamp (see vmax8) and the polynomial, so exp(NaN) = NaN.
 static inline v8f vexp8(v8f x) {
-    x = vmin8(vmax8(x, splat(-87.3f)), splat(88.7f));
+    x = vmin8(splat(88.7f), vmax8(splat(-87.3f), x));
     const v8f k = vround8(x * splat(1.44269504088896341f));
     v8f r = x - k * splat(0.693359375f);
     r = r + k * splat(2.12194440e-4f);
@@ -136,7 +140,7 @@ static inline v8f vexp8(v8f x) {
 #define LOG2E 1.44269504088896341f
 #define ROUND_MAGIC 12582912.0f  // 1.5 * 2^23: x + it rounds x to an integer (|x| < 2^22)
 static inline v8f vexp2_nonpos8(v8f x) {
-    x = vmax8(x, splat(-126.0f));
+    x = vmax8(splat(-126.0f), x);  // NaN stays NaN (see vmax8)
     const v8f t = x + splat(ROUND_MAGIC + 127.0f);  // k + 127 in the low mantissa bits
     const v8f r = x - (t - splat(ROUND_MAGIC + 127.0f));
     v8f p = splat(1.327644568e-03f);
@@ -168,7 +172,7 @@ static inline v8f vlog1p_01(v8f w) {
 // max(x, 0) + log1p(exp(-|x|)), exp(-|x|) in (0, 1].
 static inline v8f vsoftplus8(v8f x) {
     const v8f ax = (v8f)((v8i)x & splat_i(0x7fffffff));
-    const v8f sp = vmax8(x, splat(0.0f)) + vlog1p_01(vexp8(-ax));
+    const v8f sp = vmax8(splat(0.0f), x) + vlog1p_01(vexp8(-ax));  // NaN stays NaN
     return select8(x > splat(20.0f), x, sp);
 }
 
@@ -578,6 +582,28 @@ static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
 
 #endif
 
-int vimc_scan_fwd(const ScanArgs *a) { run_parallel(a, fwd_entry); return 0; }
-int vimc_scan_bwd(const ScanArgs *a) { run_parallel(a, bwd_entry); return 0; }
+#define FWD_SCRATCH_ROWS 5   // (L, 8) rows per thread that fwd_items uses
+#define BWD_SCRATCH_ROWS 12  // and bwd_items
+
+// The entry points refuse (return -1) sizes their loops cannot take, a last line behind the
+// caller's checks (cpu.py's check_scan_args): every size >= 1 (an empty scan never gets
+// here), G dividing E, and a scratch of `rows` (L, 8) rows per thread.
+static int sizes_ok(const ScanArgs *a, int64_t rows) {
+    return a->Bt >= 1 && a->E >= 1 && a->L >= 1 && a->N >= 1 && a->G >= 1 && a->E % a->G == 0 &&
+           a->nthreads >= 1 && a->scratch && a->scratch_floats >= rows * a->L * LANES;
+}
+
+int vimc_scan_fwd(const ScanArgs *a) {
+    const ScanArgs *p = (const ScanArgs *)a->pair;  // sized like a: fwd_items trusts it
+    const int same = !p || (p->Bt == a->Bt && p->E == a->E && p->L == a->L && p->N == a->N &&
+                            p->G == a->G);
+    if (!sizes_ok(a, FWD_SCRATCH_ROWS) || !same) return -1;
+    run_parallel(a, fwd_entry);
+    return 0;
+}
+int vimc_scan_bwd(const ScanArgs *a) {
+    if (!sizes_ok(a, BWD_SCRATCH_ROWS)) return -1;
+    run_parallel(a, bwd_entry);
+    return 0;
+}
 int64_t vimc_scan_abi(void) { return (int64_t)sizeof(ScanArgs) * 1000 + LANES; }
