@@ -3,9 +3,12 @@
 - ``selective_scan`` (op.py) and ``selective_scan_bidirectional`` run it before anything is
   traced, so bad input is a ``ValueError``/``TypeError`` naming the argument instead of an error
   deep inside a compiled graph.
-- The Triton launchers (triton.py) and the C kernel's argument packing (cpu.py) run it again:
-  ``torch.ops.vimc.*`` called directly skip the public function, and a shape the kernel's loops
-  trust would be a read out of bounds rather than an error.
+- The ops' own kernels run it again: the CPU entry points (cpu.py), the bidirectional and
+  token-major ops (bidirectional.py), the Triton launchers (triton.py), and every fake (meta)
+  kernel. ``torch.ops.vimc.*`` is public API that AOTInductor and ONNX graphs call without the
+  public function, and a shape, device or storage the kernel's loops trust would be a read out
+  of bounds rather than an error. A fake kernel checks too because the dispatcher sends a call
+  with any meta tensor among CPU ones to it, and its "result" would be uninitialized memory.
 
 The kernels take B and C grouped, (Bt, G, N, L); the public function also takes (Bt, N, L).
 """
@@ -22,6 +25,11 @@ import torch
 MAX_D_STATE = 256
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+KERNEL = "vimc scan kernel"  # how the ops' own checks name themselves in errors
+
+# Vim's two directions, in the order the bidirectional ops take each one's arguments
+DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
 class ScanDims(NamedTuple):
@@ -42,6 +50,8 @@ def _tensor(who: str, name: str, t, ndim: int, what: str) -> None:
             f"{who}: {name} must be a floating tensor "
             f"(float16, bfloat16, float32 or float64), got {t.dtype}"
         )
+    if t.layout != torch.strided:  # sparse and other layouts have no strides to hand a kernel
+        raise TypeError(f"{who}: {name} must be a dense (strided) tensor, got {t.layout}")
     if t.dim() != ndim:
         raise ValueError(
             f"{who}: {name} must have {ndim} dimensions {what}, got shape {tuple(t.shape)}"
@@ -90,11 +100,13 @@ def check_scan_args(
     dlast=None,
     who: str = "selective_scan",
     grouped_only: bool = False,
+    fake: bool = False,
 ) -> ScanDims:
     """Checks a scan's arguments -> their sizes. u, delta, z (Bt, E, L); A (E, N) with
     1 <= N <= MAX_D_STATE; B, C (Bt, G, N, L) with G dividing E, or also (Bt, N, L) unless
     ``grouped_only``; D, delta_bias (E,); a backward's dout (Bt, E, L) and dlast (Bt, E, N).
-    Every tensor floating and on one device, cpu or cuda. Errors start with ``who``."""
+    Every tensor floating, dense, and on one device: cpu or cuda, or also meta for a ``fake``
+    (meta) kernel's check. Any size but N may be 0. Errors start with ``who``."""
     _tensor(who, "u", u, 3, "(Bt, E, L)")
     Bt, E, L = u.shape
     _tensor(who, "delta", delta, 3, "(Bt, E, L)")
@@ -132,6 +144,64 @@ def check_scan_args(
     if any(t.device != device for _, t in named):
         listing = ", ".join(f"{n} on {t.device}" for n, t in named)
         raise ValueError(f"{who}: all tensors must be on one device, got {listing}")
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in (("cpu", "cuda", "meta") if fake else ("cpu", "cuda")):
         raise ValueError(f"{who}: u.device must be cpu or cuda, got {device}")
     return ScanDims(Bt, E, L, N, G)
+
+
+def check_scan_pair(
+    fwd: tuple, bwd: tuple, z, *, who: str, grouped_only: bool = False, fake: bool = False
+) -> ScanDims:
+    """Vim's two directions: ``fwd`` and ``bwd`` each (u, delta, A, B, C, D, delta_bias), one
+    gate ``z``. The forward direction as :func:`check_scan_args` checks it; then each ``*_b``
+    must be a dense floating tensor of its twin's shape (or both None), on u's device: a kernel
+    sizes both directions by the first. -> the sizes of each direction."""
+    dims = check_scan_args(*fwd[:6], z, fwd[6], who=who, grouped_only=grouped_only, fake=fake)
+    device = fwd[0].device
+    for name, x, y in zip(DIRECTION, fwd, bwd):
+        if (x is None) != (y is None):
+            raise ValueError(
+                f"{who}: {name} and {name}_b must have equal shapes (or both be None), got "
+                f"{None if x is None else tuple(x.shape)} and "
+                f"{None if y is None else tuple(getattr(y, 'shape', ()))}"
+            )
+        if y is None:
+            continue
+        if not isinstance(y, torch.Tensor) or y.dtype not in FLOATS:
+            raise TypeError(
+                f"{who}: {name}_b must be a floating torch.Tensor, "
+                f"got {getattr(y, 'dtype', type(y).__name__)}"
+            )
+        if y.layout != torch.strided:
+            raise TypeError(f"{who}: {name}_b must be a dense (strided) tensor, got {y.layout}")
+        if y.shape != x.shape:
+            raise ValueError(
+                f"{who}: {name} and {name}_b must have equal shapes (or both be None), got "
+                f"{tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if y.device != device:
+            raise ValueError(
+                f"{who}: all tensors must be on one device, got u on {device} and {name}_b on "
+                f"{y.device}"
+            )
+    return dims
+
+
+def check_storage(who: str, named) -> None:
+    """Each (name, tensor) of ``named`` (None skipped, none empty) lies inside its storage: a
+    view whose storage was shrunk afterwards (``untyped_storage().resize_()``) still has its
+    old sizes and strides, and a kernel that trusts them reads memory that is no longer the
+    tensor's. Run where raw pointers leave torch (the C kernel); torch's own ops do not check."""
+    for name, t in named:
+        if t is None:
+            continue
+        end = t.storage_offset() + 1  # one past the last element, in elements
+        for size, stride in zip(t.shape, t.stride()):
+            end += (size - 1) * stride
+        nbytes = t.untyped_storage().nbytes()
+        if end * t.element_size() > nbytes:
+            raise ValueError(
+                f"{who}: {name} reaches past the end of its storage (its last element is "
+                f"byte {end * t.element_size()} of a {nbytes}-byte storage): was the storage "
+                f"resized after the tensor was made?"
+            )

@@ -26,18 +26,8 @@ import inspect
 import torch
 
 from . import _library, cpu
-from .op import (
-    _FLOATS,
-    _fake_state,
-    _grouped,
-    _kernel_fwd,
-    _like,
-    _state_dtype,
-    _validate,
-    selective_scan,
-)
-
-_DIRECTION = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+from ._checks import KERNEL, check_scan_pair
+from .op import _fake_state, _grouped, _kernel_fwd, _like, _state_dtype, selective_scan
 
 
 def selective_scan_bidirectional_fwd(
@@ -59,11 +49,13 @@ def selective_scan_bidirectional_fwd(
     delta_softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two scans (the second reversed) averaged and gated -> (out in u's dtype and layout,
-    last state of each direction (Bt, E, N))."""
+    last state of each direction (Bt, E, N)). Checks both directions (the kernel sizes the
+    second by the first)."""
     fwd = (u, delta, A, B, C, D, delta_bias)
     bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
+    dims = check_scan_pair(fwd, bwd, z, who=KERNEL, grouped_only=True)
     if u.is_cpu and u.dtype != torch.float64 and cpu.c_kernel_available():
-        out, last, last_b = cpu._fwd_c(*fwd[:6], z, fwd[6], delta_softplus, False, pair=bwd)
+        out, last, last_b = cpu._fwd_c(dims, *fwd[:6], z, fwd[6], delta_softplus, False, pair=bwd)
         return _like(out, u), last, last_b
     out, last = _kernel_fwd(*fwd[:6], z, fwd[6], delta_softplus, False)
     out_b, last_b = _kernel_fwd(*bwd[:6], z, bwd[6], delta_softplus, True)
@@ -82,6 +74,8 @@ _BIDIR_NOGRAD = _library.define(
 
 @_library.register_fake(_BIDIR, _BIDIR_NOGRAD)
 def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, sp):
+    fwd, bwd = (u, delta, A, B, C, D, delta_bias), (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
+    check_scan_pair(fwd, bwd, z, who=KERNEL, grouped_only=True, fake=True)
     return torch.empty_like(u), _fake_state(u, A), _fake_state(u, A)
 
 
@@ -110,18 +104,32 @@ def _backward(ctx, dout, dlast, dlast_b):
 _library.register_autograd(_BIDIR, _backward, _setup_context)
 
 
+def _channel_major(args, who: str) -> list:
+    """The token-major op's arguments (selective_scan_bidirectional_fwd's order) as views the
+    channel-major checks and kernel take: u, delta, z (Bt, L, E) -> (Bt, E, L); B, C (Bt, L, N)
+    -> (Bt, N, L). A sequence of another rank is refused first: a grouped (Bt, L, G, N) B
+    would otherwise be read as another layout."""
+    ins = []
+    for name, x in zip(_PARAMETERS, args):
+        kind = name.removesuffix("_b")
+        if isinstance(x, torch.Tensor) and kind in ("u", "delta", "z", "B", "C"):
+            if x.dim() != 3:
+                want = "(Bt, L, N)" if kind in ("B", "C") else "(Bt, L, E)"
+                raise ValueError(f"{who}: {name} must be {want}, got shape {tuple(x.shape)}")
+            x = x.mT
+        ins.append(x)
+    return ins
+
+
 def _token_major_kernel(*args) -> torch.Tensor:
     """The token-major op's kernel: u, delta, z (Bt, L, E); B, C (Bt, L, N) (one group); A
     (E, N); D, delta_bias (E,) -> out (Bt, L, E), through the channel-major kernel on (Bt, E, L)
     views. Its signature is selective_scan_bidirectional_fwd's (set below), returning one
     tensor."""
-    ins = []
-    for name, x in zip(_PARAMETERS, args):
-        if x is not None and name.removesuffix("_b") in ("u", "delta", "z"):
-            x = x.mT  # (Bt, L, E) -> (Bt, E, L) view
-        elif x is not None and name.removesuffix("_b") in ("B", "C"):
-            x = x.mT.unsqueeze(1)  # (Bt, L, N) -> (Bt, 1, N, L) view
-        ins.append(x)
+    ins = _channel_major(args, KERNEL)
+    for i in (3, 4, 10, 11):  # B, C, B_b, C_b: (Bt, N, L) -> (Bt, 1, N, L), as the kernel takes
+        if isinstance(ins[i], torch.Tensor):
+            ins[i] = ins[i].unsqueeze(1)
     out, _, _ = selective_scan_bidirectional_fwd(*ins)
     return _like(out.mT, args[0])
 
@@ -133,26 +141,10 @@ _TOKEN_MAJOR = _library.define(_token_major_kernel, "selective_scan_bidirectiona
 
 
 @_library.register_fake(_TOKEN_MAJOR)
-def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, sp):
-    return torch.empty_like(u)
-
-
-def _check_pair(fwd: tuple, bwd: tuple, z, who: str) -> None:
-    """The forward direction's arguments as :func:`selective_scan` checks them; then each
-    ``*_b`` must be a floating tensor of its forward twin's shape."""
-    _validate(*fwd[:6], z, fwd[6])
-    for name, x, y in zip(_DIRECTION, fwd, bwd):
-        if y is not None and not (isinstance(y, torch.Tensor) and y.dtype in _FLOATS):
-            raise TypeError(
-                f"{who}: {name}_b must be a floating torch.Tensor, "
-                f"got {getattr(y, 'dtype', type(y).__name__)}"
-            )
-        if (x is None) != (y is None) or (x is not None and x.shape != y.shape):
-            raise ValueError(
-                f"{who}: {name} and {name}_b must have equal shapes "
-                f"(or both be None), got {None if x is None else tuple(x.shape)} and "
-                f"{None if y is None else tuple(y.shape)}"
-            )
+def _(*args):
+    ins = _channel_major(args, KERNEL)
+    check_scan_pair(tuple(ins[:7]), tuple(ins[7:14]), ins[14], who=KERNEL, fake=True)
+    return torch.empty_like(args[0])
 
 
 def selective_scan_bidirectional(
@@ -181,7 +173,7 @@ def selective_scan_bidirectional(
     tensor argument; compiles with ``fullgraph=True``."""
     fwd = (u, delta, A, B, C, D, delta_bias)
     bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
-    _check_pair(fwd, bwd, z, "selective_scan_bidirectional")
+    check_scan_pair(fwd, bwd, z, who="selective_scan_bidirectional")
     if not u.is_cpu or u.dtype == torch.float64:  # no fused kernel: two scans
         out = selective_scan(*fwd[:6], z, fwd[6], delta_softplus)
         out_b = selective_scan(*bwd[:6], z, bwd[6], delta_softplus, reverse=True)
@@ -219,17 +211,8 @@ def selective_scan_bidirectional_token_major(
     produce (Bt, L, .) activations calls it without transposing anything, so a graph that
     records it (an export) has no transposes around the scan. Inference only: no autograd
     formula (use :func:`selective_scan_bidirectional` to train)."""
-    fwd = (u, delta, A, B, C, D, delta_bias)
-    bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
+    args = (u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z)
     who = "selective_scan_bidirectional_token_major"
-    for name, x in (("B", B), ("B_b", B_b), ("C", C), ("C_b", C_b)):
-        if isinstance(x, torch.Tensor) and x.dim() != 3:
-            raise ValueError(f"{who}: {name} must be (Bt, L, N), got shape {tuple(x.shape)}")
-    t = lambda x: x.mT if isinstance(x, torch.Tensor) else x  # noqa: E731  (checks see (Bt, E, L))
-    _check_pair(
-        (t(u), t(delta), A, t(B), t(C), D, delta_bias),
-        (t(u_b), t(delta_b), A_b, t(B_b), t(C_b), D_b, delta_bias_b),
-        t(z),
-        who,
-    )
-    return _TOKEN_MAJOR(*fwd, *bwd, z, bool(delta_softplus))
+    ins = _channel_major(args, who)  # the checks see (Bt, E, L) and (Bt, N, L)
+    check_scan_pair(tuple(ins[:7]), tuple(ins[7:14]), ins[14], who=who)
+    return _TOKEN_MAJOR(*args, bool(delta_softplus))

@@ -24,7 +24,7 @@ import torch
 
 from . import _cbuild
 from ._alloc import new_output, new_output_like
-from ._checks import ScanDims, check_scan_args
+from ._checks import KERNEL, ScanDims, check_scan_args, check_storage
 from .reference import softplus
 
 CHUNK = 16
@@ -34,7 +34,7 @@ CHUNK = 16
 # ---------------------------------------------------------------------------------------------
 
 LANES = 8  # must match cpu_kernel.c
-_SCRATCH_ROWS = 12  # (L, 8) staging rows per thread, must match cpu_kernel.c
+_SCRATCH_ROWS = 12  # (L, 8) rows per thread: cpu_kernel.c's BWD_SCRATCH_ROWS (fwd needs fewer)
 
 
 class _Strides3(ctypes.Structure):
@@ -105,7 +105,7 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("cpu_kernel.c and cpu.py disagree on the argument struct")
     for fn in (lib.vimc_scan_fwd, lib.vimc_scan_bwd):
         fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _pack)
-        fn.restype = ctypes.c_int
+        fn.restype = ctypes.c_int  # 0, or -1 where it refused the sizes it was given
     return lib
 
 
@@ -172,13 +172,13 @@ _INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "bias")  # the order of _input
 # per tensor argument: (word of its pointer, word of its first stride or None)
 _SLOTS = {n: (_AT[n], _AT.get("s_" + n)) for n in _AT}
 _IN_SLOTS = [_SLOTS[n] for n in _INPUTS]
-_WHO = "vimc scan kernel"  # how the kernels' argument checks name themselves
 
 
 def _pack(dims: ScanDims, ins, delta_softplus, reverse, nthreads, outs) -> array.array:
     """``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (name ->
     tensor) as a _ScanArgs word array, sized by ``dims`` (check_scan_args' answer for ``ins``:
-    the kernel's loops trust it). Kept lean: it runs per scan."""
+    the kernel's loops trust it; no size 0: empty scans never reach C, see _is_empty). Kept
+    lean: it runs per scan."""
     per_thread = _SCRATCH_ROWS * dims.L * LANES
     words = [0] * _WORDS
     words[:8] = *dims, delta_softplus, reverse, nthreads
@@ -198,38 +198,50 @@ def _items(dims: ScanDims) -> int:
 
 
 def _inputs(u, delta, A, B, C, D, z, delta_bias) -> list:
-    return [_f32(u), _f32(delta), _vec(A), _f32(B), _f32(C), _vec(D), _f32(z), _vec(delta_bias)]
+    ins = [_f32(u), _f32(delta), _vec(A), _f32(B), _f32(C), _vec(D), _f32(z), _vec(delta_bias)]
+    check_storage(KERNEL, zip(_INPUTS, ins))
+    return ins
 
 
-def _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, pair=None):
+def _call(fn, packed: array.array) -> None:
+    if fn(packed.buffer_info()[0]) != 0:  # what the words point to is alive until here
+        raise RuntimeError(f"{KERNEL}: the C kernel refused the sizes cpu.py packed (a bug)")
+
+
+def _is_empty(dims: ScanDims) -> bool:
+    """A scan with nothing to compute (Bt, E or L = 0): handled in torch, so that no pointer
+    to an empty tensor (which may be NULL) reaches the kernel's address arithmetic."""
+    return dims.Bt == 0 or dims.E == 0 or dims.L == 0
+
+
+def _fwd_c(dims: ScanDims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, pair=None):
     """The forward kernel on one scan, or with ``pair`` (u, delta, A, B, C, D, delta_bias of
     a second scan over the same shape, run reversed) on both at once: out = (y + y_pair) / 2
-    gated by silu(z). -> (out in u's dtype and layout, last state[, the pair's last state])."""
-    dims = check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=_WHO, grouped_only=True)
+    gated by silu(z). ``dims``: check_scan_args' (or check_scan_pair's) answer for these
+    arguments, which the kernel trusts for both scans. -> (out in u's dtype and layout, last
+    state[, the pair's last state])."""
     T = _threads(_items(dims))
-    ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
     out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
     lasts = [new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device)]
-    packed = _pack(dims, ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0]})
     if pair is not None:  # its z, out and scratch are the first scan's
-        pair_dims = check_scan_args(*pair[:6], None, pair[6], who=_WHO, grouped_only=True)
-        if pair_dims != dims:  # the kernel sizes both scans by the first
-            raise ValueError(
-                f"{_WHO}: the pair's u, A, B must have the first scan's shapes, got "
-                f"(Bt, E, L, N, G) = {tuple(pair_dims)} and {tuple(dims)}"
-            )
-        pair_ins = _inputs(*pair[:6], None, pair[6])
         lasts.append(new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device))
+    if _is_empty(dims):
+        for last in lasts:
+            last.zero_()  # no step taken: the state is still 0
+        return (out.to(u.dtype), *lasts)
+    ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
+    packed = _pack(dims, ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0]})
+    if pair is not None:
+        pair_ins = _inputs(*pair[:6], None, pair[6])
         packed_pair = _pack(dims, pair_ins, delta_softplus, True, T, {"last_state": lasts[1]})
         packed[_AT["pair"]] = packed_pair.buffer_info()[0]
-    _lib.vimc_scan_fwd(packed.buffer_info()[0])  # what it points to is alive until here
+    _call(_lib.vimc_scan_fwd, packed)
     return ((out if u.dtype == torch.float32 else out.to(u.dtype)), *lasts)
 
 
-def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    dims = check_scan_args(
-        u, delta, A, B, C, D, z, delta_bias, dout=dout, dlast=dlast, who=_WHO, grouped_only=True
-    )
+def _bwd_c(
+    dims: ScanDims, dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+):
     Bt, E, L, N, G = dims
     T = _threads(_items(dims))
     f32 = torch.float32
@@ -244,9 +256,11 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
     db_p = torch.zeros(T, E, dtype=f32)
     dB_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
     dC_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
+    dout, dlast = _f32(dout), _vec(dlast)
+    check_storage(KERNEL, (("dout", dout), ("dlast", dlast)))
     outs = dict(
-        dout=_f32(dout),
-        dlast=_vec(dlast),
+        dout=dout,
+        dlast=dlast,
         du=du,
         ddelta=ddelta,
         dz=dz,
@@ -256,8 +270,7 @@ def _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
         dB_part=dB_p,
         dC_part=dC_p,
     )
-    packed = _pack(dims, ins, delta_softplus, reverse, T, outs)
-    _lib.vimc_scan_bwd(packed.buffer_info()[0])  # what it points to is alive until here
+    _call(_lib.vimc_scan_bwd, _pack(dims, ins, delta_softplus, reverse, T, outs))
     dB, dC = dB_p.sum((0, -1)), dC_p.sum((0, -1))
     return (
         du.to(u.dtype),
@@ -360,10 +373,15 @@ def _bwd_torch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
 # ---------------------------------------------------------------------------------------------
 
 
+# Both check their arguments (check_scan_args, as KERNEL): torch.ops.vimc.* reach them without
+# the public function's checks, and the C kernel's loops trust the sizes.
+
+
 def selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     """-> (out in u's dtype, last_state float32 (Bt, E, N); float64 for float64 inputs)."""
+    dims = check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=KERNEL, grouped_only=True)
     if u.dtype != torch.float64 and c_kernel_available():
-        return _fwd_c(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return _fwd_c(dims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     return _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
@@ -371,8 +389,18 @@ def selective_scan_bwd_cpu(
     dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
 ):
     """-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None where the input was None."""
+    dims = check_scan_args(
+        u, delta, A, B, C, D, z, delta_bias, dout=dout, dlast=dlast, who=KERNEL, grouped_only=True
+    )
+    if _is_empty(dims):  # no step taken: nothing depends on any input (out is empty, last 0)
+        return tuple(
+            None if t is None else torch.zeros_like(t)
+            for t in (u, delta, A, B, C, D, z, delta_bias)
+        )
     if u.dtype != torch.float64 and c_kernel_available():
-        return _bwd_c(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return _bwd_c(
+            dims, dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+        )
     if dlast is None:
         dlast = u.new_zeros(
             u.shape[0],

@@ -11,7 +11,9 @@ always take the opaque op. The ops are defined through a plain ``torch.library.L
 (_library.py says why not ``@custom_op``).
 
 ``selective_scan`` validates its arguments (_checks.py) before anything is traced or launched;
-the kernels check them again, for callers of ``torch.ops.vimc.*`` who skip this function.
+the ops check them again, for callers of ``torch.ops.vimc.*`` who skip this function: the CPU
+entry points and the Triton launchers, and the fake kernels, which the dispatcher also runs for
+a call with a meta tensor among real ones.
 """
 
 from __future__ import annotations
@@ -20,11 +22,7 @@ import torch
 
 from . import _library, cpu
 from ._autograd import backward_with, setup_context
-from ._checks import FLOATS, MAX_D_STATE, check_scan_args
-
-# the names bidirectional.py imports from here
-_FLOATS = FLOATS
-_validate = check_scan_args
+from ._checks import KERNEL, MAX_D_STATE, check_scan_args
 
 __all__ = ["MAX_D_STATE", "selective_scan", "selective_scan_bwd", "selective_scan_fwd"]
 
@@ -106,6 +104,7 @@ _FWD = _library.define(selective_scan_fwd)
 
 @_library.register_fake(_FWD)
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=KERNEL, grouped_only=True, fake=True)
     return torch.empty_like(u), _fake_state(u, A)
 
 
@@ -145,6 +144,14 @@ _BWD = _library.define(selective_scan_bwd)
 
 @_library.register_fake(_BWD)
 def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    check_scan_args(
+        *(u, delta, A, B, C, D, z, delta_bias),
+        dout=dout,
+        dlast=dlast,
+        who=KERNEL,
+        grouped_only=True,
+        fake=True,
+    )
     like = (u, delta, A, B, C, D, z, delta_bias)
     return tuple(torch.empty_like(t) if t is not None else _empty(u) for t in like)
 

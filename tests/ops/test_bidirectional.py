@@ -262,5 +262,5 @@ def test_op_called_directly_refuses_a_pair_of_other_shapes():
         short["B_b"].unsqueeze(1),
         short["C_b"].unsqueeze(1),
     )
-    with torch.no_grad(), pytest.raises(ValueError, match="the pair's u, A, B"):
+    with torch.no_grad(), pytest.raises(ValueError, match="vimc scan kernel: u and u_b must have"):
         torch.ops.vimc.selective_scan_bidirectional_fwd_nograd(*args)
