@@ -5,19 +5,22 @@
     python benchmarks/serve.py --quick    # shorter points (what the committed results used)
     python benchmarks/serve.py --models vim_digits --batch-sizes 1,32 --clients 16
 
-For each model and batch size, one replica of vimc's Ray Serve application (vimc.serve.app, the
-code `vimc serve` runs, eager backend) is deployed on a local Ray instance; then for each
-client count, that many threads each send POST /predict with one image's bytes over a
-keep-alive connection, one request at a time (a closed loop), for ``--warmup-s`` untimed
-seconds and then ``--seconds`` timed ones. A point reports the requests completed per second
-of the timed window, p50 and p99 latency (vimc.timing.quantile over those requests) and the
-mean batch ``@serve.batch`` formed (the replica's request and batch counters, GET /metadata).
+For each model, one application per max batch size is deployed side by side on a local Ray
+instance (vimc.serve.app, the code `vimc serve` runs: one replica each, eager backend, route
+/b<B>). A timed window runs that many client threads, each sending POST /predict with one
+image's bytes over a keep-alive connection, one request at a time (a closed loop), for
+``--warmup-s`` untimed seconds and then ``--seconds`` timed ones. ``--rounds`` rounds each run
+one window of every (clients, max batch) point, the batch sizes in turn, so that a busy spell
+on a shared machine slows all of them alike. A point reports the requests completed per
+second of its timed windows, p50 and p99 latency (vimc.timing.quantile over those requests)
+and the mean batch ``@serve.batch`` formed (the replica's counters, GET /metadata).
 
 The clients run in this process on the same machine as Serve's proxy and the replica, so on a
 small machine they take CPU from the server: the figures are what one machine gives end to
 end, not the model's speed alone. vim_tiny uses random weights (speed does not depend on
-them). The replica reserves every CPU (``--replica-cpus``, default all) and runs torch on as
-many threads. Results: benchmarks/results/serve-<machine>.{json,md,png}.
+them). Each replica reserves every CPU (``--replica-cpus``, default all) and runs torch on as
+many threads; only the one being measured is busy.
+Results: benchmarks/results/serve-<machine>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import json
 import os
 import threading
 import time
@@ -65,7 +69,7 @@ def sample_image(bundle) -> bytes:
     return buf.getvalue()
 
 
-def _client(port: int, body: bytes, t_start: float, t_stop: float, latencies: list, errors):
+def _client(port, path, body, t_start, t_stop, latencies: list, errors: list) -> None:
     """One closed-loop client: send, wait for the reply, repeat until ``t_stop``. Records the
     latency of each request that ended in the timed window [``t_start``, ``t_stop``]."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
@@ -74,7 +78,7 @@ def _client(port: int, body: bytes, t_start: float, t_stop: float, latencies: li
             t0 = time.perf_counter()
             if t0 >= t_stop:
                 return
-            conn.request("POST", "/predict?topk=1", body=body)
+            conn.request("POST", f"{path}/predict?topk=1", body=body)
             response = conn.getresponse()
             response.read()
             t1 = time.perf_counter()
@@ -88,48 +92,60 @@ def _client(port: int, body: bytes, t_start: float, t_stop: float, latencies: li
         conn.close()
 
 
-def _counters(port: int) -> tuple[int, int]:
-    import json
-
+def _counters(port: int, path: str) -> tuple[int, int]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
     try:
-        conn.request("GET", "/metadata")
+        conn.request("GET", f"{path}/metadata")
         meta = json.loads(conn.getresponse().read())
     finally:
         conn.close()
     return meta["requests"], meta["batches"]
 
 
-def measure(port: int, body: bytes, clients: int, seconds: float, warmup_s: float) -> dict:
-    """One point: ``clients`` closed-loop clients for ``warmup_s + seconds``."""
+def measure(port, path, body, clients: int, seconds: float, warmup_s: float, acc: dict) -> None:
+    """One timed window of ``clients`` closed-loop clients against the application at
+    ``path``, added to ``acc`` (latencies, errors, seconds, requests and batches served)."""
     latencies: list[float] = []
     errors: list = []
-    requests0, batches0 = _counters(port)
+    requests0, batches0 = _counters(port, path)
     t_start = time.perf_counter() + warmup_s
     t_stop = t_start + seconds
     threads = [
-        threading.Thread(target=_client, args=(port, body, t_start, t_stop, latencies, errors))
+        threading.Thread(
+            target=_client, args=(port, path, body, t_start, t_stop, latencies, errors)
+        )
         for _ in range(clients)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=warmup_s + seconds + TIMEOUT_S)
-    requests1, batches1 = _counters(port)
-    if not latencies:
-        raise RuntimeError(f"no request finished in the timed window; errors: {errors[:3]}")
+    requests1, batches1 = _counters(port, path)
+    acc["latencies"] += latencies
+    acc["errors"] += errors
+    acc["seconds"] += seconds
+    acc["served"] += requests1 - requests0
+    acc["batches"] += batches1 - batches0
+
+
+def summarize(acc: dict) -> dict:
+    lat = acc["latencies"]
+    if not lat:
+        raise RuntimeError(f"no request finished in a timed window; errors: {acc['errors'][:3]}")
     return {
-        "clients": clients,
-        "requests": len(latencies),
-        "errors": len(errors),
-        "rps": len(latencies) / seconds,
-        "p50_ms": quantile(latencies, 0.5) * 1e3,
-        "p99_ms": quantile(latencies, 0.99) * 1e3,
-        "mean_batch": (requests1 - requests0) / max(1, batches1 - batches0),
+        "requests": len(lat),
+        "errors": len(acc["errors"]),
+        "rps": len(lat) / acc["seconds"],
+        "p50_ms": quantile(lat, 0.5) * 1e3,
+        "p99_ms": quantile(lat, 0.99) * 1e3,
+        "mean_batch": acc["served"] / max(1, acc["batches"]),
     }
 
 
 def run(args) -> list[dict]:
+    """Per model: one application per max batch size, deployed side by side (route /b<B>),
+    then ``--rounds`` rounds that each time every (clients, max batch) point once, the batch
+    sizes in turn, so a busy spell on the machine slows all of them alike."""
     import ray
 
     from vimc.serve import app
@@ -137,7 +153,7 @@ def run(args) -> list[dict]:
 
     rows = []
     ray.init(
-        num_cpus=args.replica_cpus,
+        num_cpus=args.replica_cpus * len(args.batch_sizes),  # the replicas take turns
         include_dashboard=False,
         logging_level="warning",
         _node_ip_address="127.0.0.1",
@@ -148,32 +164,44 @@ def run(args) -> list[dict]:
             model, weights = load_served_model(name, random_init=name != "vim_digits")
             bundle = build_bundle(model, "eager", weights=weights)
             body = sample_image(bundle)
-            for max_batch in args.batch_sizes:
-                t0 = time.perf_counter()
+            t0 = time.perf_counter()
+            for b in args.batch_sizes:
                 app.start(
                     bundle,
                     start_serve=not started,
                     port=args.port,
-                    max_batch_size=max_batch,
+                    name=f"b{b}",
+                    route_prefix=f"/b{b}",
+                    max_batch_size=b,
                     batch_wait_ms=args.batch_wait_ms,
                     replica_cpus=args.replica_cpus,
                 )
                 started = True
+            print(
+                f"{name}: {len(args.batch_sizes)} applications in {time.perf_counter() - t0:.0f} s"
+            )
+            keys = [(c, b) for c in args.clients for b in args.batch_sizes]
+            accs = {
+                k: {"latencies": [], "errors": [], "seconds": 0.0, "served": 0, "batches": 0}
+                for k in keys
+            }
+            for r in range(args.rounds):
+                for c, b in keys:
+                    measure(args.port, f"/b{b}", body, c, args.seconds, args.warmup_s, accs[c, b])
+                print(f"  round {r + 1}/{args.rounds} done", flush=True)
+            for c, b in keys:
+                point = {"model": name, "weights": weights, "max_batch_size": b, "clients": c}
+                point.update(summarize(accs[c, b]))
+                rows.append(point)
                 print(
-                    f"{name}: max batch {max_batch}, deployed in {time.perf_counter() - t0:.1f} s"
+                    f"  max batch {b:>2}, {c:>2} clients: {point['rps']:7.1f} req/s  p50 "
+                    f"{point['p50_ms']:7.1f} ms  p99 {point['p99_ms']:7.1f} ms  mean batch "
+                    f"{point['mean_batch']:5.1f}  ({point['requests']} requests, "
+                    f"{point['errors']} errors)",
+                    flush=True,
                 )
-                for clients in args.clients:
-                    point = measure(args.port, body, clients, args.seconds, args.warmup_s)
-                    point.update(model=name, weights=weights, max_batch_size=max_batch)
-                    rows.append(point)
-                    print(
-                        f"  {clients:>3} clients: {point['rps']:8.1f} req/s  p50 "
-                        f"{point['p50_ms']:7.1f} ms  p99 {point['p99_ms']:7.1f} ms  mean batch "
-                        f"{point['mean_batch']:5.1f}  ({point['requests']} requests, "
-                        f"{point['errors']} errors)",
-                        flush=True,
-                    )
-                app.stop(False)  # the application only; Serve stays for the next one
+            for b in args.batch_sizes:
+                app.stop(False, name=f"b{b}")  # Serve itself stays for the next model
     finally:
         if ray.is_initialized():
             from ray import serve
@@ -211,7 +239,8 @@ def markdown(rows: list[dict], settings: dict, head: str, gains: list[str]) -> s
         " | ".join(f"{k} {v}" for k, v in settings.items()),
         "```",
         "",
-        "One replica (eager), clients in the same process over keep-alive HTTP, closed loop. "
+        "One replica per max batch size (eager), measured in turn; clients in the same "
+        "process over keep-alive HTTP, closed loop. "
         "vim_tiny has random weights (speed does not depend on them). mean batch: requests "
         "per forward that `@serve.batch` formed.",
         "",
@@ -259,9 +288,10 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="vim_digits,vim_tiny", help="comma-separated")
     ap.add_argument("--batch-sizes", type=int_list, default=[1, 8, 32], help="--max-batch-size")
     ap.add_argument("--clients", type=int_list, default=[1, 4, 16], help="concurrent clients")
-    ap.add_argument("--seconds", type=positive_float, default=10.0, help="timed seconds per point")
-    ap.add_argument("--warmup-s", type=nonneg_float, default=2.0, help="untimed seconds first")
-    ap.add_argument("--quick", action="store_true", help="--seconds 5 --warmup-s 1")
+    ap.add_argument("--seconds", type=positive_float, default=10.0, help="timed s per window")
+    ap.add_argument("--warmup-s", type=nonneg_float, default=2.0, help="untimed s per window")
+    ap.add_argument("--rounds", type=positive_int, default=3, help="timed windows per point")
+    ap.add_argument("--quick", action="store_true", help="--seconds 5 --warmup-s 1 --rounds 2")
     ap.add_argument("--batch-wait-ms", type=nonneg_float, default=5.0)
     ap.add_argument(
         "--replica-cpus", type=positive_int, default=os.cpu_count(), help="default: all CPUs"
@@ -272,14 +302,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     if args.quick:
-        args.seconds, args.warmup_s = 5.0, 1.0
+        args.seconds, args.warmup_s, args.rounds = 5.0, 1.0, 2
     head = header()
     load_start = os.getloadavg()
     print(head)
     rows = run(args)
     settings = {
-        "seconds per point": args.seconds,
-        "warm-up s": args.warmup_s,
+        "rounds": args.rounds,
+        "timed s per window": args.seconds,
+        "warm-up s per window": args.warmup_s,
         "batch wait ms": args.batch_wait_ms,
         "replica CPUs": args.replica_cpus,
         "load average at start": tuple(round(v, 2) for v in load_start),

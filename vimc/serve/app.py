@@ -70,6 +70,7 @@ class VimClassifier:
         self.predictor.warm_up(max_batch_size)
         self.requests = 0
         self.batches = 0
+        self._idle_event = None
 
     def check_health(self) -> None:
         """Serve's periodic health check: a replica without a model is replaced."""
@@ -104,15 +105,32 @@ class VimClassifier:
             x = await asyncio.to_thread(self.predictor.decode, body)
         except ImageError as exc:
             return _bad_request(str(exc))
+        await self._idle().wait()
         probs = await self.predict_batch(x)
         return {"predictions": self.predictor.top_k(probs, k)}
+
+    def _idle(self) -> asyncio.Event:
+        """Set while no forward runs. Serve's batcher (Ray 2.60, since max_concurrent_batches
+        exists) forms the next batch as soon as the previous one starts, from what arrived
+        within ``batch_wait_ms``, and queues it behind the running one: under load, many
+        small batches. Requests that wait for this event instead enter the batcher together
+        when the forward ends, and fill the next batch. Made on first use, on the loop that
+        runs the handlers."""
+        if self._idle_event is None:
+            self._idle_event = asyncio.Event()
+            self._idle_event.set()
+        return self._idle_event
 
     # the real size and wait are set per deployment in __init__ (set_max_batch_size, ...)
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def predict_batch(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         self.requests += len(images)
         self.batches += 1
-        probs = await asyncio.to_thread(self.predictor.probabilities, torch.stack(images))
+        self._idle().clear()
+        try:
+            probs = await asyncio.to_thread(self.predictor.probabilities, torch.stack(images))
+        finally:
+            self._idle().set()
         return list(probs)
 
 
@@ -126,11 +144,12 @@ def build_app(
 ):
     """The Serve application for ``bundle``. Each replica reserves ``replica_cpus`` Ray CPUs and
     runs torch on that many threads (at least one). A replica accepts twice a batch of
-    requests at once, so one batch can fill while the previous one computes."""
+    requests at once (at least 16), so one batch can fill while the previous one computes;
+    beyond that, requests wait in Serve's proxy for a free replica."""
     bundle_ref = ray.put(bundle)  # once in the object store, fetched by every replica
     deployment = VimClassifier.options(
         num_replicas=replicas,
-        max_ongoing_requests=max(8, 2 * max_batch_size),
+        max_ongoing_requests=max(16, 2 * max_batch_size),
         ray_actor_options={"num_cpus": replica_cpus},
     )
     threads = max(1, int(replica_cpus))
@@ -149,11 +168,14 @@ def start(
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "WARNING",
+    name: str = APP_NAME,
+    route_prefix: str = "/",
     **app_options,
 ) -> None:
-    """Deploy the application on the connected Ray cluster and wait until every replica is
-    warm. ``start_serve``: start Serve with its HTTP proxy on ``host:port`` first (when Serve
-    already runs on the cluster, it keeps its own host and port: pass False)."""
+    """Deploy the application ``name`` at ``route_prefix`` on the connected Ray cluster and
+    wait until every replica is warm. ``start_serve``: start Serve with its HTTP proxy on
+    ``host:port`` first (when Serve already runs on the cluster, it keeps its own host and
+    port: pass False). ``app_options``: :func:`build_app`'s."""
     # the driver's own Serve logger ("Started Serve", "Application is ready", ...)
     logging.getLogger("ray.serve").setLevel(log_level)
     if start_serve:
@@ -162,16 +184,16 @@ def start(
             logging_config={"log_level": log_level},
         )
     app = build_app(bundle, **app_options)
-    serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": log_level})
+    serve.run(app, name=name, route_prefix=route_prefix, logging_config={"log_level": log_level})
 
 
-def stop(started_serve: bool) -> None:
-    """Undo :func:`start`: shut Serve down if :func:`start` started it, else delete only this
-    application (other applications on a shared cluster keep running)."""
+def stop(started_serve: bool, name: str = APP_NAME) -> None:
+    """Undo :func:`start`: shut Serve down if :func:`start` started it, else delete only the
+    application ``name`` (other applications on a shared cluster keep running)."""
     if started_serve:
         serve.shutdown()
     else:
-        serve.delete(APP_NAME)
+        serve.delete(name)
 
 
 __all__ = ["APP_NAME", "VimClassifier", "build_app", "serve_running", "start", "stop"]

@@ -133,12 +133,13 @@ def cmd_serve(args) -> int:
 
     import_ray()  # before the model work: say early that the extra is missing
     bundle = _bundle(args)
-    # `kill PID` and a container's stop stop the server as Ctrl-C does
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        with ray_connection(args.address) as own_ray:
-            from vimc.serve import app
+    with ray_connection(args.address) as own_ray:
+        from vimc.serve import app
 
+        # `kill PID` and a container's stop stop the server as Ctrl-C does (set after
+        # ray.init, which installs a SIGTERM handler of its own that skips our cleanup)
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
             check_cpus(
                 args.replicas * args.replica_cpus,
                 f"--replicas {args.replicas} x --replica-cpus {args.replica_cpus:g}",
@@ -171,8 +172,8 @@ def cmd_serve(args) -> int:
                 print("stopping...", file=sys.stderr, flush=True)
             finally:
                 app.stop(own_serve)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     print("stopped", file=sys.stderr)
     return 0
 
