@@ -1,36 +1,21 @@
-"""Triton kernels for the selective scan (Mamba's S6 recurrence) on CUDA.
+"""The selective scan on CUDA: two families of Triton kernels, chosen by shape, and their
+``triton_op`` registration.
 
-Algorithm: the sequential scan of Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective
-State Spaces" (2023), section 3.3 and its CUDA kernel (mamba_ssm ``selective_scan``), with the
-recompute-in-backward of its "hardware-aware algorithm": no (Bt, E, L, N) state ever reaches
-memory. The recurrence is the one of reference.py::
+- triton_sequential.py: each program keeps the state of 16 channels on chip and walks the
+  sequence step by step. Many channel rows (Bt * E, a large batch) fill the GPU with programs.
+- triton_chunked.py: time scanned in parallel inside each program (``tl.associative_scan``
+  over chunks, the state carried across them), one program per channel row: the latency
+  kernel for few rows, where the sequential one would leave most SMs idle.
+- _triton_common.py: the tile, parameters, softplus and launch both share.
 
-    d_t = softplus(delta_t + bias)            (both optional)
-    h_t = exp(d_t A) h_{t-1} + d_t u_t B_t    (t = 0..L-1, or L-1..0 with reverse)
-    out = (<h_t, C_t> + D u_t) * silu(z_t)    (D and z optional)
+The launchers below validate their arguments (_checks.py), then run the chunked kernels for at
+most ``CHUNKED_MAX_ROWS`` channel rows and the sequential ones above; ``kernel=`` forces
+either. op.py routes CUDA tensors to the ``triton_op`` twins registered at the end of this
+file, ``vimc::selective_scan_fwd_cuda`` / ``_bwd_cuda``, which Inductor can see into and
+AOTInductor can embed.
 
-One program owns (batch row b, group g, a block of BLOCK_E channels of that group) and keeps the
-(BLOCK_E, BLOCK_N) state in registers for the whole sequence: the channels of one program share
-B_t and C_t, so those load once per step as a (BLOCK_N,) vector and broadcast.
-
-Backward, chunked in time (CHUNK steps; any L):
-  1. a pre-pass (the forward kernel with STORE_OUT off) writes the state entering every chunk,
-     (Bt, E, cdiv(L, CHUNK), N): L / CHUNK times smaller than the full state history;
-  2. the backward kernel walks the chunks last to first; per chunk it recomputes the CHUNK
-     states from the checkpoint into a per-program scratch (CHUNK, BLOCK_E, BLOCK_N) that stays
-     in L1/L2, then sweeps them backwards carrying the adjoint dh in registers across chunks.
-dB_t and dC_t sum over the channels of a group: each program reduces over its channel block in
-registers and writes one (L, N) partial per channel block, which the launcher sums. A partial
-buffer instead of atomics keeps gradients deterministic (bitwise reproducible run to run) and
-costs little: Vim-Ti has E / BLOCK_E = 384 / 16 = 24 blocks in its one group. dA, dD, dbias
-(sums over the batch) go to per-row partials the same way.
-
-The per-step work lives in small ``@triton.jit`` helpers (``_scan_step``, ``_load_step``,
-``_decay``, ``_readout``) that the forward kernel, the pre-pass and the backward all call: the
-backward recomputes the forward's states with the very code that computed them.
-
-Not timed on a GPU yet: the table of sequence length vs time belongs in benchmarks/results/
-once it is.
+Registers, spills and shared memory per GPU target: tests/ops/test_triton_targets.py prints
+them. Speed: benchmarks/gpu.py, with results in benchmarks/results/ once a GPU has run it.
 """
 
 from __future__ import annotations
@@ -39,29 +24,28 @@ import os
 
 import torch
 
+from . import triton_chunked, triton_sequential
 from ._alloc import new_output
 from ._autograd import backward_with, setup_context
 from ._checks import check_scan_args
+from ._triton_common import HAS_TRITON, WHO, check_pow2, contiguous_rows
 
-try:
-    import triton
-    import triton.language as tl
+_HAS_TRITON = HAS_TRITON  # the name the tests read
 
-    _HAS_TRITON = True
-except ImportError:  # the CPU path needs no triton; the ops below are then not registered
-    _HAS_TRITON = False
+CHUNK = triton_sequential.CHUNK  # the sequential backward's default chunk (the tests' name)
 
-# steps per backward chunk. The scratch holds CHUNK states per program (Bt*E*N*CHUNK floats in
-# all) and the checkpoints Bt*E*N*L/CHUNK: 16 keeps both well below the Bt*E*N*L history
-CHUNK = 16
-MAX_BLOCK_TILE = 1024  # BLOCK_E * BLOCK_N fp32 values per state tile: a register budget
-_WHO = "selective_scan (triton)"  # how the launchers' argument errors name themselves
+# Channel rows (Bt * E) up to which the chunked kernels run; the sequential ones run above.
+# A first guess, to be set from GPU measurements (benchmarks/gpu.py times both kernels at
+# batch 1, 8 and 128): at this bound the sequential forward launches Bt * E / 16 = 256
+# programs, two per SM of a 132-SM GPU, and fewer below it, where most of the GPU would idle.
+CHUNKED_MAX_ROWS = 4096
+KERNELS = ("sequential", "chunked")
 
 
 def triton_op_available() -> bool:
     """True when the Triton kernels can be compiled here: triton imports, a CUDA device is
     present, and we are not under TRITON_INTERPRET (which runs on CPU tensors only)."""
-    if not _HAS_TRITON or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if not HAS_TRITON or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return False
     try:
         return torch.cuda.is_available()
@@ -69,397 +53,49 @@ def triton_op_available() -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------------------------
-# kernels
-# ---------------------------------------------------------------------------------------------
-
-if _HAS_TRITON:
-
-    @triton.jit
-    def _softplus(x):
-        # max(x, 0) + log1p(exp(-|x|)): exp never overflows; log1p(w) as
-        # log(1 + w) * w / ((1 + w) - 1) keeps tiny w accurate (no log1p in tl)
-        w = tl.exp(-tl.abs(x))
-        onep = 1.0 + w
-        den = onep - 1.0
-        l1p = tl.where(den == 0.0, w, tl.log(onep) * w / tl.where(den == 0.0, 1.0, den))
-        return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + l1p)
-
-    # --- helpers shared by both kernels: a program's tile, its parameters, one step ----------
-
-    @triton.jit
-    def _program_tile(E, L, N, G, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
-        """This program's tile: batch row b and group g (program_id(1) = b * G + g), a block of
-        BLOCK_E channels of g (program_id(0)), every state index -> (e (BLOCK_E,) channel
-        indices, n (BLOCK_N,) state indices, mask_e, mask_n, be (BLOCK_E,) index of (b, e) in
-        (Bt, E), bc (BLOCK_N,) offset of each state row of B and C in (Bt, G, N, L)); e, be
-        and bc in int64, so offsets past 2**31 elements do not wrap."""
-        pid_bg = tl.program_id(1)
-        b = pid_bg // G
-        g = pid_bg % G
-        le = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)  # channel index in the group
-        e = (g * (E // G) + le).to(tl.int64)
-        n = tl.arange(0, BLOCK_N)
-        bc = (pid_bg.to(tl.int64) * N + n) * L
-        return e, n, le < E // G, n < N, b.to(tl.int64) * E + e, bc
-
-    @triton.jit
-    def _load_params(
-        A_ptr,  # (E, N)
-        D_ptr,  # (E,); read only when HAS_D
-        bias_ptr,  # (E,) delta_bias; read only when HAS_BIAS
-        e,
-        n,
-        N,
-        mask_e,
-        mask_n,
-        HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        BLOCK_E: tl.constexpr,
-    ):
-        """-> (A (BLOCK_E, BLOCK_N), D (BLOCK_E,), delta_bias (BLOCK_E,)), float32; 0 where
-        absent or masked. A padding lane gets A = 0 and (_load_step) d = 0: its state stays 0."""
-        mask_en = mask_e[:, None] & mask_n[None, :]
-        A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(tl.float32)
-        Dv = tl.zeros((BLOCK_E,), dtype=tl.float32)
-        bias = tl.zeros((BLOCK_E,), dtype=tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + e, mask=mask_e, other=0.0).to(tl.float32)
-        return A, Dv, bias
-
-    @triton.jit
-    def _time(s, L, REVERSE: tl.constexpr):
-        """The time index of the scan's step s: s, or L - 1 - s in reverse."""
-        t = s
-        if REVERSE:
-            t = L - 1 - s
-        return t
-
-    @triton.jit
-    def _load_step(
-        u_rows,  # (BLOCK_E,) pointers to each channel's row of u, (Bt, E, L)
-        delta_rows,  # (BLOCK_E,) pointers to each channel's row of delta, (Bt, E, L)
-        B_rows,  # (BLOCK_N,) pointers to each state row of B, (Bt, G, N, L)
-        t,
-        bias,  # (BLOCK_E,) float32
-        mask_e,
-        mask_n,
-        HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr,
-    ):
-        """Step t's inputs, float32 -> (u_t, x_t = delta_t + bias, d_t = softplus(x_t) or x_t,
-        B_t): (BLOCK_E,) but B_t (BLOCK_N,); d_t is 0 on padding channels."""
-        ut = tl.load(u_rows + t, mask=mask_e, other=0.0).to(tl.float32)
-        x = tl.load(delta_rows + t, mask=mask_e, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            x += bias
-        d = x
-        if SOFTPLUS:
-            d = _softplus(x)
-        d = tl.where(mask_e, d, 0.0)
-        B_t = tl.load(B_rows + t, mask=mask_n, other=0.0).to(tl.float32)
-        return ut, x, d, B_t
-
-    @triton.jit
-    def _decay(d, A):
-        """exp(d_t A): (BLOCK_E,), (BLOCK_E, BLOCK_N) -> (BLOCK_E, BLOCK_N)."""
-        return tl.exp(d[:, None] * A)
-
-    @triton.jit
-    def _scan_step(
-        h,  # (BLOCK_E, BLOCK_N) float32 state after step t - 1
-        A,  # (BLOCK_E, BLOCK_N) float32
-        bias,  # (BLOCK_E,) float32
-        u_rows,  # (BLOCK_E,) pointers into u, as _load_step's
-        delta_rows,  # (BLOCK_E,) pointers into delta
-        B_rows,  # (BLOCK_N,) pointers into B
-        t,
-        mask_e,
-        mask_n,
-        HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr,
-    ):
-        """h_t = exp(d_t A) h_{t-1} + d_t u_t B_t -> (h_t, u_t). The forward, its chunk pre-pass
-        and the backward's recompute all step through this function, so the states the backward
-        recomputes are the forward's, bit for bit (test_triton.py holds it to that)."""
-        ut, x, d, B_t = _load_step(
-            u_rows, delta_rows, B_rows, t, bias, mask_e, mask_n, HAS_BIAS, SOFTPLUS
-        )
-        return _decay(d, A) * h + (d * ut)[:, None] * B_t[None, :], ut
-
-    @triton.jit
-    def _readout(h, C_t, ut, Dv, HAS_D: tl.constexpr):
-        """<h_t, C_t> + D u_t, the output before the gate: (BLOCK_E, BLOCK_N), (BLOCK_N,),
-        (BLOCK_E,), (BLOCK_E,) -> (BLOCK_E,)."""
-        y = tl.sum(h * C_t[None, :], axis=1)
-        if HAS_D:
-            y += Dv * ut
-        return y
-
-    # --- the kernels ---------------------------------------------------------------------------
-
-    @triton.jit(do_not_specialize=["L"])
-    def _selective_scan_fwd_kernel(
-        u_ptr,  # (Bt, E, L) input, any float dtype
-        delta_ptr,  # (Bt, E, L) before bias and softplus, any float dtype
-        A_ptr,  # (E, N)
-        B_ptr,  # (Bt, G, N, L)
-        C_ptr,  # (Bt, G, N, L)
-        D_ptr,  # (E,); a placeholder when not HAS_D
-        z_ptr,  # (Bt, E, L); a placeholder when not HAS_Z
-        bias_ptr,  # (E,) delta_bias; a placeholder when not HAS_BIAS
-        out_ptr,  # (Bt, E, L) output in u's dtype; a placeholder when not STORE_OUT
-        last_ptr,  # (Bt, E, N) float32 state after the last step
-        chk_ptr,  # (Bt, E, cdiv(L, CHUNK), N) float32 state entering each chunk; placeholder when not STORE_CHUNKS
-        E,
-        L,
-        N,
-        G,
-        HAS_D: tl.constexpr,
-        HAS_Z: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr,
-        REVERSE: tl.constexpr,
-        STORE_OUT: tl.constexpr,
-        STORE_CHUNKS: tl.constexpr,
-        CHUNK: tl.constexpr,
-        BLOCK_E: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
-        e, n, mask_e, mask_n, be, bc = _program_tile(E, L, N, G, BLOCK_E, BLOCK_N)
-        mask_en = mask_e[:, None] & mask_n[None, :]
-        A, Dv, bias = _load_params(
-            A_ptr, D_ptr, bias_ptr, e, n, N, mask_e, mask_n, HAS_D, HAS_BIAS, BLOCK_E
-        )
-        row = be * L  # (BLOCK_E,) offset of each channel's time row in (Bt, E, L)
-        u_rows, delta_rows, B_rows = u_ptr + row, delta_ptr + row, B_ptr + bc
-        n_chunks = tl.cdiv(L, CHUNK)
-
-        h = tl.zeros((BLOCK_E, BLOCK_N), dtype=tl.float32)
-        for c in range(0, n_chunks):
-            if STORE_CHUNKS:  # chk[b, e, c, :]
-                chk = (be * n_chunks + c) * N
-                tl.store(chk_ptr + chk[:, None] + n[None, :], h, mask=mask_en)
-            for i in range(0, tl.minimum(CHUNK, L - c * CHUNK)):
-                t = _time(c * CHUNK + i, L, REVERSE)
-                h, ut = _scan_step(
-                    h, A, bias, u_rows, delta_rows, B_rows, t, mask_e, mask_n, HAS_BIAS, SOFTPLUS
-                )
-                if STORE_OUT:
-                    C_t = tl.load(C_ptr + bc + t, mask=mask_n, other=0.0).to(tl.float32)
-                    y = _readout(h, C_t, ut, Dv, HAS_D)
-                    if HAS_Z:
-                        zt = tl.load(z_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                        y = y * zt * tl.sigmoid(zt)
-                    tl.store(out_ptr + row + t, y.to(out_ptr.dtype.element_ty), mask=mask_e)
-        tl.store(last_ptr + (be * N)[:, None] + n[None, :], h, mask=mask_en)
-
-    @triton.jit(do_not_specialize=["L"])
-    def _selective_scan_bwd_kernel(
-        u_ptr,  # (Bt, E, L) input, any float dtype
-        delta_ptr,  # (Bt, E, L) before bias and softplus
-        A_ptr,  # (E, N)
-        B_ptr,  # (Bt, G, N, L)
-        C_ptr,  # (Bt, G, N, L)
-        D_ptr,  # (E,); a placeholder when not HAS_D
-        z_ptr,  # (Bt, E, L); a placeholder when not HAS_Z
-        bias_ptr,  # (E,); a placeholder when not HAS_BIAS
-        dout_ptr,  # (Bt, E, L) cotangent of out
-        dlast_ptr,  # (Bt, E, N) cotangent of the last state; a placeholder when not HAS_DLAST
-        chk_ptr,  # (Bt, E, cdiv(L, CHUNK), N) float32 state entering each chunk (from the pre-pass)
-        scratch_ptr,  # (Bt * G * n_eblocks, CHUNK, BLOCK_E, BLOCK_N) float32, one slice per program
-        du_ptr,  # (Bt, E, L) in u's dtype
-        ddelta_ptr,  # (Bt, E, L) in delta's dtype
-        dz_ptr,  # (Bt, E, L) in z's dtype; a placeholder when not HAS_Z
-        dA_part_ptr,  # (Bt, E, N) float32, summed over Bt by the launcher
-        dD_part_ptr,  # (Bt, E) float32; a placeholder when not HAS_D
-        dbias_part_ptr,  # (Bt, E) float32; a placeholder when not HAS_BIAS
-        dB_part_ptr,  # (Bt, G, n_eblocks, L, N) float32, summed over blocks by the launcher
-        dC_part_ptr,  # (Bt, G, n_eblocks, L, N) float32
-        E,
-        L,
-        N,
-        G,
-        HAS_D: tl.constexpr,
-        HAS_Z: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        HAS_DLAST: tl.constexpr,
-        SOFTPLUS: tl.constexpr,
-        REVERSE: tl.constexpr,
-        CHUNK: tl.constexpr,
-        BLOCK_E: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
-        e, n, mask_e, mask_n, be, bc = _program_tile(E, L, N, G, BLOCK_E, BLOCK_N)
-        mask_en = mask_e[:, None] & mask_n[None, :]
-        A, Dv, bias = _load_params(
-            A_ptr, D_ptr, bias_ptr, e, n, N, mask_e, mask_n, HAS_D, HAS_BIAS, BLOCK_E
-        )
-        row = be * L
-        u_rows, delta_rows, B_rows = u_ptr + row, delta_ptr + row, B_ptr + bc
-        state = (be * N)[:, None] + n[None, :]  # (BLOCK_E, BLOCK_N) offsets in (Bt, E, N)
-        program = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
-        part = program * L * N  # this program's (L, N) slice of dB_part and dC_part
-        scratch = scratch_ptr + program * (CHUNK * BLOCK_E * BLOCK_N)  # (CHUNK, BLOCK_E, BLOCK_N)
-        tile = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + n[None, :]  # offsets in one scratch step
-        n_chunks = tl.cdiv(L, CHUNK)
-
-        dh = tl.zeros((BLOCK_E, BLOCK_N), dtype=tl.float32)  # adjoint of the state
-        if HAS_DLAST:
-            dh = tl.load(dlast_ptr + state, mask=mask_en, other=0.0).to(tl.float32)
-        dA = tl.zeros((BLOCK_E, BLOCK_N), dtype=tl.float32)
-        dD = tl.zeros((BLOCK_E,), dtype=tl.float32)
-        dbias = tl.zeros((BLOCK_E,), dtype=tl.float32)
-
-        for cc in range(0, n_chunks):
-            c = n_chunks - 1 - cc
-            steps = tl.minimum(CHUNK, L - c * CHUNK)
-            chk = (be * n_chunks + c) * N
-            h0 = tl.load(chk_ptr + chk[:, None] + n[None, :], mask=mask_en, other=0.0)
-            # the sweep of the chunk after this one may still be reading the scratch
-            tl.debug_barrier()
-            # 1) the chunk's states, recomputed from its checkpoint by the forward's own step
-            h = h0
-            for i in range(0, steps):
-                t = _time(c * CHUNK + i, L, REVERSE)
-                h, ut = _scan_step(
-                    h, A, bias, u_rows, delta_rows, B_rows, t, mask_e, mask_n, HAS_BIAS, SOFTPLUS
-                )
-                tl.store(scratch + i * (BLOCK_E * BLOCK_N) + tile, h)
-            # replicated elements are stored by one thread and may be read back by another
-            tl.debug_barrier()
-            # 2) swept last to first, the adjoint dh carried across steps and chunks
-            for j in range(0, steps):
-                i = steps - 1 - j
-                t = _time(c * CHUNK + i, L, REVERSE)
-                ut, x, d, B_t = _load_step(
-                    u_rows, delta_rows, B_rows, t, bias, mask_e, mask_n, HAS_BIAS, SOFTPLUS
-                )
-                C_t = tl.load(C_ptr + bc + t, mask=mask_n, other=0.0).to(tl.float32)
-                go = tl.load(dout_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                ht = tl.load(scratch + i * (BLOCK_E * BLOCK_N) + tile)
-                hp = tl.load(scratch + tl.maximum(i - 1, 0) * (BLOCK_E * BLOCK_N) + tile)
-                hprev = tl.where(i > 0, hp, h0)
-
-                # dy = d loss / d (<h, C> + D u): the gate's share taken out
-                dy = go
-                if HAS_Z:
-                    zt = tl.load(z_ptr + row + t, mask=mask_e, other=0.0).to(tl.float32)
-                    sg = tl.sigmoid(zt)
-                    dy = go * zt * sg
-                    y = _readout(ht, C_t, ut, Dv, HAS_D)
-                    gz = go * y * sg * (1.0 + zt * (1.0 - sg))
-                    tl.store(dz_ptr + row + t, gz.to(dz_ptr.dtype.element_ty), mask=mask_e)
-                decay = _decay(d, A)
-                dhn = dh + dy[:, None] * C_t[None, :]  # adjoint of h_t, all its uses in
-                gh = dhn * decay * hprev  # d loss / d (d * A)
-                dd = tl.sum(gh * A + dhn * ut[:, None] * B_t[None, :], axis=1)
-                dA += gh * d[:, None]
-                gu = tl.sum(dhn * B_t[None, :], axis=1) * d
-                if HAS_D:
-                    gu += dy * Dv
-                    dD += dy * ut
-                dh = dhn * decay
-
-                dBt = tl.sum(dhn * (d * ut)[:, None], axis=0)
-                dCt = tl.sum(ht * dy[:, None], axis=0)
-                tl.store(dB_part_ptr + part + t * N + n, dBt, mask=mask_n)
-                tl.store(dC_part_ptr + part + t * N + n, dCt, mask=mask_n)
-
-                if SOFTPLUS:
-                    dd = tl.where(x > 20.0, dd, dd * tl.sigmoid(x))
-                dd = tl.where(mask_e, dd, 0.0)
-                dbias += dd
-                tl.store(du_ptr + row + t, gu.to(du_ptr.dtype.element_ty), mask=mask_e)
-                tl.store(ddelta_ptr + row + t, dd.to(ddelta_ptr.dtype.element_ty), mask=mask_e)
-
-        tl.store(dA_part_ptr + state, dA, mask=mask_en)
-        if HAS_D:
-            tl.store(dD_part_ptr + be, dD, mask=mask_e)
-        if HAS_BIAS:
-            tl.store(dbias_part_ptr + be, dbias, mask=mask_e)
-
-
-# ---------------------------------------------------------------------------------------------
-# launchers
-# ---------------------------------------------------------------------------------------------
-
-
-def _launch(kernel):
-    # wrap_triton makes the launch visible to Inductor / export inside a triton_op; in eager
-    # mode (and for an interpreted kernel) it launches directly
-    return torch.library.wrap_triton(kernel)
-
-
-def _rows(*ts):
-    """The kernels index (Bt, E, L) rows and (E, N) tables densely: contiguous copies where
-    needed (none for what already is)."""
-    return [None if t is None else t.contiguous() for t in ts]
-
-
-def _blocks(E: int, G: int, N: int, block_e: int | None):
-    block_n = triton.next_power_of_2(N)
-    if block_e is None:
-        # a 16-channel block keeps many programs in flight for small batches; narrower when N
-        # is large so that the state tile stays within MAX_BLOCK_TILE
-        block_e = max(1, min(16, MAX_BLOCK_TILE // block_n, triton.next_power_of_2(E // G)))
-    elif block_e < 1 or block_e & (block_e - 1):
-        raise ValueError(f"{_WHO}: block_e must be a power of two, got {block_e}")
-    # about two state elements per thread: the backward keeps several (BLOCK_E, BLOCK_N) tiles
-    # live (state, adjoint, dA, decay), and more elements per thread would spill registers
-    num_warps = max(1, min(8, block_e * block_n // 64))
-    return block_e, block_n, num_warps
-
-
-def _forward(dims, ins, delta_softplus, reverse, block_e, out=None, chk=None, chunk=CHUNK):
-    """One launch of the forward kernel on ``ins`` (u, delta, A, B, C, D, z, delta_bias,
-    contiguous): writes ``out`` unless None and, given ``chk``, the state entering every
-    ``chunk`` steps -> the last state, float32 (Bt, E, N)."""
-    Bt, E, L, N, G = dims
-    u, delta, A, B, C, D, z, delta_bias = ins
-    last = new_output((Bt, E, N), torch.float32, u.device)
-    block_e, block_n, num_warps = _blocks(E, G, N, block_e)
-    _launch(_selective_scan_fwd_kernel)[(triton.cdiv(E // G, block_e), Bt * G)](
-        u,
-        delta,
-        A,
-        B,
-        C,
-        *(u if t is None else t for t in (D, z, delta_bias, out)),  # u: an unread placeholder
-        last,
-        u if chk is None else chk,
-        E,
-        L,
-        N,
-        G,
-        HAS_D=D is not None,
-        HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus),
-        REVERSE=bool(reverse),
-        STORE_OUT=out is not None,
-        STORE_CHUNKS=chk is not None,
-        CHUNK=chunk,
-        BLOCK_E=block_e,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
-    return last
+def kernel_for(Bt: int, E: int, kernel: str | None = None) -> str:
+    """Which kernel family scans Bt * E channel rows: ``kernel`` if given, else by
+    ``CHUNKED_MAX_ROWS``."""
+    if kernel is None:
+        return "chunked" if Bt * E <= CHUNKED_MAX_ROWS else "sequential"
+    if kernel not in KERNELS:
+        raise ValueError(f"{WHO}: kernel must be one of {KERNELS}, got {kernel!r}")
+    return kernel
 
 
 def selective_scan_fwd_triton(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, *, block_e: int | None = None
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    delta_softplus,
+    reverse,
+    *,
+    block_e: int | None = None,
+    kernel: str | None = None,
+    chunk: int | None = None,
 ):
     """-> (out in u's dtype, last_state float32 (Bt, E, N)). B, C are (Bt, G, N, L); any
-    strides."""
-    dims = check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=_WHO, grouped_only=True)
+    strides. ``kernel``: "sequential" or "chunked" (default: by shape); ``block_e`` and
+    ``chunk`` (powers of two) override the kernel's channel block and, for the chunked
+    kernel, its chunk of steps."""
+    dims = check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=WHO, grouped_only=True)
+    kernel = kernel_for(dims.Bt, dims.E, kernel)
+    if chunk is not None:
+        check_pow2("chunk", chunk)
     out = new_output((dims.Bt, dims.E, dims.L), u.dtype, u.device)
     if dims.Bt * dims.E == 0:
         return out, new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device)
-    ins = _rows(u, delta, A, B, C, D, z, delta_bias)
-    return out, _forward(dims, ins, delta_softplus, reverse, block_e, out=out)
+    ins = contiguous_rows(u, delta, A, B, C, D, z, delta_bias)
+    if kernel == "chunked":
+        last = triton_chunked.forward(dims, ins, delta_softplus, reverse, block_e, chunk, out=out)
+    else:
+        last = triton_sequential.forward(dims, ins, delta_softplus, reverse, block_e, out=out)
+    return out, last
 
 
 def selective_scan_bwd_triton(
@@ -477,76 +113,27 @@ def selective_scan_bwd_triton(
     reverse,
     *,
     block_e: int | None = None,
+    kernel: str | None = None,
     chunk: int | None = None,
 ):
     """-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each shaped and typed like its input,
-    None where the optional input was None. Any strides. ``chunk`` (a power of two) overrides
-    CHUNK."""
+    None where the optional input was None. Any strides. ``kernel``, ``block_e``: as the
+    forward's; ``chunk`` (a power of two) overrides the kernel's backward chunk (the
+    sequential one's CHUNK)."""
     dims = check_scan_args(
-        u, delta, A, B, C, D, z, delta_bias, dout=dout, dlast=dlast, who=_WHO, grouped_only=True
+        u, delta, A, B, C, D, z, delta_bias, dout=dout, dlast=dlast, who=WHO, grouped_only=True
     )
-    Bt, E, L, N, G = dims
-    chunk = CHUNK if chunk is None else chunk
-    if chunk < 1 or chunk & (chunk - 1):
-        raise ValueError(f"{_WHO}: chunk must be a power of two, got {chunk}")
-    if Bt * E * L == 0:  # nothing to scan: every gradient is zero (and nothing to launch)
+    kernel = kernel_for(dims.Bt, dims.E, kernel)
+    if chunk is not None:
+        check_pow2("chunk", chunk)
+    if dims.Bt * dims.E * dims.L == 0:  # nothing to scan: every gradient is zero
         ins = (u, delta, A, B, C, D, z, delta_bias)
         return tuple(None if t is None else torch.zeros_like(t) for t in ins)
-    dout, dlast, *ins = _rows(dout, dlast, u, delta, A, B, C, D, z, delta_bias)
-    u, delta, A, B, C, D, z, delta_bias = ins
-    dev, f32 = u.device, torch.float32
-    # 1) pre-pass: the state entering every chunk, so the backward recomputes chunk by chunk
-    n_chunks = triton.cdiv(L, chunk)
-    chk = new_output((Bt, E, n_chunks, N), f32, dev)
-    no_readout = (*ins[:5], None, None, delta_bias)  # D and z only shape out, not stored here
-    _forward(dims, no_readout, delta_softplus, reverse, block_e, chk=chk, chunk=chunk)
-    # 2) backward sweep
-    block_e, block_n, num_warps = _blocks(E, G, N, block_e)
-    n_eblocks = triton.cdiv(E // G, block_e)
-    du = new_output((Bt, E, L), u.dtype, dev)
-    ddelta = new_output((Bt, E, L), delta.dtype, dev)
-    dz = new_output((Bt, E, L), z.dtype, dev) if z is not None else None
-    scratch = torch.empty((Bt * G * n_eblocks, chunk, block_e, block_n), dtype=f32, device=dev)
-    dA_part = new_output((Bt, E, N), f32, dev)
-    dD_part = new_output((Bt, E), f32, dev) if D is not None else None
-    dbias_part = new_output((Bt, E), f32, dev) if delta_bias is not None else None
-    dB_part = new_output((Bt, G, n_eblocks, L, N), f32, dev)
-    dC_part = new_output((Bt, G, n_eblocks, L, N), f32, dev)
-    _launch(_selective_scan_bwd_kernel)[(n_eblocks, Bt * G)](
-        *(u if t is None else t for t in ins),  # u: an unread placeholder
-        dout,
-        u if dlast is None else dlast,
-        chk,
-        scratch,
-        du,
-        ddelta,
-        u if dz is None else dz,
-        dA_part,
-        u if dD_part is None else dD_part,
-        u if dbias_part is None else dbias_part,
-        dB_part,
-        dC_part,
-        E,
-        L,
-        N,
-        G,
-        HAS_D=D is not None,
-        HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None,
-        HAS_DLAST=dlast is not None,
-        SOFTPLUS=bool(delta_softplus),
-        REVERSE=bool(reverse),
-        CHUNK=chunk,
-        BLOCK_E=block_e,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
-    dA = dA_part.sum(0).to(A.dtype)
-    dB = dB_part.sum(2).transpose(-1, -2).to(B.dtype).contiguous()
-    dC = dC_part.sum(2).transpose(-1, -2).to(C.dtype).contiguous()
-    dD = dD_part.sum(0).to(D.dtype) if D is not None else None
-    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    dout, dlast, *ins = contiguous_rows(dout, dlast, u, delta, A, B, C, D, z, delta_bias)
+    args = (dims, dout, dlast, ins, delta_softplus, reverse, block_e)
+    if kernel == "chunked":
+        return triton_chunked.backward(*args, chunk)
+    return triton_sequential.backward(*args, triton_sequential.CHUNK if chunk is None else chunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,7 +142,7 @@ def selective_scan_bwd_triton(
 
 _GRADS = tuple[(torch.Tensor,) * 8]  # (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)
 
-if _HAS_TRITON:
+if HAS_TRITON:
 
     @torch.library.triton_op("vimc::selective_scan_fwd_cuda", mutates_args=())
     def selective_scan_fwd_cuda(

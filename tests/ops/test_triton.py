@@ -1,9 +1,12 @@
-"""The Triton selective-scan kernels (ops/selective_scan/triton.py) against the float64 reference.
+"""The sequential Triton selective-scan kernels (ops/selective_scan/triton_sequential.py, through
+the launchers of triton.py) against the float64 reference, and the launchers' ``triton_op``
+twins. The chunked kernels have their own file, test_triton_chunked.py.
 
 On a machine without an NVIDIA GPU conftest.py sets TRITON_INTERPRET=1 and the kernels run on
 CPU tensors through Triton's interpreter, which is slow: every case here is tiny (Bt <= 2,
 E <= 16, L <= 40), and the backward runs with a small chunk so that L = 33 crosses several chunk
-boundaries. With a GPU the same cases run on CUDA.
+boundaries. With a GPU the same cases run on CUDA. These shapes are few channel rows, which the
+launchers would give the chunked kernels: the tests ask for the sequential ones by name.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ else:
     pytest.skip("neither a CUDA device nor TRITON_INTERPRET=1", allow_module_level=True)
 
 TEST_CHUNK = 8  # backward chunk for the tests: L = 33 spans 5 chunks, the last one of 1 step
+SEQ = "sequential"
 _ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")  # the launchers' order
 _NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
 
@@ -102,7 +106,7 @@ FWD_CASES = [
 def test_forward_matches_reference(case):
     inputs = _inputs(case)
     out, last = tri.selective_scan_fwd_triton(
-        *inputs, case.softplus, case.reverse, block_e=case.block_e
+        *inputs, case.softplus, case.reverse, block_e=case.block_e, kernel=SEQ
     )
     _, ref_out, ref_last = _reference(case, inputs)
     tol = TRITON_REL_ERR[case.dtype][0]
@@ -122,8 +126,8 @@ def test_forward_reads_any_strides():
         for t in inputs
     ]
     assert not strided[0].is_contiguous() and not strided[3].is_contiguous()
-    want = tri.selective_scan_fwd_triton(*inputs, case.softplus, case.reverse)
-    got = tri.selective_scan_fwd_triton(*strided, case.softplus, case.reverse)
+    want = tri.selective_scan_fwd_triton(*inputs, case.softplus, case.reverse, kernel=SEQ)
+    got = tri.selective_scan_fwd_triton(*strided, case.softplus, case.reverse, kernel=SEQ)
     for name, x, y in zip(("out", "last_state"), got, want):
         assert torch.equal(x, y), f"{name} differs for strided inputs"
 
@@ -162,10 +166,17 @@ def test_gradients_match_autograd(case):
     fwd_tol, grad_tol = TRITON_REL_ERR[case.dtype]
 
     out, last = tri.selective_scan_fwd_triton(
-        *inputs, case.softplus, case.reverse, block_e=case.block_e
+        *inputs, case.softplus, case.reverse, block_e=case.block_e, kernel=SEQ
     )
     grads = tri.selective_scan_bwd_triton(
-        dout, dlast, *inputs, case.softplus, case.reverse, block_e=case.block_e, chunk=TEST_CHUNK
+        dout,
+        dlast,
+        *inputs,
+        case.softplus,
+        case.reverse,
+        block_e=case.block_e,
+        kernel=SEQ,
+        chunk=TEST_CHUNK,
     )
     ref_out, ref_last, ref_grads = _ref_grads(case, inputs, dout, dlast)
     _check("out", out, ref_out, fwd_tol, case)
@@ -199,7 +210,14 @@ def test_backward_is_bitwise_the_same_for_every_chunk_length(case):
 
     def backward(chunk):
         return tri.selective_scan_bwd_triton(
-            dout, dlast, *inputs, case.softplus, case.reverse, block_e=case.block_e, chunk=chunk
+            dout,
+            dlast,
+            *inputs,
+            case.softplus,
+            case.reverse,
+            block_e=case.block_e,
+            kernel=SEQ,
+            chunk=chunk,
         )
 
     want = backward(TEST_CHUNK)
@@ -214,14 +232,20 @@ def test_backward_is_bitwise_the_same_for_every_chunk_length(case):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kernel", ["chunked", "sequential"])
 @pytest.mark.parametrize(
     "case",
     [Case(1, 6, 33, 5, G=2, reverse=True), Case.bare(2, 4, 5, 3)],
     ids=lambda c: c.id,
 )
-def test_triton_op_eager_and_autograd(case):
-    """torch.ops.vimc.selective_scan_fwd_cuda with its registered autograd; it runs with the
-    default chunk (tri.CHUNK = 16), which L = 33 crosses twice."""
+def test_triton_op_eager_and_autograd(case, kernel, monkeypatch):
+    """torch.ops.vimc.selective_scan_fwd_cuda with its registered autograd, as the launchers
+    dispatch it: these few rows run the chunked kernels, and with CHUNKED_MAX_ROWS at 0 the
+    sequential ones, each with its default chunk (the sequential CHUNK = 16, which L = 33
+    crosses twice)."""
+    if kernel == "sequential":
+        monkeypatch.setattr(tri, "CHUNKED_MAX_ROWS", 0)
+    assert tri.kernel_for(case.Bt, case.E) == kernel
     inputs = _inputs(case)
     leaves = [None if t is None else t.clone().requires_grad_(True) for t in inputs]
     out, last = torch.ops.vimc.selective_scan_fwd_cuda(*leaves, case.softplus, case.reverse)
@@ -275,6 +299,10 @@ def test_launcher_rejects_bad_arguments():
         tri.selective_scan_fwd_triton(u, delta, A, B, C, None, None, None, *flags, block_e=3)
     with pytest.raises(ValueError, match="chunk must be a power of two"):
         tri.selective_scan_bwd_triton(u, None, u, delta, A, B, C, None, None, None, *flags, chunk=6)
+    with pytest.raises(ValueError, match="chunk must be a power of two"):
+        tri.selective_scan_fwd_triton(u, delta, A, B, C, None, None, None, *flags, chunk=0)
+    with pytest.raises(ValueError, match=r"kernel must be one of \('sequential', 'chunked'\)"):
+        tri.selective_scan_fwd_triton(u, delta, A, B, C, None, None, None, *flags, kernel="tree")
 
 
 def test_triton_op_opcheck():
