@@ -188,12 +188,13 @@ def check_scan_pair(
 
 
 def check_storage(who: str, named) -> None:
-    """Each (name, tensor) of ``named`` (None skipped, none empty) lies inside its storage: a
+    """Each (name, tensor) of ``named`` (None and empty ones skipped) lies inside its storage: a
     view whose storage was shrunk afterwards (``untyped_storage().resize_()``) still has its
     old sizes and strides, and a kernel that trusts them reads memory that is no longer the
-    tensor's. Run where raw pointers leave torch (the C kernel); torch's own ops do not check."""
+    tensor's. Run by the CPU kernels (C and torch) before they read; torch's own ops do not
+    check."""
     for name, t in named:
-        if t is None:
+        if t is None or t.numel() == 0:
             continue
         end = t.storage_offset() + 1  # one past the last element, in elements
         for size, stride in zip(t.shape, t.stride()):

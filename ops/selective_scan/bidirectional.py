@@ -26,7 +26,7 @@ import inspect
 import torch
 
 from . import _library, cpu
-from ._checks import KERNEL, check_scan_pair
+from ._checks import DIRECTION, KERNEL, check_scan_pair, check_storage
 from .op import _fake_state, _grouped, _kernel_fwd, _like, _state_dtype, selective_scan
 
 
@@ -57,6 +57,9 @@ def selective_scan_bidirectional_fwd(
     if u.is_cpu and u.dtype != torch.float64 and cpu.c_kernel_available():
         out, last, last_b = cpu._fwd_c(dims, *fwd[:6], z, fwd[6], delta_softplus, False, pair=bwd)
         return _like(out, u), last, last_b
+    if u.is_cpu:  # named as the pair's arguments before the scans check each as a first one
+        check_storage(KERNEL, zip((*DIRECTION, "z"), (*fwd, z)))
+        check_storage(KERNEL, zip((k + "_b" for k in DIRECTION), bwd))
     out, last = _kernel_fwd(*fwd[:6], z, fwd[6], delta_softplus, False)
     out_b, last_b = _kernel_fwd(*bwd[:6], z, bwd[6], delta_softplus, True)
     mean = (out.to(_state_dtype(u)) + out_b.to(_state_dtype(u))) * 0.5

@@ -197,10 +197,16 @@ def _items(dims: ScanDims) -> int:
     return dims.Bt * dims.G * (-(-(dims.E // dims.G) // LANES))
 
 
-def _inputs(u, delta, A, B, C, D, z, delta_bias) -> list:
-    ins = [_f32(u), _f32(delta), _vec(A), _f32(B), _f32(C), _vec(D), _f32(z), _vec(delta_bias)]
-    check_storage(KERNEL, zip(_INPUTS, ins))
-    return ins
+# the inputs' names in errors: the first scan's, and a pair's (the reverse direction's)
+_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+_PAIR_NAMES = tuple(n + "_b" for n in _NAMES)
+
+
+def _inputs(u, delta, A, B, C, D, z, delta_bias, names=_NAMES) -> list:
+    """The inputs as the kernel reads them (float32), each checked to lie in its storage first
+    (a conversion would read past it too)."""
+    check_storage(KERNEL, zip(names, (u, delta, A, B, C, D, z, delta_bias)))
+    return [_f32(u), _f32(delta), _vec(A), _f32(B), _f32(C), _vec(D), _f32(z), _vec(delta_bias)]
 
 
 def _call(fn, packed: array.array) -> None:
@@ -232,7 +238,7 @@ def _fwd_c(dims: ScanDims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
     packed = _pack(dims, ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0]})
     if pair is not None:
-        pair_ins = _inputs(*pair[:6], None, pair[6])
+        pair_ins = _inputs(*pair[:6], None, pair[6], names=_PAIR_NAMES)
         packed_pair = _pack(dims, pair_ins, delta_softplus, True, T, {"last_state": lasts[1]})
         packed[_AT["pair"]] = packed_pair.buffer_info()[0]
     _call(_lib.vimc_scan_fwd, packed)
@@ -256,8 +262,8 @@ def _bwd_c(
     db_p = torch.zeros(T, E, dtype=f32)
     dB_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
     dC_p = torch.zeros(T, Bt, G, N, L, LANES, dtype=f32)
-    dout, dlast = _f32(dout), _vec(dlast)
     check_storage(KERNEL, (("dout", dout), ("dlast", dlast)))
+    dout, dlast = _f32(dout), _vec(dlast)
     outs = dict(
         dout=dout,
         dlast=dlast,
@@ -323,7 +329,12 @@ def _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         dlog = dc[..., None] * A_[:, None, :]  # (Bt, E, T, N)
         x = (dc * uu[:, :, s : s + CHUNK])[..., None] * Bm[..., s : s + CHUNK].transpose(-1, -2)
         W = _segsum_decay(dlog)  # (Bt, E, T, T, N)
-        hs = (W * x.unsqueeze(-3)).sum(-2) + torch.exp(torch.cumsum(dlog, -2)) * h[:, :, None]
+        T = W.shape[-2]
+        # later steps masked out, not only weighted by W's zeros: 0 * a NaN or Inf input at a
+        # later step would be NaN at earlier ones, where the recurrence has not seen it yet
+        later = torch.ones(T, T, dtype=torch.bool, device=W.device).triu(1)[..., None]
+        hs = (W * x.unsqueeze(-3)).masked_fill(later, 0.0).sum(-2)
+        hs = hs + torch.exp(torch.cumsum(dlog, -2)) * h[:, :, None]
         ys.append((hs * Cm[..., s : s + CHUNK].transpose(-1, -2)).sum(-1))
         h = hs[:, :, -1]
     y = torch.cat(ys, -1) if ys else uu.new_zeros(Bt, E, 0)
@@ -382,6 +393,8 @@ def selective_scan_fwd_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     dims = check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=KERNEL, grouped_only=True)
     if u.dtype != torch.float64 and c_kernel_available():
         return _fwd_c(dims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    # torch's own kernels trust a view's sizes as the C kernel does: the same storage check
+    check_storage(KERNEL, zip(_NAMES, (u, delta, A, B, C, D, z, delta_bias)))
     return _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
@@ -401,6 +414,9 @@ def selective_scan_bwd_cpu(
         return _bwd_c(
             dims, dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
         )
+    check_storage(
+        KERNEL, zip(("dout", "dlast", *_NAMES), (dout, dlast, u, delta, A, B, C, D, z, delta_bias))
+    )
     if dlast is None:
         dlast = u.new_zeros(
             u.shape[0],

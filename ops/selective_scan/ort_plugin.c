@@ -1,4 +1,4 @@
-// ONNX Runtime custom-op library for the nodes of to_onnx(scan="custom"), domain "vimc",
+// ONNX Runtime custom-op library for the nodes of to_onnx(scan="plugin"), domain "vimc",
 // opset 1, run by cpu_kernel.c's fused forward on ONNX Runtime's intra-op thread pool:
 //
 //   SelectiveScan               one scan, mamba's signature (channel-major):
@@ -11,7 +11,11 @@
 //     -> out (Bt, L, E) = (scan + reverse scan) / 2 * silu(z)
 //     attribute delta_softplus
 //
-// All float32 ("?" marks an optional input or output). Built at first use by ort_plugin.py
+// All float32 ("?" marks an optional input or output); any of Bt, E, L may be 0 (empty outputs,
+// a zero last state), N is 1..MAX_D_STATE. The attributes are flags: an int 0 or 1, or a
+// float 0.0 or 1.0 (ONNX attributes are typed; a tool that writes a float gets it read as
+// written, never as absent); absent means 0; anything else fails the session's creation.
+// Built at first use by ort_plugin.py
 // with the system C compiler, like the kernel, and handed to
 // SessionOptions.register_custom_ops_library (or a C/C++ program's RegisterCustomOpsLibrary).
 //
@@ -33,6 +37,7 @@
 #define ORT_FLOAT 1  // ONNXTensorElementDataType
 #define ORT_REQUIRED 0  // OrtCustomOpInputOutputCharacteristic
 #define ORT_OPTIONAL 1
+#define MAX_D_STATE 256  // the largest N, as _checks.py's MAX_D_STATE: one limit everywhere
 
 typedef struct OrtStatus OrtStatus;
 typedef void (*OrtFn)(void);
@@ -52,7 +57,9 @@ enum {
     GetDimensionsCount = 61,
     GetDimensions = 62,
     GetTensorTypeAndShape = 65,
+    KernelInfoGetAttribute_float = 85,
     KernelInfoGetAttribute_int64 = 86,
+    KernelInfoGetAttribute_string = 87,
     KernelContext_GetInputCount = 88,
     KernelContext_GetOutputCount = 89,
     KernelContext_GetInput = 90,
@@ -71,6 +78,8 @@ typedef OrtStatus *(*SizeOutFn)(const void *obj, size_t *out);
 typedef OrtStatus *(*IntOutFn)(const void *obj, int *out);
 typedef OrtStatus *(*DimsFn)(const void *info, int64_t *dims, size_t n);
 typedef OrtStatus *(*AttrIntFn)(const void *info, const char *name, int64_t *out);
+typedef OrtStatus *(*AttrFloatFn)(const void *info, const char *name, float *out);
+typedef OrtStatus *(*AttrStringFn)(const void *info, const char *name, char *out, size_t *size);
 typedef OrtStatus *(*GetInputFn)(const void *ctx, size_t i, const void **out);
 typedef OrtStatus *(*GetOutputFn)(void *ctx, size_t i, const int64_t *dims, size_t n, void **out);
 typedef OrtStatus *(*DomainFn)(const char *name, void **out);
@@ -188,6 +197,14 @@ static OrtStatus *expect(const CustomOp *op, const Input *in, int i, const int64
     return NULL;
 }
 
+static OrtStatus *check_state_size(const CustomOp *op, int64_t N) {
+    if (N < 1 || N > MAX_D_STATE)
+        return fail(ORT_INVALID_ARGUMENT,
+                    "vimc.%s: the state size N = A's second dimension must be in [1, %d], got %lld",
+                    op->name, MAX_D_STATE, (long long)N);
+    return NULL;
+}
+
 static const float *data(const void *value) {  // NULL for an absent input (or on failure)
     void *p = NULL;
     if (!value) return NULL;
@@ -202,7 +219,6 @@ static const float *data(const void *value) {  // NULL for an absent input (or o
 // ---------------------------------------------------------------------------------------------
 
 #define MAX_CHUNKS 64
-#define FWD_SCRATCH_ROWS 5  // the forward stages u, delta, z, y and delta * u: (L, 8) rows each
 
 typedef struct {
     ScanArgs args, pair;  // args.pair -> pair for a bidirectional node; scratch per thread
@@ -271,6 +287,7 @@ static OrtStatus *compute_scan(const Kernel *k, void *ctx, const Input *in, Job 
     const CustomOp *op = k->op;
     const int64_t Bt = in[U].dims[0], E = in[U].dims[1], L = in[U].dims[2];
     const int64_t N = in[A_].dims[1], G = in[B_].dims[1];
+    TRY(check_state_size(op, N));
     if (G < 1 || E % G)
         return fail(ORT_INVALID_ARGUMENT, "vimc.%s: B's group count G = %lld must divide E = %lld",
                     op->name, (long long)G, (long long)E);
@@ -289,6 +306,13 @@ static OrtStatus *compute_scan(const Kernel *k, void *ctx, const Input *in, Job 
     TRY(CALL(KernelContext_GetOutputCount, SizeOutFn, ctx, &n_out));
     TRY(CALL(KernelContext_GetOutput, GetOutputFn, ctx, 0, like_u, 3, &out));
     if (n_out > 1) TRY(CALL(KernelContext_GetOutput, GetOutputFn, ctx, 1, state, 3, &last));
+    if (Bt == 0 || E == 0 || L == 0) {  // nothing to scan: empty out, a state that took no step
+        if (!last || Bt == 0 || E == 0) return NULL;
+        float *h = (float *)data(last);
+        if (!h) return fail(ORT_FAIL, "vimc.%s: last_state gave no data pointer", op->name);
+        memset(h, 0, sizeof(float) * (size_t)(Bt * E * N));
+        return NULL;
+    }
 
     ScanArgs *a = &job->args;
     a->Bt = Bt, a->E = E, a->L = L, a->N = N, a->G = G;
@@ -316,6 +340,7 @@ static OrtStatus *compute_bidirectional(const Kernel *k, void *ctx, const Input 
     const CustomOp *op = k->op;
     const int64_t Bt = in[DIR_U].dims[0], L = in[DIR_U].dims[1], E = in[DIR_U].dims[2];
     const int64_t N = in[DIR_A].dims[1];
+    TRY(check_state_size(op, N));
     const int64_t like_u[3] = {Bt, L, E}, like_A[2] = {E, N}, like_B[3] = {Bt, L, N};
     const int64_t per_channel[1] = {E};
     for (int d = 0; d < 2; ++d) {
@@ -337,6 +362,7 @@ static OrtStatus *compute_bidirectional(const Kernel *k, void *ctx, const Input 
     TRY(expect(op, in, BIDIR_Z, like_u));
     void *out = NULL;
     TRY(CALL(KernelContext_GetOutput, GetOutputFn, ctx, 0, like_u, 3, &out));
+    if (Bt == 0 || E == 0 || L == 0) return NULL;  // an empty out: nothing to compute
 
     const Strides3 s3 = {L * E, 1, E};       // (Bt, L, E) memory read as (Bt, E, L)
     const Strides4 s4 = {L * N, L * N, 1, N};  // (Bt, L, N) read as (Bt, 1, N, L)
@@ -380,20 +406,51 @@ static OrtStatus *compute(void *kernel, void *ctx) {
                              : compute_scan(k, ctx, in, &job);
 }
 
-static int64_t int_attribute(const void *info, const char *name) {  // absent: 0, mamba's default
-    int64_t v = 0;
-    OrtStatus *st = CALL(KernelInfoGetAttribute_int64, AttrIntFn, info, name, &v);
-    if (st) CALL(ReleaseStatus, ReleaseFn, st), v = 0;
-    return v;
+// A flag attribute -> 0 or 1 in *out (absent: 0, mamba's default). Asked for as an int, then
+// as a float, then as a string: a getter fails alike for an absent attribute and one of
+// another type, and a float 1.0 read as "absent" was a silent wrong answer.
+static OrtStatus *flag_attribute(const CustomOp *op, const void *info, const char *name,
+                                 int64_t *out) {
+    int64_t i = 0;
+    float f = 0.0f;
+    size_t size = 0;
+    *out = 0;
+    OrtStatus *st = CALL(KernelInfoGetAttribute_int64, AttrIntFn, info, name, &i);
+    if (!st) {
+        if (i != 0 && i != 1)
+            return fail(ORT_INVALID_ARGUMENT, "vimc.%s: attribute %s must be 0 or 1, got %lld",
+                        op->name, name, (long long)i);
+        *out = i;
+        return NULL;
+    }
+    CALL(ReleaseStatus, ReleaseFn, st);
+    st = CALL(KernelInfoGetAttribute_float, AttrFloatFn, info, name, &f);
+    if (!st) {
+        if (f != 0.0f && f != 1.0f)  // NaN too
+            return fail(ORT_INVALID_ARGUMENT, "vimc.%s: attribute %s must be 0 or 1, got %g",
+                        op->name, name, (double)f);
+        *out = f == 1.0f;
+        return NULL;
+    }
+    CALL(ReleaseStatus, ReleaseFn, st);
+    st = CALL(KernelInfoGetAttribute_string, AttrStringFn, info, name, NULL, &size);
+    if (!st)
+        return fail(ORT_INVALID_ARGUMENT,
+                    "vimc.%s: attribute %s must be an int 0 or 1, got a string", op->name, name);
+    CALL(ReleaseStatus, ReleaseFn, st);
+    return NULL;  // absent (or of a type no flag is written as)
 }
 
 static OrtStatus *create_v2(const CustomOp *op, const OrtFn *api_, const void *info, void **out) {
     (void)api_;
+    int64_t softplus = 0, reverse = 0;
+    TRY(flag_attribute(op, info, "delta_softplus", &softplus));
+    if (!op->bidirectional) TRY(flag_attribute(op, info, "reverse", &reverse));
     Kernel *k = calloc(1, sizeof *k);
     if (!k) return fail(ORT_FAIL, "vimc.%s: out of memory", op->name);
     k->op = op;
-    k->delta_softplus = int_attribute(info, "delta_softplus");
-    k->reverse = op->bidirectional ? 0 : int_attribute(info, "reverse");
+    k->delta_softplus = softplus;
+    k->reverse = reverse;
     *out = k;
     return NULL;
 }

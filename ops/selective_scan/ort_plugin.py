@@ -1,4 +1,4 @@
-"""vimc's ONNX Runtime plugin: the custom-op library that runs ``to_onnx(scan="custom")`` files.
+"""vimc's ONNX Runtime plugin: the custom-op library that runs ``to_onnx(scan="plugin")`` files.
 
 ``ort_plugin.c`` implements the ``vimc.SelectiveScan`` and ``vimc.SelectiveScanBidirectional``
 nodes with the fused CPU kernel (``cpu_kernel.c``) on ONNX Runtime's intra-op thread pool.

@@ -10,19 +10,17 @@ import torch
 from vimc.ops import selective_scan_reference
 
 from ..tolerances import OTHER_TARGET_BUILD, SCAN_REL_ERR
+from ._ort_nodes import SCAN, bidir_io, node_model, run_poisoned, scan_io, session
 from ._scan_cases import (
-    DIRECTION,
     Case,
     describe_mismatch,
-    make_inputs,
     make_pair,
     pair_reference,
     rel_err,
 )
 
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
 
 
 @pytest.fixture(scope="module")
@@ -30,50 +28,9 @@ def plugin(ort_plugin):
     return str(ort_plugin)
 
 
-def _node_model(op_type, feeds: dict, outputs: dict, attrs: dict, input_names: list[str]):
-    """One ``vimc.<op_type>`` node; ``input_names`` in schema order, "" for an absent one."""
-    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
-    node = helper.make_node(op_type, input_names, list(outputs), domain="vimc", name="n", **attrs)
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info(k, elem[v.dtype], v.shape) for k, v in feeds.items()],
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in outputs],
-    )
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("vimc", 1)]
-    )
-
-
-def _session(mp, plugin, threads=None):
-    opts = ort.SessionOptions()
-    opts.register_custom_ops_library(plugin)
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(mp.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _run_poisoned(sess, feeds: dict, outputs: dict) -> dict:
-    """Run with each output bound to a NaN-filled buffer of its expected shape."""
-    io = sess.io_binding()
-    for k, v in feeds.items():
-        io.bind_cpu_input(k, v)
-    bufs = {k: np.full(shape, np.nan, np.float32) for k, shape in outputs.items()}
-    for k, buf in bufs.items():
-        io.bind_output(k, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
-    sess.run_with_iobinding(io)
-    return {k: torch.from_numpy(v) for k, v in bufs.items()}
-
-
-def _np(t):
-    return t.detach().contiguous().numpy()
-
-
 # ---------------------------------------------------------------------------------------------
 # vimc.SelectiveScan: one scan, channel-major, mamba's signature
 # ---------------------------------------------------------------------------------------------
-
-SCAN = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 SCAN_CASES = [
     Case(),
@@ -87,26 +44,12 @@ SCAN_CASES = [
 ]
 
 
-def _scan_io(c: Case, last_state: bool = True):
-    ins = make_inputs(c)
-    for k in ("B", "C"):
-        if ins[k].dim() == 3:  # the node takes the grouped (Bt, G, N, L) form only
-            ins[k] = ins[k].unsqueeze(1)
-    feeds = {k: _np(v) for k, v in ins.items() if v is not None}
-    names = [k if ins[k] is not None else "" for k in SCAN]
-    outputs = {"out": (c.Bt, c.E, c.L)}
-    if last_state:
-        outputs["last_state"] = (c.Bt, c.E, c.N)
-    attrs = dict(delta_softplus=int(c.softplus), reverse=int(c.reverse))
-    return ins, feeds, names, outputs, attrs
-
-
 @pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
 @pytest.mark.parametrize("c", SCAN_CASES, ids=lambda c: c.id)
 def test_scan_node_matches_reference(plugin, c, threads):
-    ins, feeds, names, outputs, attrs = _scan_io(c)
-    sess = _session(_node_model("SelectiveScan", feeds, outputs, attrs, names), plugin, threads)
-    got = _run_poisoned(sess, feeds, outputs)
+    ins, feeds, names, outputs, attrs = scan_io(c)
+    sess = session(node_model("SelectiveScan", feeds, outputs, attrs, names), plugin, threads)
+    got = run_poisoned(sess, feeds, outputs)
     x = {k: None if v is None else v.to(torch.float64) for k, v in ins.items()}
     ref, ref_last = selective_scan_reference(
         *(x[k] for k in SCAN), c.softplus, return_last_state=True, reverse=c.reverse
@@ -119,9 +62,9 @@ def test_scan_node_matches_reference(plugin, c, threads):
 
 def test_scan_node_without_last_state_output(plugin):
     c = Case(E=12, L=9, N=4)
-    ins, feeds, names, outputs, attrs = _scan_io(c, last_state=False)
-    sess = _session(_node_model("SelectiveScan", feeds, outputs, attrs, names), plugin)
-    out = _run_poisoned(sess, feeds, outputs)["out"]
+    ins, feeds, names, outputs, attrs = scan_io(c, last_state=False)
+    sess = session(node_model("SelectiveScan", feeds, outputs, attrs, names), plugin)
+    out = run_poisoned(sess, feeds, outputs)["out"]
     ref = selective_scan_reference(*(ins[k] for k in SCAN), c.softplus)
     assert rel_err(out, ref) <= SCAN_REL_ERR[torch.float32][0]
 
@@ -129,8 +72,6 @@ def test_scan_node_without_last_state_output(plugin):
 # ---------------------------------------------------------------------------------------------
 # vimc.SelectiveScanBidirectional: a Vim mixer's two scans, token-major
 # ---------------------------------------------------------------------------------------------
-
-BIDIR = (*DIRECTION, *(k + "_b" for k in DIRECTION), "z")
 
 BIDIR_CASES = [
     Case(),
@@ -142,28 +83,16 @@ BIDIR_CASES = [
 ]
 
 
-def _bidir_io(ins: dict):
-    """make_pair's inputs as the node takes them: the sequences (u, delta, z, B, C and their
-    *_b) token-major, (Bt, ..., L) -> (Bt, L, ...); -> (feeds, input names, "" if absent)."""
-    seq = {"u", "delta", "B", "C", "z"}
-    feeds = {
-        k: _np(v.movedim(-1, 1)) if k.removesuffix("_b") in seq else _np(v)
-        for k, v in ins.items()
-        if v is not None
-    }
-    return feeds, [k if ins[k] is not None else "" for k in BIDIR]
-
-
 @pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
 @pytest.mark.parametrize("c", BIDIR_CASES, ids=lambda c: c.id)
 def test_bidirectional_node_matches_reference(plugin, c, threads):
     ins = make_pair(c)
-    feeds, names = _bidir_io(ins)
+    feeds, names = bidir_io(ins)
     outputs = {"out": (c.Bt, c.L, c.E)}
-    mp = _node_model(
+    mp = node_model(
         "SelectiveScanBidirectional", feeds, outputs, {"delta_softplus": int(c.softplus)}, names
     )
-    out = _run_poisoned(_session(mp, plugin, threads), feeds, outputs)["out"]
+    out = run_poisoned(session(mp, plugin, threads), feeds, outputs)["out"]
     ref = pair_reference(ins, c.softplus).movedim(-1, 1)
     tol = SCAN_REL_ERR[torch.float32][0]
     assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
@@ -175,7 +104,7 @@ def test_bidirectional_node_matches_reference(plugin, c, threads):
 
 
 def _run_expecting(plugin, mp, feeds, match):
-    sess = _session(mp, plugin)
+    sess = session(mp, plugin)
     with pytest.raises(Exception, match=match):
         sess.run(None, feeds)
 
@@ -193,11 +122,11 @@ def _run_expecting(plugin, mp, feeds, match):
 )
 def test_scan_node_names_a_bad_shape(plugin, name, shape, match):
     c = Case()
-    ins, feeds, names, outputs, attrs = _scan_io(c)
+    ins, feeds, names, outputs, attrs = scan_io(c)
     feeds[name] = np.zeros(shape, np.float32)
     if name == "B":
         feeds["C"] = np.zeros(shape, np.float32)
-    mp = _node_model("SelectiveScan", feeds, outputs, attrs, names)
+    mp = node_model("SelectiveScan", feeds, outputs, attrs, names)
     _run_expecting(plugin, mp, feeds, "vimc.SelectiveScan: " + match)
 
 
@@ -205,18 +134,18 @@ def test_bidirectional_node_wants_D_for_both_directions_or_neither(plugin):
     c = Case(E=8, L=5, N=3)
     ins = make_pair(c)
     ins["D_b"] = None
-    feeds, names = _bidir_io(ins)
-    mp = _node_model("SelectiveScanBidirectional", feeds, {"out": None}, {}, names)
+    feeds, names = bidir_io(ins)
+    mp = node_model("SelectiveScanBidirectional", feeds, {"out": None}, {}, names)
     _run_expecting(plugin, mp, feeds, "D and delta_bias must each be given for both directions")
 
 
 def test_float64_input_is_refused_when_the_session_is_made(plugin):
     c = Case(E=8, L=5, N=3)
-    ins, feeds, names, outputs, attrs = _scan_io(c)
+    ins, feeds, names, outputs, attrs = scan_io(c)
     feeds["u"] = feeds["u"].astype(np.float64)
-    mp = _node_model("SelectiveScan", feeds, outputs, attrs, names)
+    mp = node_model("SelectiveScan", feeds, outputs, attrs, names)
     with pytest.raises(Exception, match="SelectiveScan"):
-        _session(mp, plugin)
+        session(mp, plugin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,12 +162,12 @@ def test_a_build_for_another_target_computes_the_same(plugin, march):
     if march and platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"-march={march} is an x86-64 target; this machine is {platform.machine()}")
     c = Case(E=13, L=29, N=3)
-    ins, feeds, names, outputs, attrs = _scan_io(c)
-    mp = _node_model("SelectiveScan", feeds, outputs, attrs, names)
+    ins, feeds, names, outputs, attrs = scan_io(c)
+    mp = node_model("SelectiveScan", feeds, outputs, attrs, names)
     other = str(library_path(march))
     assert other != plugin
-    got = _run_poisoned(_session(mp, other), feeds, outputs)
-    native = _run_poisoned(_session(mp, plugin), feeds, outputs)
+    got = run_poisoned(session(mp, other), feeds, outputs)
+    native = run_poisoned(session(mp, plugin), feeds, outputs)
     for k in outputs:  # the exp and log1p polynomials are the same; only FMA contraction differs
         torch.testing.assert_close(got[k], native[k], **OTHER_TARGET_BUILD)
 
