@@ -77,3 +77,124 @@ POLYNOMIAL_MAX_REL = {
     "vexp2_nonpos8": 2.4e-7,  # 2^r on |r| <= 1/2
     "vlog1p_01": 2.1e-7,  # log1p(w) = w * P(w) on (0, 1]
 }
+
+# =============================================================================================
+# The model, its exports and the apps (tests/model, tests/export, tests/cli, tests/test_*.py).
+# "Eager" is the float32 model run by PyTorch; logits are the model's outputs.
+# =============================================================================================
+
+# ---------------------------------------------------------------------------------------------
+# exact: assert_close(got, want, **EXACT), every element equal (and the same dtype and shape)
+# ---------------------------------------------------------------------------------------------
+
+# one computation on the same bits: a model rebuilt from saved, registered, checkpointed or
+# Hub-cached weights against the model they came from, or a value copied, not computed (the
+# class token a pos_embed resize carries over)
+EXACT = dict(rtol=0, atol=0)
+
+# ---------------------------------------------------------------------------------------------
+# per element: |got - want| <= atol + rtol * |want| (torch.testing.assert_close,
+# np.testing.assert_allclose), float32 unless an entry says otherwise
+# ---------------------------------------------------------------------------------------------
+
+# the depthwise convs' forms (anti-causal, causal, channel-major) against the flip formulation
+# and each other, float64: the same multiply-adds in another order
+CONV_FORMS_FLOAT64 = dict(rtol=1e-12, atol=1e-12)
+# conv1d_channel_major on float16 input against the float64 result: float16's 11 bits
+CONV_FLOAT16_VS_FLOAT64 = dict(rtol=2e-3, atol=2e-3)
+# the mixer's fast path against vim.md's flip formulation with the python-loop scan, float64
+MIXER_FAST_VS_REFERENCE_FLOAT64 = dict(rtol=1e-10, atol=1e-10)
+# the same two paths' gradients (input and every parameter) under one cotangent, float32
+MIXER_FAST_VS_REFERENCE_GRAD = dict(rtol=1e-4, atol=1e-5)
+# the model's logits (fast and reference scan) against vim.md written out from the state_dict
+MODEL_VS_VIM_MD = dict(rtol=1e-5, atol=1e-5)
+# dynamic_img_size=True at 48x40 against a model built for 48x40 with the resized pos_embed
+DYNAMIC_VS_FIXED_IMG_SIZE = dict(rtol=1e-6, atol=1e-6)
+# torch.compile of the whole model against eager: logits and training loss ...
+MODEL_COMPILED_VS_EAGER = dict(rtol=1e-5, atol=1e-5)
+# ... and every parameter's gradient
+MODEL_COMPILED_VS_EAGER_GRAD = dict(rtol=1e-4, atol=1e-5)
+# one model called from several threads at once against its single-threaded logits (thread
+# pools may split the work differently)
+THREADS_VS_SINGLE_THREAD = dict(rtol=1e-5, atol=1e-5)
+# a torch.export program (every scan_form) run as a module against eager logits
+EXPORTED_PROGRAM_VS_EAGER = dict(rtol=1e-5, atol=1e-5)
+# an ONNX lowering of the scan ("paired", "step") in ONNX Runtime against vimc's selective_scan,
+# out and last state
+ONNX_SCAN_VS_OP = dict(rtol=1e-4, atol=1e-5)
+# the same with float16 u, delta, z in and float16 out (float32 arithmetic inside)
+ONNX_SCAN_FLOAT16_VS_OP = dict(rtol=2e-2, atol=2e-2)
+# the DeiT baseline's attention implementations (sdpa against the explicit softmax), logits
+DEIT_ATTENTION_IMPLS = dict(rtol=1e-4, atol=1e-5)
+# per-channel mean of a preprocessed one-colour image against (value - mean) / std
+PREPROCESS_CHANNEL_MEAN = dict(rtol=0, atol=1e-5)
+
+# ---------------------------------------------------------------------------------------------
+# max abs error relative to max |ref|: max |got - ref| / max |ref| over the whole tensor
+# (tests/model/test_parity.py: _rel), on logits unless an entry says otherwise
+# ---------------------------------------------------------------------------------------------
+
+# model.to(dtype) against the float32 model: the type's rounding at every layer
+HALF_MODEL_VS_FLOAT32 = {torch.bfloat16: 6e-2, torch.float16: 1e-2}
+# the float32 model under autocast("cpu", bfloat16) against it without
+AUTOCAST_BF16_VS_FLOAT32 = 6e-2
+# the mixer's output in every (scan_form, conv_form) against the default forms: float64 to
+# rounding, float32 within the scan's forward bound
+MIXER_FORMS = {torch.float64: 1e-12, torch.float32: 2e-5}
+# vim_tiny (random weights, 224x224) on the fast path against the reference path, per dtype:
+# bfloat16's 8 bits rounded at different points by the two paths through 24 layers
+VIM_TINY_FAST_VS_REFERENCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
+
+# ---------------------------------------------------------------------------------------------
+# max absolute error: max |got - want|, on logits against eager unless an entry says otherwise
+# (vimc.export.compare reports it as a row's max_abs)
+# ---------------------------------------------------------------------------------------------
+
+# an ONNX file (standard ops, any lowering, or the plugin route) in ONNX Runtime, float32; also
+# as vimc parity's onnxruntime rows and examples/export_onnx.py report it
+ONNX_VS_EAGER = 1e-4
+# an AOTInductor package loaded with load_aoti, float32
+AOTI_VS_EAGER = 1e-4
+# torch.compile(fullgraph=True) of vim_tiny (224x224), float32
+VIM_TINY_COMPILED_VS_EAGER = 1e-4
+# the torch-tensorrt route's float32 engine against eager on the same GPU
+TENSORRT_VS_EAGER = 1e-3
+# ONNX Runtime's com.microsoft GatedDeltaNet / LinearAttention computing the scan
+# (benchmarks/ort_contrib.py) against vimc's selective_scan: out and last state
+ORT_CONTRIB_VS_OP = 1e-4
+# a 16-bit image against the same picture at 8 bits, preprocessed: on top of one 8-bit level
+# (the 8-bit file's rounding), float32 rounding
+IMAGE_16_VS_8_BIT = 1e-6
+# ... and vim_digits' softmax probabilities on the two
+IMAGE_16_VS_8_BIT_PROBS = 0.05
+# a preprocessed all-white crop (mean 0, std 1) against 1.0, on its minimum
+WHITE_CROP = 1e-2
+
+# ---------------------------------------------------------------------------------------------
+# relative error of a scalar: |got - want| <= rel * |want| (pytest.approx)
+# ---------------------------------------------------------------------------------------------
+
+# float64 sum of head.weight printed by a fresh process that loaded the Hub cache, against this
+# process's: the same weights, printed and parsed back
+HUB_WEIGHT_SUM_REL = 1e-12
+
+# ---------------------------------------------------------------------------------------------
+# cosine similarity of the logits with eager's, at least
+# ---------------------------------------------------------------------------------------------
+
+# the bfloat16 eager row of vimc.export.compare
+BF16_EAGER_MIN_COS_SIM = 0.99
+
+# ---------------------------------------------------------------------------------------------
+# initialization: |statistic of the initialized tensor - the initializer's value| (vim_tiny)
+# ---------------------------------------------------------------------------------------------
+
+# std of head.weight and pos_embed against trunc_normal's 0.02 ...
+INIT_STD_TRUNC_NORMAL = 2e-3
+# ... and of patch_embed.proj.weight against lecun-normal's 1 / sqrt(fan_in). Both about a tenth
+# of the target: far above the sampling noise of tensors this size, far below the std of a
+# default or missing init
+INIT_STD_LECUN_NORMAL = 3e-3
+# softplus(dt_proj.bias) against the init's range [1e-3, 0.1], relative to its ends: float32
+# rounding of the inverse softplus the init stores
+DT_INIT_RANGE_REL = 1e-3

@@ -8,6 +8,8 @@ import torch
 
 from vimc import bench, bench_report, cli, deit
 
+from ..tolerances import DEIT_ATTENTION_IMPLS
+
 
 def deit_param_count(D=192, depth=12, patch=16, chans=3, tokens=197, classes=1000, mlp=4):
     """DeiT-Ti's parameters from its architecture, term by term."""
@@ -42,7 +44,7 @@ def test_deit_attention_impls_agree(attn):
     other.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(other(x), ref(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(other(x), ref(x), **DEIT_ATTENTION_IMPLS)
 
 
 def test_deit_rejects_other_resolution():

@@ -9,6 +9,8 @@ import torch
 
 import vimc
 
+from ..tolerances import ONNX_VS_EAGER
+
 SMALL = "vim_export_test"  # a registered 2-layer, 64 px Vim, so the CLI can name it
 if SMALL not in vimc.list_models():
     vimc.register_variant(
@@ -71,7 +73,7 @@ def small_aoti(small_model, tmp_path_factory):
     return to_aoti(small_model, tmp_path_factory.mktemp("aoti") / "small.pt2")
 
 
-def assert_onnx_parity(path, model, x, atol=1e-4):
+def assert_onnx_parity(path, model, x, atol=ONNX_VS_EAGER):
     """The ONNX file ``path`` in ONNX Runtime (vimc's plugin registered when it has vimc
     nodes) at batch 1 and 3 from one session, within ``atol`` of ``model`` on ``x``."""
     from vimc.export import onnxruntime_session

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ..tolerances import ONNX_VS_EAGER
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "export_onnx.py"
 
 
@@ -23,6 +25,6 @@ def test_export_onnx_example(tmp_path, plugin):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and "max abs difference to PyTorch" in proc.stdout
     diff = float(proc.stdout.split("PyTorch: ")[1].split()[0])
-    assert diff <= 1e-4
+    assert diff <= ONNX_VS_EAGER
     assert ("trtexec --onnx=" in proc.stdout) != plugin
     assert ("registered vimc's ONNX Runtime plugin" in proc.stdout) == plugin

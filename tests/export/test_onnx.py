@@ -19,6 +19,7 @@ from vimc.export.onnx import (
 )
 from vimc.ops import selective_scan
 
+from ..tolerances import ONNX_SCAN_FLOAT16_VS_OP, ONNX_SCAN_VS_OP, ONNX_VS_EAGER
 from .conftest import assert_onnx_parity
 
 
@@ -98,7 +99,7 @@ def test_other_lowerings_unrolled_and_fixed_batch(
     with torch.no_grad():
         ref = small_model(images[64][:2])
     out = run_onnxruntime(onnxruntime_session(path), images[64][:2])
-    assert (out - ref).abs().max().item() <= 1e-4
+    assert (out - ref).abs().max().item() <= ONNX_VS_EAGER
 
 
 @pytest.mark.slow
@@ -249,8 +250,8 @@ def test_lowered_scan_matches_op(lowering, unroll, reverse, case):
     sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
     out, last = sess.run(None, {n: t[n].numpy() for n in names})
     ref, ref_last = _reference(t, present, softplus, reverse)
-    np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-4)
-    np.testing.assert_allclose(last, ref_last.numpy(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(out, ref.numpy(), **ONNX_SCAN_VS_OP)
+    np.testing.assert_allclose(last, ref_last.numpy(), **ONNX_SCAN_VS_OP)
 
 
 @pytest.mark.parametrize("unroll", [1, 4])
@@ -266,7 +267,9 @@ def test_lowered_scan_keeps_half_precision_io(unroll):
     out, _ = sess.run(None, {n: t[n].numpy() for n in names})
     assert out.dtype == np.float16
     ref, _ = _reference(t, present, True, False)
-    np.testing.assert_allclose(out.astype(np.float32), ref.float().numpy(), atol=2e-2, rtol=2e-2)
+    np.testing.assert_allclose(
+        out.astype(np.float32), ref.float().numpy(), **ONNX_SCAN_FLOAT16_VS_OP
+    )
 
 
 def test_lowering_names_a_bad_lowering_or_unroll():
@@ -348,8 +351,8 @@ def _run_pair_graph(mp, groups=(1, 1), chained=False):
         if p == "r" and chained:
             inputs["u"] = torch.from_numpy(got["fout"])
         ref, ref_last = _reference({**inputs, "z": t[z]}, present, True, reverse)
-        np.testing.assert_allclose(got[p + "out"], ref.numpy(), atol=1e-5, rtol=1e-4)
-        np.testing.assert_allclose(got[p + "last"], ref_last.numpy(), atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(got[p + "out"], ref.numpy(), **ONNX_SCAN_VS_OP)
+        np.testing.assert_allclose(got[p + "last"], ref_last.numpy(), **ONNX_SCAN_VS_OP)
     np.testing.assert_allclose(got["neg_fout"], -got["fout"])
 
 

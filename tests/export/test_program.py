@@ -12,6 +12,8 @@ from vimc.export.program import SCAN_FORMS, model_forms, scan_nodes, to_exported
 
 from vimc.model import create_model
 
+from ..tolerances import EXACT, EXPORTED_PROGRAM_VS_EAGER
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -69,7 +71,7 @@ def test_every_form_exports_the_same_numbers(tiny):
         ref = tiny(x)
         for form in SCAN_FORMS:
             got = to_exported_program(tiny, x[:1], scan_form=form).module()(x)
-            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=form)
+            torch.testing.assert_close(got, ref, **EXPORTED_PROGRAM_VS_EAGER, msg=form)
 
 
 def test_a_model_name_exports_the_weights_predict_uses():
@@ -82,7 +84,7 @@ def test_a_model_name_exports_the_weights_predict_uses():
     for _ in range(2):  # the same every time
         got = resolve_model("vim_digits")
         for k, v in builtin.state_dict().items():
-            torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0, msg=k)
+            torch.testing.assert_close(got.state_dict()[k], v, **EXACT, msg=k)
     assert resolve_model("vim_tiny", depth=1).layers[0].mixer.d_model == 192
 
 

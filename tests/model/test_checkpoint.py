@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import vimc
 from vimc.checkpoint import CheckpointError, read_checkpoint, resize_pos_embed
 
+from ..tolerances import EXACT
 from ._helpers import SMALL, randomize_
 
 
@@ -50,7 +51,7 @@ def source(small_model):
 
 def _same(a, b, x):
     with torch.no_grad():
-        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+        torch.testing.assert_close(a(x), b(x), **EXACT)
 
 
 def test_official_training_checkpoint(tmp_path, source):
@@ -154,7 +155,7 @@ def test_num_classes_override_keeps_a_fresh_head(tmp_path, source):
     ).eval()
     assert ft.head.weight.shape == (3, 48)
     with torch.no_grad():
-        torch.testing.assert_close(ft.forward_features(x), m.forward_features(x), rtol=0, atol=0)
+        torch.testing.assert_close(ft.forward_features(x), m.forward_features(x), **EXACT)
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -182,7 +183,7 @@ def test_resize_pos_embed_middle_class_token(old, new):
     pe = torch.cat([flat[:, : Mo // 2], cls, flat[:, Mo // 2 :]], 1)
     out = resize_pos_embed(pe, old, new)
     assert out.shape == (1, Mn + 1, D)
-    torch.testing.assert_close(out[:, Mn // 2], cls[:, 0], rtol=0, atol=0)  # cls at new middle
+    torch.testing.assert_close(out[:, Mn // 2], cls[:, 0], **EXACT)  # cls at new middle
     want = (
         F.interpolate(grid.permute(0, 3, 1, 2), size=new, mode="bicubic", align_corners=False)
         .permute(0, 2, 3, 1)

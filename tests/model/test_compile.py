@@ -8,6 +8,11 @@ from torch._dynamo.utils import counters
 
 import vimc
 
+from ..tolerances import (
+    MODEL_COMPILED_VS_EAGER,
+    MODEL_COMPILED_VS_EAGER_GRAD,
+    VIM_TINY_COMPILED_VS_EAGER,
+)
 from ._helpers import randomize_
 
 
@@ -33,9 +38,9 @@ def test_compile_fullgraph_forward_backward(small_model):
     loss_e = torch.nn.functional.cross_entropy(m(x), target)
     loss_e.backward()
     assert cnt.frame_count == 1 and not counters["graph_break"]
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_c, loss_e, **MODEL_COMPILED_VS_EAGER)
     for n, p in m.named_parameters():
-        torch.testing.assert_close(grads_c[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
+        torch.testing.assert_close(grads_c[n], p.grad, **MODEL_COMPILED_VS_EAGER_GRAD, msg=n)
 
 
 @pytest.mark.slow  # an Inductor/AOT compile: tens of seconds with a cold cache
@@ -49,7 +54,7 @@ def test_compile_dynamic_batch_1_to_n_without_recompiling(small_model):
         for batch in (2, 1, 5, 17):
             x = torch.randn(batch, 3, 32, 32)
             torch._dynamo.decorators.mark_unbacked(x, 0)
-            torch.testing.assert_close(cm(x), m(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cm(x), m(x), **MODEL_COMPILED_VS_EAGER)
     assert cnt.frame_count == 1, f"recompiled: {cnt.frame_count} compiles"
     assert not counters["graph_break"]
 
@@ -64,7 +69,7 @@ def test_compile_dynamic_true_serves_batches_without_recompiling(small_model):
     with torch.no_grad():
         for batch in (2, 3, 5, 16, 33):
             x = torch.randn(batch, 3, 32, 32)
-            torch.testing.assert_close(cm(x), m(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cm(x), m(x), **MODEL_COMPILED_VS_EAGER)
     assert cnt.frame_count == 1, f"recompiled: {cnt.frame_count} compiles"
 
 
@@ -76,4 +81,4 @@ def test_compiled_vim_tiny_matches_eager():
     cm = torch.compile(m, fullgraph=True)
     with torch.no_grad():
         err = (cm(x) - m(x)).abs().max().item()
-    assert err <= 1e-4 and not counters["graph_break"]
+    assert err <= VIM_TINY_COMPILED_VS_EAGER and not counters["graph_break"]

@@ -16,6 +16,7 @@ import vimc
 from vimc.checkpoint import CheckpointError
 from vimc.hub import parse_hub_path
 
+from ..tolerances import EXACT, HUB_WEIGHT_SUM_REL
 from ._helpers import randomize_, write_hub_cache
 
 REPO, FILE = "hustvl/Vim-tiny-midclstok", "vim_t_midclstok_76p1acc.pth"
@@ -65,14 +66,14 @@ def test_pretrained_loads_the_cached_official_file(hub_cache, official_tiny):
     x = torch.randn(1, 3, 224, 224)
     got = vimc.create_model("vim_tiny", pretrained=True).eval()
     for k, v in m.state_dict().items():
-        torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(got.state_dict()[k], v, **EXACT, msg=k)
     with torch.no_grad():
-        torch.testing.assert_close(got(x), m(x), rtol=0, atol=0)
+        torch.testing.assert_close(got(x), m(x), **EXACT)
 
 
 def test_hf_hub_checkpoint_path(hub_cache, official_tiny):
     got = vimc.create_model("vim_tiny", checkpoint_path=f"hf-hub:{REPO}/{FILE}")
-    torch.testing.assert_close(got.head.weight, official_tiny[0].head.weight, rtol=0, atol=0)
+    torch.testing.assert_close(got.head.weight, official_tiny[0].head.weight, **EXACT)
     assert parse_hub_path(f"hf-hub:{REPO}/sub/dir/{FILE}") == (REPO, f"sub/dir/{FILE}")
     for bad in ("hf-hub:", "hf-hub:hustvl", "hf-hub:hustvl/Vim-tiny-midclstok"):
         with pytest.raises(CheckpointError, match="expected hf-hub:OWNER/REPO/FILE"):
@@ -105,4 +106,4 @@ def test_hub_cache_and_offline_from_the_environment(tmp_path, official_tiny):
     )
     assert r.returncode == 0, r.stderr
     want = float(official_tiny[0].head.weight.double().sum())
-    assert float(r.stdout.split()[-1]) == pytest.approx(want, rel=1e-12)
+    assert float(r.stdout.split()[-1]) == pytest.approx(want, rel=HUB_WEIGHT_SUM_REL)

@@ -15,6 +15,8 @@ import torch
 
 import vimc
 
+from ..tolerances import THREADS_VS_SINGLE_THREAD
+
 THREADS, CALLS = 4, 25
 
 
@@ -38,7 +40,7 @@ def _shared_by_threads(fn, xs: list[torch.Tensor]) -> None:
         with torch.inference_mode():
             for i in range(CALLS):
                 j = (k * CALLS + i) % len(xs)
-                torch.testing.assert_close(fn(xs[j]), want[j], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(fn(xs[j]), want[j], **THREADS_VS_SINGLE_THREAD)
         return CALLS
 
     with ThreadPoolExecutor(max_workers=THREADS) as pool:  # map re-raises a thread's error
