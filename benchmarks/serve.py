@@ -272,8 +272,10 @@ def plot(rows: list[dict], path: Path) -> None:
         axes[0][col].set_title(name)
         axes[0][col].set_ylabel("requests/s")
         axes[1][col].set_ylabel("p99 latency (ms)")
+        clients = sorted({r["clients"] for r in rows})
         for ax in axes[:, col]:
             ax.set_xscale("log", base=2)
+            ax.set_xticks(clients, [str(c) for c in clients])
             ax.set_xlabel("concurrent clients")
             ax.grid(alpha=0.3)
             ax.legend()

@@ -44,27 +44,21 @@ def load_served_model(
 ):
     """The model a user named, in eval mode, and a phrase saying where its weights came from.
 
-    One weight source at most: ``checkpoint`` (an official .pth or vimc safetensors),
-    ``pretrained`` (the official weights through the Hugging Face Hub cache, or the built-in
-    ones) or ``random_init`` (for speed measurements only). With none, a model that ships
-    built-in weights (``vim_digits``) uses them and any other is a ``ValueError``: serving
-    random weights by accident answers every request confidently and wrongly."""
+    One weight source at most: ``checkpoint`` (an official .pth, vimc safetensors or
+    ``hf-hub:OWNER/REPO/FILE``), ``pretrained`` (the official weights through the Hugging Face
+    Hub cache, or the built-in ones) or ``random_init`` (for speed measurements only). With
+    none, a model that ships built-in weights (``vim_digits``) uses them and any other is a
+    ``ValueError`` (``load_model``'s ``pretrained="ask"``): serving random weights by accident
+    would answer every request confidently and wrongly."""
     if sum(map(bool, (checkpoint, pretrained, random_init))) > 1:
         raise ValueError("pass at most one of --checkpoint, --pretrained and --random-init")
     if checkpoint is not None:
-        model = load_model(name, checkpoint)
-        return model, f"checkpoint {checkpoint}"
+        return load_model(name, checkpoint), f"checkpoint {checkpoint}"
     name = check_model_name(name or DEFAULT_MODEL)
-    variant = get_variant(name)
     if random_init:
         return load_model(name, pretrained=False), "random initialization"
-    if not pretrained and variant.weights is None:
-        raise ValueError(
-            f"{name} has no built-in weights: pass --pretrained (the official weights, from the "
-            f"Hugging Face Hub), --checkpoint P, or --random-init (random weights, for speed "
-            f"measurements only)"
-        )
-    model = load_model(name, pretrained=True)
+    model = load_model(name, pretrained=True if pretrained else "ask")
+    variant = get_variant(name)
     if variant.weights is not None:
         return model, "built-in weights"
     return model, f"hf-hub:{variant.hf_hub_id}/{variant.hf_hub_filename}"
