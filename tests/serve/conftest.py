@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 
 import pytest
@@ -20,14 +21,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def vimc_main(argv: list[str]) -> int:
-    """``vimc ARGV``: through vimc.cli.main once it registers these commands, else through a
-    parser of their own (the add_* functions are what vimc.cli wires in)."""
+def cli_has_commands() -> bool:
+    """Whether vimc.cli registers `serve` and `predict-folder` (with vimc.serve's add_*)."""
     from vimc import cli
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "serve" in sub.choices and "predict-folder" in sub.choices:
+    return "serve" in sub.choices and "predict-folder" in sub.choices
+
+
+def vimc_main(argv: list[str]) -> int:
+    """``vimc ARGV``: through vimc.cli.main once it registers these commands, else through a
+    parser of their own (the add_* functions are what vimc.cli wires in)."""
+    if cli_has_commands():
+        from vimc import cli
+
         return cli.main(argv)
     from vimc.serve import add_predict_folder_parser, add_serve_parser
 
@@ -37,6 +45,17 @@ def vimc_main(argv: list[str]) -> int:
     add_predict_folder_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def check_usage_error(argv: list[str], match: str, capsys) -> None:
+    """``vimc ARGV`` is refused as bad usage, naming the problem: exit 2 with the message on
+    stderr through vimc.cli.main, or the ValueError the handler raises for it to report."""
+    if cli_has_commands():
+        assert vimc_main(argv) == 2
+        assert re.search(match, capsys.readouterr().err)
+    else:
+        with pytest.raises(ValueError, match=match):
+            vimc_main(argv)
 
 
 @pytest.fixture(scope="session")

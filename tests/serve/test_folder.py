@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.serve.conftest import vimc_main
+from tests.serve.conftest import check_usage_error, vimc_main
 from vimc.serve.folder import predict_folder, read_results, write_results
 
 
@@ -96,11 +96,19 @@ def test_output_of_another_model_is_refused(tmp_path):
         read_results(out, "vim_digits")
 
 
-def test_bad_usage(tmp_path):
-    with pytest.raises(ValueError, match="not a folder"):
-        vimc_main(["predict-folder", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="go with --ray"):
-        vimc_main(["predict-folder", str(tmp_path), "--out", str(tmp_path / "o"), "--actors", "2"])
+def test_bad_usage(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    check_usage_error(
+        ["predict-folder", str(tmp_path / "missing"), "--out", out], "not a folder", capsys
+    )
+    check_usage_error(
+        ["predict-folder", str(tmp_path), "--out", out, "--actors", "2"], "go with --ray", capsys
+    )
+    check_usage_error(
+        ["predict-folder", str(tmp_path), "--out", out, "-m", "vim_tiny"],
+        "no built-in weights",
+        capsys,
+    )
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.serve.conftest import free_port, vimc_main
+from tests.serve.conftest import check_usage_error, free_port, vimc_main
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'vimc[serve]')")
 # Ray's own modules use deprecated pydantic and ray.data options: not this project's to fix
@@ -79,5 +79,4 @@ def test_serve_answers_and_ctrl_c_stops_it(ray_session, digit_pngs, eager_top5, 
 
 
 def test_serve_refuses_a_model_without_weights(capsys):
-    with pytest.raises(ValueError, match="no built-in weights: pass --pretrained"):
-        vimc_main(["serve", "vim_tiny"])
+    check_usage_error(["serve", "vim_tiny"], "no built-in weights: pass --pretrained", capsys)
