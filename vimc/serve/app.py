@@ -15,7 +15,9 @@ compilation or lazy loading. Serve's HTTP proxy takes the requests (FastAPI rout
   this replica's request and batch counts (their ratio is the mean batch size).
 
 The forward and the decoding run in worker threads (``asyncio.to_thread``), so the replica's
-event loop keeps accepting requests, and filling the next batch, while a batch computes.
+event loop keeps accepting and decoding requests while a batch computes; those requests wait
+for the forward to end and then enter ``@serve.batch`` together, as the next batch
+(:meth:`VimClassifier._idle` says why).
 """
 
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations at runtime,
@@ -73,7 +75,8 @@ class VimClassifier:
         self._idle_event = None
 
     def check_health(self) -> None:
-        """Serve's periodic health check: a replica without a model is replaced."""
+        """Serve's periodic health check. A replica is healthy once its constructor (load and
+        warm-up) has finished; Serve itself replaces one whose process died."""
         if self.predictor is None:
             raise RuntimeError("no model loaded")
 
