@@ -5,6 +5,11 @@ with the system C compiler (the one torch.compile already needs on a CPU), into
 ``$VIMC_CACHE_DIR`` (default ``~/.cache/vimc``), under a name that hashes the sources, the
 flags, the compiler and this CPU's feature flags: an edit, another compiler or another
 machine gets a fresh build. No build step at install, no headers but libc's.
+
+``VIMC_SANITIZE=1`` (read at each build) builds the same sources with AddressSanitizer and
+UndefinedBehaviorSanitizer added, into ``<cache>/sanitize``: the memory-safety job
+(tests/sanitize/run.py) runs the tests and a fuzz loop against that build. The process must
+have the ASan runtime preloaded (``LD_PRELOAD``), since Python itself is not built with it.
 """
 
 from __future__ import annotations
@@ -31,12 +36,31 @@ FLAGS = [
     "-ffp-contract=fast",
 ]
 
+SANITIZE_FLAGS = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",  # the first report ends the process: the job fails on it
+    "-fno-omit-frame-pointer",  # readable stacks in the reports
+    "-g",
+]
+
+
+def sanitizing() -> bool:
+    """Whether builds add the sanitizers (``VIMC_SANITIZE=1``)."""
+    return os.environ.get("VIMC_SANITIZE", "") == "1"
+
+
+def _asan_loaded() -> bool:
+    try:
+        return "libasan" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return True  # no /proc to ask: let the loader say
+
 
 def cache_dir() -> Path:
     root = os.environ.get("VIMC_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vimc"
     )
-    return Path(root)
+    return Path(root) / "sanitize" if sanitizing() else Path(root)
 
 
 def compiler() -> str:
@@ -62,11 +86,17 @@ def build(source: str, stem: str, variants: list[list[str]], includes=()) -> Pat
     ``variants``: extra flags to try in order (the first that compiles wins: not every
     compiler knows -march=native or -fopenmp)."""
     cc = compiler()
+    flags = FLAGS + SANITIZE_FLAGS if sanitizing() else FLAGS
+    if sanitizing() and not _asan_loaded():  # loading the library would abort the process
+        raise RuntimeError(
+            "VIMC_SANITIZE=1 needs the ASan runtime preloaded: "
+            "LD_PRELOAD=$(cc -print-file-name=libasan.so) (tests/sanitize/run.py does this)"
+        )
     src = HERE / source
     digest = hashlib.sha256()
     for part in (src, *(HERE / i for i in includes)):
         digest.update(part.read_bytes())
-    for text in (" ".join(FLAGS), repr(variants), cc, _cpu_signature(), platform.machine()):
+    for text in (" ".join(flags), repr(variants), cc, _cpu_signature(), platform.machine()):
         digest.update(text.encode())
     out_dir = cache_dir()
     so = out_dir / f"{stem}_{digest.hexdigest()[:16]}.so"
@@ -79,7 +109,7 @@ def build(source: str, stem: str, variants: list[list[str]], includes=()) -> Pat
         errors = []
         for extra in variants:
             proc = subprocess.run(
-                [cc, *FLAGS, *extra, f"-I{HERE}", str(src), "-o", tmp, "-lm"],
+                [cc, *flags, *extra, f"-I{HERE}", str(src), "-o", tmp, "-lm"],
                 capture_output=True,
                 text=True,
             )
