@@ -431,7 +431,7 @@ def _add_export_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vimc import __version__
+    from vimc.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="vimc",
@@ -451,7 +451,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_list_parser(sub)
     _add_export_parsers(sub)
+    _add_serve_parsers(sub)
     return parser
+
+
+def _add_serve_parsers(sub) -> None:
+    """`vimc serve` and `vimc predict-folder` (vimc.serve; Ray is imported when they run). Their
+    handlers raise ValueError for bad usage or input: exit 2 here, like every command's."""
+    from vimc.serve import add_predict_folder_parser, add_serve_parser
+
+    for p in (add_serve_parser(sub), add_predict_folder_parser(sub)):
+        p.set_defaults(func=_usage_errors_exit_2(p.get_default("func")))
+
+
+def _usage_errors_exit_2(func):
+    def run(args):
+        try:
+            return func(args)
+        except (ValueError, FileNotFoundError) as exc:
+            raise CLIError(str(exc)) from exc
+
+    return run
 
 
 def main(argv=None) -> int:
