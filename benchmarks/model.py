@@ -13,6 +13,16 @@ Compiled rows are measured twice: a cold process (empty Inductor caches: the com
 first user sees) and a warm one (the FX graph cache filled: what a later process pays), whose
 latency and memory are the ones reported. Latency: median and p20/p80 of single forwards
 under ``torch.no_grad()``, threads at torch's default.
+
+Vim-Ti against DeiT-Ti (the transformer of its size: timm's ``deit_tiny_patch16_224``
+architecture, vimc/deit.py, with SDPA attention): both compiled, in ONE process per batch,
+``--threads`` threads (2 by default), timed round robin (each round runs both, the starting
+model rotating) so that a busy machine slows both alike. Reported: Vim/DeiT latency ratio at
+batch 1 and time-per-image ratio at batch 8, and where compiled Vim-Ti's time goes: a
+torch.profiler trace of the compiled model, each top-level op put in one bucket (scan: the
+``vimc::selective_scan*`` ops; matmul: aten mm/addmm/bmm/linear and oneDNN linears), "other"
+being the rest of the profiled wall time (Inductor's fused elementwise kernels, the conv,
+layer norms, Python and dispatch).
 Results: benchmarks/results/model-<machine>.{json,md}.
 """
 
@@ -26,13 +36,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 import vimc
+from vimc.cliargs import positive_int
+from vimc.deit import deit_tiny
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import time_fn
+from vimc.timing import time_fn, time_round_robin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MS = 43.0  # the issue's target for compiled Vim-Ti, batch 1, on this CPU
@@ -76,6 +89,83 @@ def worker(cfg: dict) -> dict:
     }
 
 
+# Ops counted as matmul in the breakdown; the scan is every op whose name has "selective_scan".
+MATMUL_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::linear",
+    "aten::matmul",
+    "aten::_mkl_linear",
+    "mkldnn::_linear_pointwise",
+    "onednn::qlinear_pointwise",
+}
+
+
+def _bucket(name: str) -> str | None:
+    if "selective_scan" in name:
+        return "scan"
+    if name in MATMUL_OPS:
+        return "matmul"
+    return None
+
+
+def breakdown(fn, calls: int) -> dict:
+    """Profile ``calls`` forwards of ``fn``: milliseconds per forward in scan / matmul / other.
+    Only the outermost op of a bucket counts (aten::linear's inner addmm is not counted twice)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    ms = {"scan": 0.0, "matmul": 0.0}
+    for ev in prof.events():
+        b = _bucket(ev.name)
+        if b is None:
+            continue
+        parent, nested = ev.cpu_parent, False
+        while parent is not None:
+            if _bucket(parent.name) is not None:
+                nested = True
+                break
+            parent = parent.cpu_parent
+        if not nested:
+            ms[b] += ev.cpu_time_total / 1e3  # microseconds -> ms
+    out = {k: v / calls for k, v in ms.items()}
+    out["total"] = wall_ms / calls
+    out["other"] = max(0.0, out["total"] - out["scan"] - out["matmul"])
+    return out
+
+
+def worker_vs_deit(cfg: dict) -> dict:
+    """Vim-Ti and DeiT-Ti compiled in this process, timed round robin, then Vim-Ti profiled."""
+    torch.manual_seed(0)
+    torch.set_num_threads(cfg["threads"])
+    x = torch.randn(cfg["batch"], 3, 224, 224)
+    vim = vimc.create_model("vim_tiny").eval()
+    deit = deit_tiny(attn_impl="sdpa").eval()
+    vim_c, deit_c = torch.compile(vim, fullgraph=True), torch.compile(deit, fullgraph=True)
+    with torch.no_grad():
+        fns = {"vim_tiny": lambda: vim_c(x), "deit_tiny": lambda: deit_c(x)}
+        # warmup 2: the first call compiles, the second runs what later calls run
+        t = time_round_robin(fns, rounds=cfg["rounds"], warmup=2, rotate=True)
+        prof = breakdown(fns["vim_tiny"], cfg["profile_calls"])
+    ratio = t["vim_tiny"].median_ms / t["deit_tiny"].median_ms
+    return {
+        **cfg,
+        "vim_ms": t["vim_tiny"].summary(),
+        "deit_ms": t["deit_tiny"].summary(),
+        "vim_median_ms": t["vim_tiny"].median_ms,
+        "deit_median_ms": t["deit_tiny"].median_ms,
+        "ratio": ratio,
+        "vim_breakdown_ms": prof,
+        "threads_used": torch.get_num_threads(),
+    }
+
+
 def run_config(cfg: dict, env: dict | None = None) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(cfg)],
@@ -88,6 +178,52 @@ def run_config(cfg: dict, env: dict | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# the issue's targets for Vim-Ti / DeiT-Ti, both compiled, 2 threads, 224 px, by batch
+DEIT_TARGETS = {1: 1.6, 8: 1.4}
+
+
+def deit_markdown(vs_deit: list[dict]) -> list[str]:
+    if not vs_deit:
+        return []
+    md = [
+        "",
+        "## Vim-Ti vs DeiT-Ti (both compiled, SDPA attention, 224 px, one process, round robin)",
+        "",
+        "| batch | threads | Vim-Ti ms (p20-p80) | DeiT-Ti ms (p20-p80) | Vim-Ti ms/img | "
+        "DeiT-Ti ms/img | Vim / DeiT | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in vs_deit:
+        v, d, b = r["vim_ms"], r["deit_ms"], r["batch"]
+        target = DEIT_TARGETS.get(b)
+        verdict = (
+            f"<= {target}x ({'met' if r['ratio'] <= target else 'not met'})" if target else "-"
+        )
+        md.append(
+            f"| {b} | {r['threads_used']} | {v['median_ms']:.1f} ({v['p20_ms']:.1f}-"
+            f"{v['p80_ms']:.1f}) | {d['median_ms']:.1f} ({d['p20_ms']:.1f}-{d['p80_ms']:.1f}) | "
+            f"{v['median_ms'] / b:.1f} | {d['median_ms'] / b:.1f} | {r['ratio']:.2f}x | {verdict} |"
+        )
+    md += [
+        "",
+        "Where compiled Vim-Ti's time goes (torch.profiler over the compiled model, ms per "
+        "forward; the profiler's own overhead is in the total):",
+        "",
+        "| batch | scan | matmul | other | total (profiled) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in vs_deit:
+        p = r["vim_breakdown_ms"]
+        md.append(
+            f"| {r['batch']} | "
+            + " | ".join(
+                f"{p[k]:.1f} ({100 * p[k] / p['total']:.0f}%)" for k in ("scan", "matmul", "other")
+            )
+            + f" | {p['total']:.1f} |"
+        )
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -95,7 +231,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument(
         "--modes",
-        nargs="+",
+        nargs="*",
         default=["eager", "compiled", "compiled-freezing"],
         choices=["eager", "compiled", "compiled-freezing"],
     )
@@ -105,10 +241,20 @@ def main() -> None:
         action="store_true",
         help="skip the eager reference-scan baseline (slow: a Python loop over every scan step)",
     )
+    ap.add_argument(
+        "--no-deit", action="store_true", help="skip the side-by-side run against DeiT-Ti"
+    )
+    ap.add_argument(
+        "--threads",
+        type=positive_int,
+        default=2,
+        help="torch threads of the Vim-Ti vs DeiT-Ti run (default 2)",
+    )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        cfg = json.loads(args.worker)
+        print(json.dumps(worker_vs_deit(cfg) if cfg.get("kind") == "vs_deit" else worker(cfg)))
         return
 
     print(header())
@@ -146,6 +292,23 @@ def main() -> None:
             row["speedup_vs_reference"] = (ref["median_ms"] / row["median_ms"]) if ref else None
             rows.append(row)
             print(f"  batch {batch} {mode}: {row['median_ms']:.1f} ms", flush=True)
+    vs_deit = []
+    if not args.no_deit:
+        for batch in args.batches:
+            cfg = {
+                "kind": "vs_deit",
+                "batch": batch,
+                "threads": args.threads,
+                "rounds": (10 if args.quick else 30) if batch == 1 else (4 if args.quick else 10),
+                "profile_calls": 3 if args.quick else 10,
+            }
+            r = run_config(cfg, env)
+            vs_deit.append(r)
+            print(
+                f"  batch {batch} Vim-Ti {r['vim_median_ms']:.1f} ms, DeiT-Ti "
+                f"{r['deit_median_ms']:.1f} ms: {r['ratio']:.2f}x",
+                flush=True,
+            )
 
     md = [
         "# Vim-Ti whole-model CPU benchmark\n",
@@ -180,6 +343,7 @@ def main() -> None:
             f"Target (issue): compiled batch 1 <= {TARGET_MS:.0f} ms; measured best "
             f"{best:.1f} ms ({'met' if best <= TARGET_MS else 'not met'}).",
         ]
+    md += deit_markdown(vs_deit)
     try:
         load = os.getloadavg()
         md += [
@@ -193,7 +357,7 @@ def main() -> None:
     text = "\n".join(md) + "\n"
     print(text)
     if not args.no_save:
-        payload = {"header": header(), "rows": rows}
+        payload = {"header": header(), "rows": rows, "vs_deit": vs_deit}
         save_results(RESULTS / f"model-{machine_tag()}", payload, text)
 
 
