@@ -4,7 +4,9 @@ The CPU kernel (cpu.py) and the ONNX Runtime plugin (ort_plugin.py) are built on
 with the system C compiler (the one torch.compile already needs on a CPU), into
 ``$VIMC_CACHE_DIR`` (default ``~/.cache/vimc``), under a name that hashes the sources, the
 flags, the compiler and this CPU's feature flags: an edit, another compiler or another
-machine gets a fresh build. No build step at install, no headers but libc's.
+machine gets a fresh build. No headers but libc's. An installed wheel also carries them
+prebuilt, one file per instruction-set level (``build_prebuilt``, called by setup.py), and the
+loaders try the best one this CPU runs first (``prebuilt``).
 
 ``VIMC_SANITIZE=1`` (read at each build) builds the same sources with AddressSanitizer and
 UndefinedBehaviorSanitizer added, into ``<cache>/sanitize``: the memory-safety job
@@ -123,3 +125,75 @@ def build(source: str, stem: str, variants: list[list[str]], includes=()) -> Pat
         if os.path.exists(tmp):
             os.unlink(tmp)
     return so
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels built ahead of time: setup.py builds them into the package, the loaders pick one
+# ---------------------------------------------------------------------------------------------
+
+PREBUILT_DIR = "_prebuilt"  # under this folder, in an installed package
+
+# -march levels of each architecture, best first, with the /proc/cpuinfo flags a CPU must
+# report to run code built for that level (the flags the level's definition adds, as the
+# kernel and the compiler may use them; "abm" is how Linux names LZCNT)
+_V3 = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm", "sse4_2", "popcnt"}
+LEVELS = {
+    "x86_64": [
+        ("x86-64-v4", _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+        ("x86-64-v3", _V3),
+        ("x86-64", set()),
+    ],
+    "aarch64": [("armv8-a", set())],  # NEON is part of the armv8-a baseline
+}
+
+# the prebuilt libraries: stem -> (source, extra flags). The scan comes twice: with OpenMP,
+# which shares torch's thread pool but needs a "libgomp.so.1" at load, and with pthreads,
+# which loads anywhere.
+PREBUILT = {
+    "vimc_scan_omp": ("cpu_kernel.c", ["-fopenmp"]),
+    "vimc_scan": ("cpu_kernel.c", []),
+    "vimc_ort_plugin": ("ort_plugin.c", ["-fvisibility=hidden"]),
+}
+
+
+def _machine() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as /proc/cpuinfo names them (empty where it cannot tell)."""
+    line = _cpu_signature()
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def build_prebuilt(out_dir: Path) -> dict[str, str | None]:
+    """setup.py's build step: every library of PREBUILT at every level of this machine's
+    architecture, into ``out_dir/<stem>-<level>.so`` -> {file name: None, or why it failed}.
+    Never -march=native: the files run on any CPU of their level."""
+    cc = compiler()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, str | None] = {}
+    for level, _ in LEVELS.get(_machine(), []):
+        for stem, (source, extra) in PREBUILT.items():
+            name = f"{stem}-{level}.so"
+            cmd = [cc, *FLAGS, f"-march={level}", *extra, f"-I{HERE}", str(HERE / source)]
+            proc = subprocess.run([*cmd, "-o", str(out_dir / name), "-lm"], capture_output=True,
+                                  text=True)  # fmt: skip
+            result[name] = None if proc.returncode == 0 else proc.stderr.strip()[-500:]
+    return result
+
+
+def prebuilt(stem: str) -> tuple[Path, str] | None:
+    """(path, level) of the best prebuilt ``stem`` library this CPU runs, or None: none was
+    installed (a source checkout), or none of its levels matches this CPU. A sanitizing run
+    never takes one (they are built without the sanitizers)."""
+    if sanitizing():
+        return None
+    cpu = cpu_flags()
+    for level, needs in LEVELS.get(_machine(), []):
+        path = HERE / PREBUILT_DIR / f"{stem}-{level}.so"
+        if needs <= cpu and path.exists():
+            return path, level
+    return None

@@ -1,9 +1,11 @@
 """The selective scan on CPU: a fused C kernel when a C compiler is present, else chunked torch.
 
-The C kernel (``cpu_kernel.c``) is built on first use with the compiler that ``torch.compile``
+The C kernel (``cpu_kernel.c``) is called through ctypes (no torch headers). An installed wheel
+carries it prebuilt for each instruction-set level (setup.py) and the best one this CPU runs
+is loaded; a source checkout builds it on first use with the compiler that ``torch.compile``
 already needs on a CPU, cached under ``$VIMC_CACHE_DIR`` (default ``~/.cache/vimc``; see
-_cbuild.py), and called through ctypes: no build step at install and no torch headers (the
-README gives the build time).
+_cbuild.py; the README gives the build time). Where neither works, a RuntimeWarning says why,
+once. :func:`kernel_info` tells which kernel runs and where it came from.
 ``VIMC_CPU_KERNEL=torch`` (read at import) forces the pure-torch path; it is also what float64
 inputs take.
 
@@ -19,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import warnings
 
 import torch
 
@@ -95,22 +98,49 @@ _lib_lock = threading.Lock()
 _FORCED_TORCH = os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
 
 
-def _build() -> ctypes.CDLL:
+_lib_source: str | None = None  # where the loaded kernel came from, for kernel_info()
+
+
+def _load() -> tuple[ctypes.CDLL, str]:
+    """The kernel library and where it came from: the best prebuilt variant this CPU runs (a
+    wheel carries one per instruction-set level, see setup.py; the OpenMP one first, if its
+    libgomp loads), else a first-use build for this CPU with the system C compiler."""
+    problems = []
+    for stem in ("vimc_scan_omp", "vimc_scan"):
+        found = _cbuild.prebuilt(stem)
+        if found is None:
+            continue
+        path, level = found
+        try:
+            return ctypes.CDLL(str(path)), f"prebuilt for {level} ({path.name}, in the package)"
+        except OSError as exc:
+            problems.append(f"{path.name}: {exc}")
     # -march=native is not known to every compiler; OpenMP lets the kernel share torch's
     # thread pool (see run_parallel in the C file), pthreads otherwise
     variants = [["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []]
-    lib = ctypes.CDLL(str(_cbuild.build("cpu_kernel.c", "vimc_scan", variants)))
+    try:
+        path = _cbuild.build("cpu_kernel.c", "vimc_scan", variants)
+    except RuntimeError as exc:
+        raise RuntimeError("; ".join([*problems, str(exc)])) from None
+    return ctypes.CDLL(str(path)), f"built at first use for this CPU ({path})"
+
+
+def _build() -> ctypes.CDLL:
+    global _lib_source
+    lib, source = _load()
     lib.vimc_scan_abi.restype = ctypes.c_int64
     if lib.vimc_scan_abi() != ctypes.sizeof(_ScanArgs) * 1000 + LANES:
         raise RuntimeError("cpu_kernel.c and cpu.py disagree on the argument struct")
     for fn in (lib.vimc_scan_fwd, lib.vimc_scan_bwd):
         fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _pack)
         fn.restype = ctypes.c_int  # 0, or -1 where it refused the sizes it was given
+    _lib_source = source
     return lib
 
 
 def c_kernel_available() -> bool:
-    """Whether the fused C kernel can be used (builds it on first call)."""
+    """Whether the fused C kernel can be used (loads or builds it on first call). Where it
+    cannot, says why once (a RuntimeWarning) and the scans take the slower torch path."""
     global _lib, _lib_error
     if _lib is not None:  # the per-call fast path: no lock
         return not _FORCED_TORCH
@@ -122,7 +152,22 @@ def c_kernel_available() -> bool:
                 _lib = _build()
             except (RuntimeError, OSError) as exc:
                 _lib_error = str(exc)
+                warnings.warn(
+                    "vimc: the fused C scan kernel is unavailable, so CPU scans use the "
+                    f"slower torch path. Reason: {_lib_error}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     return _lib is not None
+
+
+def kernel_info() -> dict:
+    """Which CPU scan kernel runs and where it came from (``vimc info --kernels``)."""
+    if _FORCED_TORCH:
+        return {"kernel": "torch", "source": "VIMC_CPU_KERNEL=torch"}
+    if c_kernel_available():
+        return {"kernel": "C (fused)", "source": _lib_source}
+    return {"kernel": "torch", "source": f"the C kernel is unavailable: {_lib_error}"}
 
 
 def c_kernel_error() -> str | None:
@@ -308,7 +353,10 @@ def _segsum_decay(dlog: torch.Tensor) -> torch.Tensor:
     return torch.exp(seg.masked_fill(~keep[..., None], float("-inf")))
 
 
-def _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+def _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask_later=None):
+    """The chunked scan; ``mask_later``: whether each step's sum masks out later steps instead
+    of only weighting them by 0 (needed where a NaN or Inf is about, see below; None: decided
+    per chunk from its inputs)."""
     ct = torch.float64 if u.dtype == torch.float64 else torch.float32
     Bt, E, L = u.shape
     N, G = A.shape[1], B.shape[1]
@@ -329,11 +377,14 @@ def _fwd_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         dlog = dc[..., None] * A_[:, None, :]  # (Bt, E, T, N)
         x = (dc * uu[:, :, s : s + CHUNK])[..., None] * Bm[..., s : s + CHUNK].transpose(-1, -2)
         W = _segsum_decay(dlog)  # (Bt, E, T, T, N)
-        T = W.shape[-2]
-        # later steps masked out, not only weighted by W's zeros: 0 * a NaN or Inf input at a
-        # later step would be NaN at earlier ones, where the recurrence has not seen it yet
-        later = torch.ones(T, T, dtype=torch.bool, device=W.device).triu(1)[..., None]
-        hs = (W * x.unsqueeze(-3)).masked_fill(later, 0.0).sum(-2)
+        hs = W * x.unsqueeze(-3)  # (Bt, E, T, T, N): step s's share of the state at step t
+        if mask_later or (mask_later is None and not torch.isfinite(x).all()):
+            # later steps masked out, not only weighted by W's zeros: 0 * a NaN or Inf input at
+            # a later step would be NaN at earlier ones, where the recurrence has not seen it
+            T = W.shape[-2]
+            later = torch.ones(T, T, dtype=torch.bool, device=W.device).triu(1)[..., None]
+            hs = hs.masked_fill(later, 0.0)
+        hs = hs.sum(-2)
         hs = hs + torch.exp(torch.cumsum(dlog, -2)) * h[:, :, None]
         ys.append((hs * Cm[..., s : s + CHUNK].transpose(-1, -2)).sum(-1))
         h = hs[:, :, -1]
@@ -368,8 +419,10 @@ def _bwd_torch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
         t if t is None else t.detach().requires_grad_(True)
         for t in (u, delta, A, B, C, D, z, delta_bias)
     ]
+    # a non-finite cotangent or input reaches every step's gradient, the masked sums' too
+    finite = all(t is None or bool(torch.isfinite(t).all()) for t in (dout, dlast, *inputs))
     with _autograd_inside_kernel():
-        out, last = _fwd_torch(*inputs, delta_softplus, reverse)
+        out, last = _fwd_torch(*inputs, delta_softplus, reverse, mask_later=not finite)
         wrt = [t for t in inputs if t is not None]
         grads = torch.autograd.grad((out, last), wrt, (dout, dlast), allow_unused=True)
     it = iter(grads)

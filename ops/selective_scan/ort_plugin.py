@@ -5,8 +5,9 @@ nodes with the fused CPU kernel (``cpu_kernel.c``) on ONNX Runtime's intra-op th
 :func:`library_path` builds it on first use (cached like the kernel) and
 returns the shared library's path, for ``SessionOptions.register_custom_ops_library`` or a
 C/C++ program's ``RegisterCustomOpsLibrary``. It needs onnxruntime >= 1.17 (C API 17). By
-default it is built for this machine's CPU (``-march=native``); ``march`` builds it for
-another target, to copy to machines of that kind.
+default it is the one for this machine's CPU: the best prebuilt variant the CPU runs where the
+package carries them (a wheel: see setup.py), else built for it (``-march=native``); ``march``
+names another target, to copy to machines of that kind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ _paths: dict[str | None, Path] = {}
 _lock = threading.Lock()
 
 
+def _prebuilt(march: str | None) -> Path | None:
+    """The package's prebuilt plugin for ``march`` ("native": the best level this CPU runs)."""
+    if march == "native":
+        found = _cbuild.prebuilt("vimc_ort_plugin")
+        return found[0] if found else None
+    path = _cbuild.HERE / _cbuild.PREBUILT_DIR / f"vimc_ort_plugin-{march}.so"
+    return path if march is not None and not _cbuild.sanitizing() and path.exists() else None
+
+
 def library_path(march: str | None = "native") -> Path:
     """Path of the plugin library, built on first call for each ``march``: ``"native"`` (this
     CPU; where the compiler does not know -march=native, its default target), a target the C
@@ -34,6 +44,10 @@ def library_path(march: str | None = "native") -> Path:
         raise ValueError(f"march: expected a -march target such as 'native', got {march!r}")
     with _lock:
         if march not in _paths:
+            found = _prebuilt(march)
+            if found is not None:
+                _paths[march] = found
+                return found
             if march == "native":
                 variants = [["-march=native", _VISIBILITY], [_VISIBILITY], []]
             elif march is None:
