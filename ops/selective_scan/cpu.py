@@ -162,12 +162,23 @@ def c_kernel_available() -> bool:
 
 
 def kernel_info() -> dict:
-    """Which CPU scan kernel runs and where it came from (``vimc info --kernels``)."""
+    """Which CPU scan kernel runs and where it came from, and where the ONNX Runtime plugin
+    would come from (``vimc info --kernels``). Loads or builds the scan kernel if not yet."""
+    level = _cbuild.cpu_level()
+    info = {"cpu": f"{_cbuild.arch()}, instruction-set level {level or 'unknown'}"}
     if _FORCED_TORCH:
-        return {"kernel": "torch", "source": "VIMC_CPU_KERNEL=torch"}
-    if c_kernel_available():
-        return {"kernel": "C (fused)", "source": _lib_source}
-    return {"kernel": "torch", "source": f"the C kernel is unavailable: {_lib_error}"}
+        info["scan kernel"] = "torch (VIMC_CPU_KERNEL=torch)"
+    elif c_kernel_available():
+        info["scan kernel"] = f"C (fused), {_lib_source}"
+    else:
+        info["scan kernel"] = f"torch, because the C kernel is unavailable: {_lib_error}"
+    plugin = _cbuild.prebuilt("vimc_ort_plugin")
+    info["onnxruntime plugin"] = (
+        f"prebuilt for {plugin[1]} ({plugin[0].name}, in the package)"
+        if plugin
+        else "built at first use (no prebuilt plugin in this install)"
+    )
+    return info
 
 
 def c_kernel_error() -> str | None:
