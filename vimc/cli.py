@@ -3,6 +3,7 @@
     vimc demo                         the main job: built-in model -> compile -> eval -> export
     vimc predict IMAGE... [--model M] [--checkpoint P] [--topk K]
     vimc info MODEL [--img-size N]    config, parameters, FLOPs
+    vimc info --kernels               which CPU scan kernel runs, and where it came from
     vimc bench                        Vim-Ti vs DeiT-Ti across resolutions (table, JSON, PNG)
     vimc list                         registered models
     vimc export / parity / ort-plugin from vimc.export
@@ -221,7 +222,15 @@ def add_info_parser(sub) -> argparse.ArgumentParser:
         "(matmul/conv counted by torch.utils.flop_counter, the selective scan added "
         "analytically).",
     )
-    p.add_argument("model", metavar="MODEL", help="registered model name (see `vimc list`)")
+    p.add_argument(
+        "model", metavar="MODEL", nargs="?", help="registered model name (see `vimc list`)"
+    )
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="print which CPU scan kernel and ONNX Runtime plugin run, and where they come "
+        "from (prebuilt in the package, built at first use, or the torch fallback and why)",
+    )
     p.add_argument(
         "--img-size",
         type=positive_int,
@@ -230,7 +239,7 @@ def add_info_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", default=None, help="load this checkpoint's config")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_info)
+    p.set_defaults(func=cmd_info, info_parser=p)  # a MODEL is required unless --kernels
     return p
 
 
@@ -238,6 +247,16 @@ def cmd_info(args) -> int:
     from vimc.info import info_text, model_info
     from vimc.model import create_model, list_models
 
+    if args.kernels:
+        from vimc.ops.selective_scan.cpu import kernel_info
+
+        info = kernel_info()
+        print(json.dumps(info, indent=2) if args.json else "\n".join(
+            f"{k}: {v}" for k, v in info.items()))  # fmt: skip
+        if args.model is None:
+            return EXIT_OK
+    if args.model is None:
+        args.info_parser.error("the following arguments are required: MODEL (or --kernels)")
     if args.model not in list_models(include_aliases=True):
         raise CLIError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
     overrides = {"img_size": args.img_size} if args.img_size else {}

@@ -156,7 +156,8 @@ PREBUILT = {
 }
 
 
-def _machine() -> str:
+def arch() -> str:
+    """This machine's architecture as LEVELS names it."""
     m = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
@@ -175,7 +176,7 @@ def build_prebuilt(out_dir: Path) -> dict[str, str | None]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, str | None] = {}
-    for level, _ in LEVELS.get(_machine(), []):
+    for level, _ in LEVELS.get(arch(), []):
         for stem, (source, extra) in PREBUILT.items():
             name = f"{stem}-{level}.so"
             cmd = [cc, *FLAGS, f"-march={level}", *extra, f"-I{HERE}", str(HERE / source)]
@@ -185,6 +186,12 @@ def build_prebuilt(out_dir: Path) -> dict[str, str | None]:
     return result
 
 
+def cpu_level() -> str | None:
+    """The best LEVELS entry this CPU runs (None: an architecture LEVELS does not list)."""
+    cpu = cpu_flags()
+    return next((lvl for lvl, needs in LEVELS.get(arch(), []) if needs <= cpu), None)
+
+
 def prebuilt(stem: str) -> tuple[Path, str] | None:
     """(path, level) of the best prebuilt ``stem`` library this CPU runs, or None: none was
     installed (a source checkout), or none of its levels matches this CPU. A sanitizing run
@@ -192,7 +199,7 @@ def prebuilt(stem: str) -> tuple[Path, str] | None:
     if sanitizing():
         return None
     cpu = cpu_flags()
-    for level, needs in LEVELS.get(_machine(), []):
+    for level, needs in LEVELS.get(arch(), []):
         path = HERE / PREBUILT_DIR / f"{stem}-{level}.so"
         if needs <= cpu and path.exists():
             return path, level
