@@ -9,7 +9,8 @@ the CPU supports, so a process with no C compiler runs the fast path. Never ``-m
 the wheel must run on other machines than the one that built it.
 
 A level the build machine's compiler cannot build is left out with a warning (the run-time
-first-use build and then the torch path remain); ``VIMC_NO_PREBUILT=1`` builds no kernels.
+first-use build and then the torch path remain); ``VIMC_NO_PREBUILT=1`` builds no kernels, nor
+does an editable install (``pip install -e .``: the sources run in place, built at first use).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _load_cbuild():
 class BuildPyWithKernels(build_py):
     def run(self):
         super().run()
-        if os.environ.get("VIMC_NO_PREBUILT") == "1":
+        # an editable install runs the sources in place, which build at first use
+        if os.environ.get("VIMC_NO_PREBUILT") == "1" or getattr(self, "editable_mode", False):
             return
         cbuild = _load_cbuild()
         out_dir = Path(self.build_lib) / "vimc" / "ops" / "selective_scan" / cbuild.PREBUILT_DIR
