@@ -31,7 +31,6 @@ from ._scan_cases import DIRECTION, Case, make_inputs, make_pair, pair_reference
 
 CASE = Case(Bt=2, E=4, L=5, N=3)  # every error row starts from this case's valid inputs
 SCAN_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-PAIR_ARGS = (*DIRECTION, *(k + "_b" for k in DIRECTION), "z")
 SEQUENCES = ("u", "delta", "z", "B", "C")  # (Bt, ..., L): token-major in the token-major op
 
 
@@ -148,7 +147,8 @@ EMPTY = [dict(L=0), dict(Bt=0), dict(E=0), dict(Bt=0, L=0)]
 EMPTY_IDS = ["L0", "batch0", "E0", "batch0-L0"]
 
 
-def _grads(fn, ins: dict, cotangent=None):
+def _grads(fn, ins: dict):
+    """fn(ins) and every input's gradient under all-ones cotangents."""
     leaves = {k: None if v is None else v.detach().requires_grad_(True) for k, v in ins.items()}
     out = fn(leaves)
     outs = out if isinstance(out, tuple) else (out,)
