@@ -64,6 +64,8 @@ def selective_scan_reference(
     B_ = _expand_groups(B.to(ct), E)  # (Bt, E, N, L)
     C_ = _expand_groups(C.to(ct), E)
     h = u_.new_zeros(Bt, E, A.shape[1])
+    if L == 0:  # no step ties the inputs into autograd: an empty scan's gradients are zeros
+        h = h + 0 * (A_ + B_.sum(-1) + C_.sum(-1) + (dt.sum(-1) + u_.sum(-1))[..., None])
     ys = [None] * L
     steps = range(L - 1, -1, -1) if reverse else range(L)
     for t in steps:
@@ -72,7 +74,7 @@ def selective_scan_reference(
             + (dt[:, :, t] * u_[:, :, t])[:, :, None] * B_[..., t]
         )
         ys[t] = (h * C_[..., t]).sum(-1)
-    y = torch.stack(ys, dim=-1) if L > 0 else u_.new_zeros(Bt, E, 0)
+    y = torch.stack(ys, dim=-1) if L > 0 else h[..., :0]  # (Bt, E, 0), in the graph
     out = y if D is None else y + u_ * D.to(ct)[:, None]
     if z is not None:
         out = out * F.silu(z.to(ct))

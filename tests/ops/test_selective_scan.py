@@ -513,3 +513,21 @@ def test_backward_op_called_directly_checks_cotangents(name, shape, words):
         torch.ops.vimc.selective_scan_bwd(cot["dout"], cot["dlast"], *_op_args(c, False))
     for w in ["vimc scan kernel: ", *words]:
         assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+def test_reference_scan_of_nothing_has_zero_gradients():
+    """The oracle itself on an empty sequence (L = 0) without D or z: outputs connected to
+    autograd, so every input gets a zero gradient (the fuzz loop compares against it)."""
+    ins = {
+        "u": torch.randn(2, 3, 0),
+        "delta": torch.randn(2, 3, 0),
+        "A": -torch.rand(3, 4),
+        "B": torch.randn(2, 4, 0),
+        "C": torch.randn(2, 4, 0),
+    }
+    ins = {k: v.requires_grad_(True) for k, v in ins.items()}
+    out, last = selective_scan_reference(**ins, return_last_state=True)
+    assert out.shape == (2, 3, 0) and last.shape == (2, 3, 4)
+    (out.sum() + last.sum()).backward()
+    for k, v in ins.items():
+        assert v.grad is not None and v.grad.shape == v.shape and not v.grad.any(), k
