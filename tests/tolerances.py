@@ -198,3 +198,38 @@ INIT_STD_LECUN_NORMAL = 3e-3
 # softplus(dt_proj.bias) against the init's range [1e-3, 0.1], relative to its ends: float32
 # rounding of the inverse softplus the init stores
 DT_INIT_RANGE_REL = 1e-3
+
+# =============================================================================================
+# mamba_ssm's scan test, widened to its full grid (tests/ops/test_grad_grid.py, issue 19)
+# =============================================================================================
+
+# per element, |got - want| <= atol + rtol * |want|, vimc's selective_scan on CPU against
+# float32 autograd through the per-step recurrence on the same inputs: the bounds mamba_ssm's
+# own test holds its CUDA scan to, as (rtol, atol) per output and gradient. An element beyond
+# them passes only where float32 autograd is further from the float64 result than vimc is.
+# float32: the forward's bound (out, last state) also holds du, ddelta, dB and dC (tighter than
+# the peer, which widens du and ddelta); the weights' gradients get the peer's weight bound, dA
+# with its 5x atol. bfloat16 (u, delta, B, C, z, dout; the weights float32): the peer's
+# bfloat16 output bound for out and the bfloat16 gradients, the float32 bounds for the float32
+# last state and weight gradients, which both sides compute in float32 from the same values.
+_F32_FORWARD = (6e-4, 2e-3)
+_F32_WEIGHT = (1e-3, 1e-3)
+_F32_DA = (1e-3, 5e-3)
+_BF16_OUTPUT = (3e-2, 5e-2)
+PEER_GRID = {
+    torch.float32: {
+        **dict.fromkeys(("out", "last_state", "du", "ddelta", "dB", "dC"), _F32_FORWARD),
+        **dict.fromkeys(("dD", "dz", "ddelta_bias"), _F32_WEIGHT),
+        "dA": _F32_DA,
+    },
+    torch.bfloat16: {
+        **dict.fromkeys(("out", "du", "ddelta", "dB", "dC", "dz"), _BF16_OUTPUT),
+        **dict.fromkeys(("last_state", "dD", "ddelta_bias"), _F32_WEIGHT),
+        "dA": _F32_DA,
+    },
+}
+
+# relative L2 error against float64 (the metric of SCAN_REL_ERR), float32 gradients on
+# long-memory inputs: vimc's error at most this many times that of float32 autograd through the
+# per-step recurrence on the same inputs (benchmarks/results/grad_accuracy-*.md)
+GRAD_VS_FP32_AUTOGRAD = 3.0

@@ -431,7 +431,21 @@ static void fwd_items(const Work *w) {
 // ---------------------------------------------------------------------------------------------
 // backward: state by state, a forward pass stores that component's h_t and decay, then a
 // backward pass carries its adjoint dh; per-step sums (d delta, d u, y) accumulate over states.
+//
+// Accuracy, held to mamba_ssm's gradient tolerances and to float32 autograd through the per-step
+// recurrence (tests/ops/test_grad_grid.py):
+// - The decays come from vexp8, whose error vanishes as the exponent goes to 0. A decay close
+//   to 1 (A near 0: a long memory) carries its relative error into every step it is applied
+//   at, so a polynomial that is off by a constant there (any p(0) != 1) biases h, and the
+//   adjoint dh, by that error times the memory length 1 / (1 - decay).
+// - The sums over time (dA, dD, dbias: L terms per channel) go to double: dA in blocks of
+//   DA_BLOCK steps summed in float32 and then added in double (the adds stay out of the hot
+//   loop), dD and dbias in double directly. A sequential float32 sum over L would lose
+//   digits in proportion to L.
 // ---------------------------------------------------------------------------------------------
+
+typedef double v8d __attribute__((vector_size(64)));  // 8 lanes of double: two AVX registers
+#define DA_BLOCK 32  // time steps per float32 block of dA (a power of 2)
 
 static void bwd_items(const Work *w) {
     const ScanArgs *a = w->a;
@@ -455,7 +469,6 @@ static void bwd_items(const Work *w) {
         item_in(sgo, a->dout, a->s_dout, a, &m);
         if (a->z) item_in(sz, a->z, a->s_z, a, &m);
         const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
-        const int base2 = exponents_nonpositive(a, &m, sd);
         for (int64_t t = 0; t < L; ++t) {
             v8f go = load8(sgo + t * LANES);
             if (a->z) {
@@ -470,19 +483,20 @@ static void bwd_items(const Work *w) {
             store8(sgd + t * LANES, splat(0.0f));
         }
         for (int64_t n = 0; n < N; ++n) {
-            const v8f An = gather_chan(a->A + n, &m, N), An2 = An * splat(LOG2E);
+            const v8f An = gather_chan(a->A + n, &m, N);
             const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
             float *dBn = dBp + n * L * LANES, *dCn = dCp + n * L * LANES;
             v8f h = splat(0.0f);
             for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
                 const v8f d = load8(sd + t * LANES);
-                const v8f decay = base2 ? vexp2_nonpos8(d * An2) : vexp8(d * An);
+                const v8f decay = vexp8(d * An);
                 h = decay * h + load8(sdu + t * LANES) * splat(Bn[t * Bst]);
                 store8(sh + t * LANES, h);
                 store8(sdecay + t * LANES, decay);
                 store8(sy + t * LANES, load8(sy + t * LANES) + h * splat(Cn[t * Cst]));
             }
-            v8f dh = splat(0.0f), dAn = splat(0.0f);
+            v8f dh = splat(0.0f), dA_block = splat(0.0f);
+            v8d dAn = {0};
             if (a->dlast)
                 for (int64_t k = 0; k < m.lanes; ++k) dh[k] = a->dlast[(m.b * E + m.e0 + k) * N + n];
             for (int64_t s = L - 1, t = t0 + (L - 1) * dt; s >= 0; --s, t -= dt) {
@@ -496,12 +510,16 @@ static void bwd_items(const Work *w) {
                 const v8f gh = dhn * decay * hprev;  // d loss / d (d * A_n)
                 store8(sgd + t * LANES, load8(sgd + t * LANES) + gh * An + dhn * load8(su + t * LANES) * Bt);
                 store8(sgu + t * LANES, load8(sgu + t * LANES) + dhn * d * Bt);
-                dAn += gh * d;
+                dA_block += gh * d;
+                if ((s & (DA_BLOCK - 1)) == 0) {  // s counts down to 0: the last block flushes too
+                    dAn += __builtin_convertvector(dA_block, v8d);
+                    dA_block = splat(0.0f);
+                }
                 dh = dhn * decay;
             }
-            for (int64_t k = 0; k < m.lanes; ++k) dA_acc[(m.e0 + k) * N + n] += dAn[k];
+            for (int64_t k = 0; k < m.lanes; ++k) dA_acc[(m.e0 + k) * N + n] += (float)dAn[k];
         }
-        v8f dD = splat(0.0f), dbias = splat(0.0f);
+        v8d dD = {0}, dbias = {0};
         for (int64_t t = 0; t < L; ++t) {
             const v8f ut = load8(su + t * LANES);
             v8f dd = load8(sgd + t * LANES);
@@ -511,8 +529,8 @@ static void bwd_items(const Work *w) {
             }
             dd = select8(m.valid, dd, splat(0.0f));
             store8(sgd + t * LANES, dd);
-            dbias += dd;
-            dD += load8(sdy + t * LANES) * ut;
+            dbias += __builtin_convertvector(dd, v8d);
+            dD += __builtin_convertvector(load8(sdy + t * LANES) * ut, v8d);
             if (a->z) {  // dz reuses the dy slot: dy is not read after this step
                 const v8f zt = load8(sz + t * LANES), sg = vsigmoid8(zt);
                 store8(sdy + t * LANES, load8(sgo + t * LANES) * load8(sy + t * LANES) * sg *
@@ -523,8 +541,8 @@ static void bwd_items(const Work *w) {
         item_out(a->ddelta, a->s_ddelta, sgd, a, &m);
         if (a->z) item_out(a->dz, a->s_dz, sdy, a, &m);
         for (int64_t k = 0; k < m.lanes; ++k) {
-            dD_acc[m.e0 + k] += dD[k];
-            db_acc[m.e0 + k] += dbias[k];
+            dD_acc[m.e0 + k] += (float)dD[k];
+            db_acc[m.e0 + k] += (float)dbias[k];
         }
     }
 }
