@@ -9,7 +9,6 @@ from vimc.ops import selective_scan_reference
 
 from ..tolerances import COMPILED_VS_EAGER, COMPILED_VS_EAGER_GRAD, SCAN_REL_ERR
 
-TOLERANCES = SCAN_REL_ERR  # the name test_bidirectional.py imports
 _SHORT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.float64: "f64"}
 
 

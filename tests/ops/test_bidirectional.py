@@ -9,9 +9,9 @@ import pytest
 import torch
 from vimc.ops import selective_scan_bidirectional, selective_scan_bidirectional_token_major
 
+from ..tolerances import EXACT, PAIR_GRAPH_VS_EAGER, SCAN_REL_ERR
 from ._scan_cases import (
     DIRECTION,
-    TOLERANCES,
     Case,
     assert_compiled_matches_eager,
     assert_grads_match,
@@ -43,7 +43,7 @@ def test_matches_two_reference_scans(impl, c, layout):
     out = run(ins, c.softplus)
     assert out.shape == ins["u"].shape and out.stride() == torch.empty_like(ins["u"]).stride()
     ref = reference(ins, c.softplus)
-    tol = TOLERANCES[torch.float32][0]
+    tol = SCAN_REL_ERR[torch.float32][0]
     assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
 
 
@@ -53,7 +53,7 @@ def test_half_precision(dtype):
     ins = make_pair(c, dtype)
     out = run(ins, True)
     assert out.dtype == dtype
-    tol = TOLERANCES[dtype][0]
+    tol = SCAN_REL_ERR[dtype][0]
     assert rel_err(out, reference(ins, True)) <= tol
 
 
@@ -100,7 +100,7 @@ def test_opcheck_nograd_twin(c):
         ours = op(*args)
         theirs = torch.ops.vimc.selective_scan_bidirectional_fwd.default(*args)
     for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, **EXACT)
 
 
 def _export_pair(ins: dict, fn=selective_scan_bidirectional):
@@ -152,7 +152,7 @@ def test_token_major_op_matches_two_reference_scans(c):
     out = op(*args, c.softplus)
     assert out.shape == (c.Bt, c.L, c.E) and out.is_contiguous()
     ref = reference(ins, c.softplus).movedim(-1, 1)
-    tol = TOLERANCES[torch.float32][0]
+    tol = SCAN_REL_ERR[torch.float32][0]
     assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
 
 
@@ -164,7 +164,7 @@ def test_token_major_function_records_one_node_and_matches_eager():
     ep, targets = _export_pair(tm, selective_scan_bidirectional_token_major)
     assert sum("vimc." in t for t in targets) == 1
     assert "vimc.selective_scan_bidirectional_token_major.default" in targets
-    torch.testing.assert_close(ep.module()(*tm.values()).mT, run(ins, True), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ep.module()(*tm.values()).mT, run(ins, True), **PAIR_GRAPH_VS_EAGER)
 
 
 def test_token_major_function_refuses_grouped_or_mismatched_input():
@@ -195,7 +195,7 @@ def test_grad_mode_picks_the_op(monkeypatch):
         off = run(ins, True)
     on = run(ins, True)
     assert seen == ["_BIDIR_NOGRAD", "_BIDIR"]
-    torch.testing.assert_close(off, on, rtol=0, atol=0)
+    torch.testing.assert_close(off, on, **EXACT)
 
 
 def test_compile_under_no_grad_matches_eager():
@@ -204,7 +204,7 @@ def test_compile_under_no_grad_matches_eager():
     torch._dynamo.reset()
     compiled = torch.compile(lambda **kw: run(kw, True), fullgraph=True, dynamic=False)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(**ins), run(ins, True), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(compiled(**ins), run(ins, True), **PAIR_GRAPH_VS_EAGER)
 
 
 def test_compile_fullgraph_is_one_op_and_matches_eager():
@@ -221,7 +221,7 @@ def test_export_records_what_runs_eagerly():
     ep, targets = _export_pair(ins)
     assert sum("vimc." in t for t in targets) == 1
     assert any("selective_scan_bidirectional_fwd" in t for t in targets)
-    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ep.module()(*ins.values()), run(ins, True), **PAIR_GRAPH_VS_EAGER)
 
 
 @pytest.mark.parametrize(
