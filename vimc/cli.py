@@ -27,7 +27,11 @@ import os
 import sys
 from pathlib import Path
 
-from vimc.cliargs import positive_float, positive_int
+from vimc.bench import add_bench_parser
+from vimc.cliargs import Formatter as _Formatter
+from vimc.cliargs import add_threads_arg as _add_threads_arg
+from vimc.cliargs import positive_int
+from vimc.cliargs import set_threads as _set_threads
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -38,21 +42,6 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE):
         super().__init__(message)
         self.code = code
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
-def _set_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
-def _add_threads_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
 
 
 def _load_model(name: str | None, checkpoint=None, **kwargs):
@@ -270,120 +259,6 @@ def cmd_info(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# vimc bench
-# ---------------------------------------------------------------------------------------------
-
-
-def add_bench_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "bench",
-        formatter_class=_Formatter,
-        help="Vim-Ti vs DeiT-Ti speed and memory across resolutions",
-        description="Vim-Ti vs DeiT-Ti across resolutions on this device (the paper's Figure "
-        "1): images/s, latency, peak memory, as a table, JSON and a PNG plot. Models are "
-        "randomly initialized (speed does not depend on weights). CPU default resolutions are "
-        "224 512 768 1248; CUDA: 224 512 640 738 1024 1248.",
-    )
-    p.add_argument(
-        "--models",
-        nargs="+",
-        default=list(("vim_tiny", "deit_tiny")),
-        help="models to compare (deit_tiny or any registered Vim)",
-    )
-    p.add_argument(
-        "--resolutions",
-        nargs="+",
-        type=positive_int,
-        default=None,
-        help="square input sizes, multiples of 16 (default: per device)",
-    )
-    p.add_argument("--batch", type=positive_int, default=1, help="batch size")
-    p.add_argument(
-        "--max-seconds",
-        type=positive_float,
-        default=10.0,
-        help="time budget per (model, resolution); points predicted to need more than "
-        "3x this per forward are skipped",
-    )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available"
-    )
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="autocast dtype",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile both models first")
-    p.add_argument(
-        "--deit-attn",
-        choices=("explicit", "sdpa"),
-        default="explicit",
-        help="DeiT attention: materialized softmax(QK^T)V as in the paper's baseline, "
-        "or torch's fused SDPA",
-    )
-    p.add_argument(
-        "--out", default="bench_results", help="folder for bench.json, bench.md, bench.png"
-    )
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    _add_threads_arg(p)
-    p.set_defaults(func=cmd_bench)
-    return p
-
-
-def cmd_bench(args) -> int:
-    import torch
-
-    from vimc import bench, bench_report
-
-    _set_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device available")
-    dtype = getattr(torch, args.dtype)  # one of the --dtype choices
-    resolutions = args.resolutions or (
-        bench.CUDA_RESOLUTIONS if device.type == "cuda" else bench.CPU_RESOLUTIONS
-    )
-    bad = [r for r in resolutions if r < 16 or r % 16]
-    if bad:
-        raise CLIError(f"resolutions must be multiples of 16 (patch 16), got {bad}")
-    env = bench_report.environment(device)
-    settings = {
-        "models": args.models,
-        "resolutions": list(resolutions),
-        "batch": args.batch,
-        "max_seconds": args.max_seconds,
-        "dtype": args.dtype,
-        "compile": args.compile,
-        "deit_attention": args.deit_attn,
-    }
-    print(
-        f"vimc bench: batch {args.batch}, {args.dtype}, "
-        f"{'torch.compile' if args.compile else 'eager'}, DeiT attention {args.deit_attn}, "
-        f"<= {args.max_seconds:g} s per point\n{env['header']}"
-    )
-    results = bench.run_bench(
-        args.models,
-        resolutions,
-        batch=args.batch,
-        max_seconds=args.max_seconds,
-        device=device,
-        dtype=dtype,
-        compile=args.compile,
-        attn_impl=args.deit_attn,
-    )
-    print()
-    print(bench_report.format_table(results))
-    for line in bench_report.comparisons(results):
-        print(line)
-    paths, note = bench_report.write_report(
-        results, args.out, env, settings, with_plot=not args.no_plot
-    )
-    print(f"\nwrote {', '.join(map(str, paths))}" + (f" ({note})" if note else ""))
-    return EXIT_OK if all(r.status in ("ok", "skipped") for r in results) else EXIT_CHECK_FAILED
-
-
-# ---------------------------------------------------------------------------------------------
 # vimc list
 # ---------------------------------------------------------------------------------------------
 
@@ -467,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_predict_parser(sub)
     add_info_parser(sub)
-    add_bench_parser(sub)
+    bench_parser = add_bench_parser(sub)
+    bench_parser.set_defaults(func=_usage_errors_exit_2(bench_parser.get_default("func")))
     add_list_parser(sub)
     _add_export_parsers(sub)
     _add_serve_parsers(sub)

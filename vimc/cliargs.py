@@ -1,4 +1,5 @@
-"""argparse value types shared by ``vimc``'s commands and ``vimc export``'s."""
+"""argparse pieces shared by ``vimc``'s commands, ``vimc export``'s and ``vimc serve``'s: value
+types, the help formatter, the --threads option."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ def nonneg_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written, defaults shown."""
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)

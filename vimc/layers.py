@@ -174,9 +174,9 @@ def conv1d_channel_major(
 ) -> torch.Tensor:
     """:func:`causal_conv1d` (or, with ``causal=False``, :func:`anticausal_conv1d`) as one
     ``F.conv1d`` on channel-major xc (B, E, L) -> (B, E, L) (``conv_form="channel_major"``):
-    the form exports translated node by node (ONNX, TensorRT) ask for, one ``Conv`` node per direction instead
-    of K shifted copies, products and sums (faster in ONNX Runtime: benchmarks/onnx_conv.py,
-    results in benchmarks/results/onnx_conv-*.md)."""
+    the form exports translated node by node (ONNX, TensorRT) ask for, one ``Conv`` node per
+    direction instead of K shifted copies, products and sums (faster in ONNX Runtime:
+    benchmarks/onnx_conv.py, results in benchmarks/results/onnx_conv-*.md)."""
     K = weight.shape[-1]
     ct = torch.promote_types(xc.dtype, torch.float32)
     w = weight.to(ct) if causal else weight.to(ct).flip(-1)

@@ -311,3 +311,12 @@ def test_entry_point_exit_codes(tmp_path):
         [exe, "predict", str(tmp_path / "missing.png")], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2 and r.stderr.startswith("vimc predict: error: image not found")
+
+
+def test_info_kernels_says_which_scan_kernel_runs(capsys):
+    """`vimc info --kernels`: the CPU's level, the scan kernel that runs and where it came from."""
+    code, out, err = run_cli(capsys, "info", "--kernels")
+    assert code == 0, err
+    assert "scan kernel:" in out
+    code, out, _ = run_cli(capsys, "info", "--kernels", "--json")
+    assert code == 0 and json.loads(out)
