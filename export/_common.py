@@ -170,7 +170,11 @@ def quiet_torch_export():
     """Silence two messages torch prints on every export that say nothing about the user's
     model: a FutureWarning from torch's own pytree code (``isinstance(treespec, LeafSpec)``,
     raised while torch copies a program) and the ONNX exporter's log lines about torchvision
-    ops it skips when torchvision is absent. Everything else still shows."""
+    ops it skips when torchvision is absent. Everything else still shows. With the ``vimc``
+    logger at INFO or below (``vimc -v``), nothing is silenced."""
+    if logging.getLogger("vimc").isEnabledFor(logging.INFO):
+        yield
+        return
     log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = log.level
     with warnings.catch_warnings():

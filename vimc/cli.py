@@ -338,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--traceback", action="store_true", help="show the full Python traceback on errors"
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show more: vimc's progress log and the library messages vimc otherwise silences "
+        "(torch's export warnings and log lines); errors show either way",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_demo_parser(sub)
     add_predict_parser(sub)
@@ -372,6 +379,11 @@ def _usage_errors_exit_2(func):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger("vimc").setLevel(logging.INFO)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -320,3 +320,25 @@ def test_info_kernels_says_which_scan_kernel_runs(capsys):
     assert "scan kernel:" in out
     code, out, _ = run_cli(capsys, "info", "--kernels", "--json")
     assert code == 0 and json.loads(out)
+
+
+@pytest.mark.slow  # two exports in fresh processes
+def test_verbose_shows_what_the_default_silences(tmp_path):
+    """Library noise is silenced by default and shown with -v; errors show either way."""
+    exe = _vimc_exe()
+    runs = {}
+    for flag in ([], ["-v"]):
+        out = tmp_path / f"m{len(flag)}.onnx"
+        cmd = [exe, *flag, "export", "onnx", "vim_digits", str(out), "--quiet", "--no-validate"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        runs[bool(flag)] = r.stderr
+    assert "torchvision" not in runs[False] and "LeafSpec" not in runs[False]
+    assert "torchvision" in runs[True] or "LeafSpec" in runs[True]
+    r = subprocess.run(
+        [exe, "-v", "predict", str(tmp_path / "missing.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "image not found" in r.stderr
