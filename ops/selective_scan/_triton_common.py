@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ._alloc import new_output
+
 try:
     import triton
     import triton.language as tl
@@ -40,6 +42,52 @@ def check_pow2(name: str, value: int) -> int:
     if value < 1 or value & (value - 1):
         raise ValueError(f"{WHO}: {name} must be a power of two, got {value}")
     return value
+
+
+def backward_buffers(dims, ins, n_eblocks: int, time_major_bc: bool) -> list:
+    """Both backward kernels' outputs, in their argument order: du, ddelta, dz, then float32
+    per-batch-row partials dA (Bt, E, N), dD and dbias (Bt, E), and per-channel-block partials
+    dB and dC (Bt, G, n_eblocks, N, L), or (..., L, N) with ``time_major_bc``. Every element is
+    written by the kernel (masked lanes are past N or L), so nothing is zero-filled. An absent
+    input's buffer is None (see :func:`kernel_pointers`)."""
+    Bt, E, L, N, G = dims
+    u, delta, _, _, _, D, z, delta_bias = ins
+    dev, f32 = u.device, torch.float32
+    bc = (Bt, G, n_eblocks) + ((L, N) if time_major_bc else (N, L))
+    return [
+        new_output((Bt, E, L), u.dtype, dev),
+        new_output((Bt, E, L), delta.dtype, dev),
+        new_output((Bt, E, L), z.dtype, dev) if z is not None else None,
+        new_output((Bt, E, N), f32, dev),
+        new_output((Bt, E), f32, dev) if D is not None else None,
+        new_output((Bt, E), f32, dev) if delta_bias is not None else None,
+        new_output(bc, f32, dev),
+        new_output(bc, f32, dev),
+    ]
+
+
+def kernel_pointers(tensors, placeholder) -> list:
+    """``tensors`` as kernel arguments: an absent one (None) passes ``placeholder``, which the
+    kernel never reads (its HAS_* flag is off)."""
+    return [placeholder if t is None else t for t in tensors]
+
+
+def reduce_backward(buffers, ins, time_major_bc: bool):
+    """The gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) from :func:`backward_buffers`
+    once the kernel has run: partials summed, each cast to its input's dtype."""
+    du, ddelta, dz, dA_part, dD_part, dbias_part, dB_part, dC_part = buffers
+    _, _, A, B, C, D, _, delta_bias = ins
+
+    def bc(part, like):
+        g = part.sum(2)
+        return (
+            (g.transpose(-1, -2).to(like.dtype).contiguous()) if time_major_bc else g.to(like.dtype)
+        )
+
+    dA = dA_part.sum(0).to(A.dtype)
+    dD = dD_part.sum(0).to(D.dtype) if D is not None else None
+    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    return du, ddelta, dA, bc(dB_part, B), bc(dC_part, C), dD, dz, dbias
 
 
 if HAS_TRITON:

@@ -339,7 +339,7 @@ def forward(
         A,
         B,
         C,
-        *(u if t is None else t for t in (D, z, delta_bias, out)),  # u: an unread placeholder
+        *common.kernel_pointers((D, z, delta_bias, out), u),  # u: an unread placeholder
         last,
         u if chk is None else chk,
         E,
@@ -375,30 +375,15 @@ def backward(dims, dout, dlast, ins, delta_softplus, reverse, block_e=None, chun
     forward(dims, no_readout, delta_softplus, reverse, block_e, chunk, chk=chk, warps=BWD_WARPS)
     # 2) backward sweep
     n_eblocks = triton.cdiv(E // G, block_e)
-    du = new_output((Bt, E, L), u.dtype, dev)
-    ddelta = new_output((Bt, E, L), delta.dtype, dev)
-    dz = new_output((Bt, E, L), z.dtype, dev) if z is not None else None
-    dA_part = new_output((Bt, E, N), f32, dev)
-    dD_part = new_output((Bt, E), f32, dev) if D is not None else None
-    dbias_part = new_output((Bt, E), f32, dev) if delta_bias is not None else None
-    # every (n, t) of a part is written (masked lanes are past N or L): no zero-fill needed
-    dB_part = new_output((Bt, G, n_eblocks, N, L), f32, dev)
-    dC_part = new_output((Bt, G, n_eblocks, N, L), f32, dev)
+    grads = common.backward_buffers(dims, ins, n_eblocks, time_major_bc=False)
     common.launch(
         _chunked_bwd_kernel,
         (n_eblocks, Bt * G),
-        *(u if t is None else t for t in ins),  # u: an unread placeholder
+        *common.kernel_pointers(ins, u),  # u: an unread placeholder
         dout,
         u if dlast is None else dlast,
         chk,
-        du,
-        ddelta,
-        u if dz is None else dz,
-        dA_part,
-        u if dD_part is None else dD_part,
-        u if dbias_part is None else dbias_part,
-        dB_part,
-        dC_part,
+        *common.kernel_pointers(grads, u),
         E,
         L,
         N,
@@ -414,9 +399,4 @@ def backward(dims, dout, dlast, ins, delta_softplus, reverse, block_e=None, chun
         BLOCK_N=block_n,
         num_warps=BWD_WARPS,
     )
-    dA = dA_part.sum(0).to(A.dtype)
-    dB = dB_part.sum(2).to(B.dtype)
-    dC = dC_part.sum(2).to(C.dtype)
-    dD = dD_part.sum(0).to(D.dtype) if D is not None else None
-    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    return common.reduce_backward(grads, ins, time_major_bc=False)

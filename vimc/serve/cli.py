@@ -13,13 +13,10 @@ import signal
 import sys
 import time
 
+from vimc.cliargs import Formatter as _Formatter
 from vimc.cliargs import nonneg_float, positive_float, positive_int
 
 _BACKENDS = ("eager", "compiled", "aoti", "onnxruntime")  # predictor.BACKENDS, without torch
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, positional: bool) -> None:
