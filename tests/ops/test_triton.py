@@ -102,11 +102,12 @@ FWD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: c.id)
-def test_forward_matches_reference(case):
+def check_forward(case, **launch) -> None:
+    """The launcher's forward (``launch``: kernel=, chunk=) against the float64 reference: out
+    in u's dtype and dense, the last state float32, both within TRITON_REL_ERR."""
     inputs = _inputs(case)
     out, last = tri.selective_scan_fwd_triton(
-        *inputs, case.softplus, case.reverse, block_e=case.block_e, kernel=SEQ
+        *inputs, case.softplus, case.reverse, block_e=case.block_e, **launch
     )
     _, ref_out, ref_last = _reference(case, inputs)
     tol = TRITON_REL_ERR[case.dtype][0]
@@ -114,6 +115,11 @@ def test_forward_matches_reference(case):
     assert last.dtype == torch.float32
     _check("out", out, ref_out, tol, case)
     _check("last_state", last, ref_last, tol, case)
+
+
+@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: c.id)
+def test_forward_matches_reference(case):
+    check_forward(case, kernel=SEQ)
 
 
 def test_forward_reads_any_strides():

@@ -19,7 +19,7 @@ from vimc.ops.selective_scan import triton as tri  # noqa: E402
 
 from ..tolerances import TRITON_REL_ERR  # noqa: E402
 from ._scan_cases import Case  # noqa: E402
-from .test_triton import _NAMES, _check, _cotangents, _inputs, _ref_grads, _reference  # noqa: E402
+from .test_triton import _NAMES, _check, _cotangents, _inputs, _ref_grads, check_forward  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -49,16 +49,7 @@ def _id(param):
 @pytest.mark.parametrize("param", FWD_CASES, ids=_id)
 def test_chunked_forward_matches_reference(param):
     case, chunk = param
-    inputs = _inputs(case)
-    out, last = tri.selective_scan_fwd_triton(
-        *inputs, case.softplus, case.reverse, block_e=case.block_e, kernel=CHUNKED, chunk=chunk
-    )
-    _, ref_out, ref_last = _reference(case, inputs)
-    tol = TRITON_REL_ERR[case.dtype][0]
-    assert out.dtype == case.dtype and out.is_contiguous()
-    assert last.dtype == torch.float32
-    _check("out", out, ref_out, tol, case)
-    _check("last_state", last, ref_last, tol, case)
+    check_forward(case, kernel=CHUNKED, chunk=chunk)
 
 
 GRAD_CASES = [
