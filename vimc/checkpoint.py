@@ -155,8 +155,11 @@ def _check_tensors(sd: dict[str, torch.Tensor], path) -> None:
     """Real floating-point tensors with finite values: a complex tensor would lose its
     imaginary part on load, an integer one be cast silently, and NaN weights give NaN
     predictions that look like answers."""
-    bad_dtype = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sd.items()]
-    bad_dtype = [d for d, v in zip(bad_dtype, sd.values()) if not v.is_floating_point()]
+    bad_dtype = [
+        f"{k} ({str(v.dtype).removeprefix('torch.')})"
+        for k, v in sd.items()
+        if not v.is_floating_point()
+    ]
     if bad_dtype:
         raise CheckpointError(
             f"{path}: tensors that are not real floating point: {', '.join(bad_dtype[:10])}"
