@@ -426,6 +426,17 @@ def driver_version() -> str:
     return out[0] if out else "unknown"
 
 
+STEP_FUNCTIONS = {
+    "kernels": step_kernels,
+    "speed": step_speed,
+    "compile": step_compile,
+    "aoti": step_aoti,
+    "throughput": step_throughput,
+    "vim_vs_deit": step_vim_vs_deit,
+}
+assert tuple(STEP_FUNCTIONS) == STEPS
+
+
 def run(plan: Plan, out_dir: Path, steps=STEPS) -> dict:
     """Every step in ``steps``, each recorded: its result, or its error; -> the payload."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -449,7 +460,7 @@ def run(plan: Plan, out_dir: Path, steps=STEPS) -> dict:
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
         try:
-            rec = globals()[f"step_{name}"](plan)
+            rec = STEP_FUNCTIONS[name](plan)
             rec["status"] = "ok" if rec.pop("ok") else "failed"
         except Exception as exc:  # noqa: BLE001  (recorded, and the run goes on)
             rec = dict(

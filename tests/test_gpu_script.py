@@ -71,8 +71,10 @@ def test_a_failing_step_is_recorded_and_the_run_goes_on(tmp_path, gpu_bench, mon
     def broken(plan):
         raise RuntimeError("no such kernel")
 
-    monkeypatch.setattr(gpu_bench, "step_speed", broken)
-    monkeypatch.setattr(gpu_bench, "step_throughput", lambda plan: {"rows": [], "ok": True})
+    monkeypatch.setitem(gpu_bench.STEP_FUNCTIONS, "speed", broken)
+    monkeypatch.setitem(
+        gpu_bench.STEP_FUNCTIONS, "throughput", lambda plan: {"rows": [], "ok": True}
+    )
     p = gpu_bench.run(gpu_bench.dry_plan(), tmp_path, steps=["speed", "throughput"])
     assert p["steps"]["speed"]["status"] == "error"
     assert "RuntimeError: no such kernel" in p["steps"]["speed"]["error"]
