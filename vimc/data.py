@@ -19,6 +19,7 @@ A digit becomes a model input through the same Pillow path as any photo: 8x8 gra
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -79,21 +80,37 @@ def data_config(cfg: dict) -> dict:
 
 def load_image(path) -> PIL.Image.Image:  # noqa: F821  (PIL imported lazily)
     """Open and fully decode an image; ImageError (with the path) if missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"expected an image file, got a directory: {path}")
+    return _decode(path, f" {path}")
+
+
+def decode_image(data: bytes) -> PIL.Image.Image:  # noqa: F821  (PIL imported lazily)
+    """An image file's raw bytes (PNG, JPEG, ...) -> a fully decoded image, as
+    :func:`load_image` reads a file (what a server receives); ImageError with Pillow's reason,
+    also for an empty body."""
+    if not data:
+        raise ImageError("empty image: send the image file's bytes")
+    return _decode(io.BytesIO(data), "")
+
+
+def _decode(source, name: str):
+    """Open and fully decode ``source`` (a path or a file object), errors naming ``name``."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             return im.copy()
     except Image.DecompressionBombError as exc:  # Pillow's pixel limit, Image.MAX_IMAGE_PIXELS
-        raise ImageError(f"refusing image {path}: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot read image {path}: {exc}") from None
+        raise ImageError(f"refusing image{name}: {exc}") from None
+    except UnidentifiedImageError:  # Pillow's message names a path, or only "a buffer"
+        raise ImageError(f"cannot read image{name}: not an image format Pillow knows") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read image{name}: {exc}") from None
 
 
 def _to_8bit(img):

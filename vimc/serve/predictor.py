@@ -14,14 +14,13 @@ model's ``pretrained_cfg``; labels come from ``vimc.imagenet_classes.class_names
 
 from __future__ import annotations
 
-import io
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vimc.data import ImageError, preprocess
+from vimc.data import decode_image, preprocess
 from vimc.imagenet_classes import class_names
 from vimc.model import get_variant
 from vimc.resolve import DEFAULT_MODEL, check_model_name, load_model
@@ -120,25 +119,6 @@ def build_bundle(model, backend: str = "eager", *, weights: str = "") -> Bundle:
 # ---------------------------------------------------------------------------------------------
 # the worker side
 # ---------------------------------------------------------------------------------------------
-
-
-def decode_image(data: bytes):
-    """Raw bytes (PNG, JPEG, ...) -> a fully decoded Pillow image, or :class:`ImageError`
-    with Pillow's reason (also for an empty body and for decompression bombs)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ImageError("empty image: send the image file's bytes as the request body")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.copy()
-    except UnidentifiedImageError:  # Pillow's own message names only an in-memory buffer
-        raise ImageError("cannot read image: not an image format Pillow knows") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}") from None
-    except Exception as exc:  # noqa: BLE001  (Pillow raises many types for broken files)
-        raise ImageError(f"cannot read image: {exc}") from None
 
 
 class Predictor:
