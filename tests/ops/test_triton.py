@@ -117,6 +117,28 @@ def check_forward(case, **launch) -> None:
     _check("last_state", last, ref_last, tol, case)
 
 
+def check_forward_and_gradients(case, **launch) -> None:
+    """The launcher's forward and backward (``launch``: kernel=, chunk=) against autograd
+    through the float64 reference: out, last state and every gradient within TRITON_REL_ERR;
+    an absent input gets None, each gradient its input's dtype, dense."""
+    inputs = _inputs(case)
+    dout, dlast = _cotangents(case)
+    fwd_tol, grad_tol = TRITON_REL_ERR[case.dtype]
+    kw = dict(block_e=case.block_e, **launch)
+    out, last = tri.selective_scan_fwd_triton(*inputs, case.softplus, case.reverse, **kw)
+    grads = tri.selective_scan_bwd_triton(dout, dlast, *inputs, case.softplus, case.reverse, **kw)
+    ref_out, ref_last, ref_grads = _ref_grads(case, inputs, dout, dlast)
+    _check("out", out, ref_out, fwd_tol, case)
+    _check("last_state", last, ref_last, fwd_tol, case)
+    for name, got, ref, inp in zip(_NAMES, grads, ref_grads, inputs):
+        if inp is None:
+            assert got is None, f"{case.id} {name}: expected None for an absent input"
+            continue
+        assert got.dtype == inp.dtype, f"{case.id} {name}: dtype {got.dtype} != {inp.dtype}"
+        assert got.is_contiguous(), f"{case.id} {name}: not contiguous"
+        _check(name, got, ref, grad_tol, case)
+
+
 @pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: c.id)
 def test_forward_matches_reference(case):
     check_forward(case, kernel=SEQ)
@@ -167,33 +189,7 @@ def _ref_grads(case, inputs, dout, dlast):
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: c.id)
 def test_gradients_match_autograd(case):
-    inputs = _inputs(case)
-    dout, dlast = _cotangents(case)
-    fwd_tol, grad_tol = TRITON_REL_ERR[case.dtype]
-
-    out, last = tri.selective_scan_fwd_triton(
-        *inputs, case.softplus, case.reverse, block_e=case.block_e, kernel=SEQ
-    )
-    grads = tri.selective_scan_bwd_triton(
-        dout,
-        dlast,
-        *inputs,
-        case.softplus,
-        case.reverse,
-        block_e=case.block_e,
-        kernel=SEQ,
-        chunk=TEST_CHUNK,
-    )
-    ref_out, ref_last, ref_grads = _ref_grads(case, inputs, dout, dlast)
-    _check("out", out, ref_out, fwd_tol, case)
-    _check("last_state", last, ref_last, fwd_tol, case)
-    for name, got, ref, inp in zip(_NAMES, grads, ref_grads, inputs):
-        if inp is None:
-            assert got is None, f"{case.id} {name}: expected None for an absent input"
-            continue
-        assert got.dtype == inp.dtype, f"{case.id} {name}: dtype {got.dtype} != {inp.dtype}"
-        assert got.is_contiguous(), f"{case.id} {name}: not contiguous"
-        _check(name, got, ref, grad_tol, case)
+    check_forward_and_gradients(case, kernel=SEQ, chunk=TEST_CHUNK)
 
 
 @pytest.mark.parametrize(

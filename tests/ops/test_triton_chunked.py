@@ -17,9 +17,13 @@ pytest.importorskip("triton")
 from vimc.ops.selective_scan import _triton_common, triton_chunked  # noqa: E402
 from vimc.ops.selective_scan import triton as tri  # noqa: E402
 
-from ..tolerances import TRITON_REL_ERR  # noqa: E402
 from ._scan_cases import Case  # noqa: E402
-from .test_triton import _NAMES, _check, _cotangents, _inputs, _ref_grads, check_forward  # noqa: E402
+from .test_triton import (  # noqa: E402
+    _cotangents,
+    _inputs,
+    check_forward,
+    check_forward_and_gradients,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -71,22 +75,7 @@ def test_chunked_gradients_match_autograd(param):
     """Every gradient, and the output and last state, against autograd through the float64
     reference; an absent input gets None, each gradient its input's dtype."""
     case, chunk = param
-    inputs = _inputs(case)
-    dout, dlast = _cotangents(case)
-    fwd_tol, grad_tol = TRITON_REL_ERR[case.dtype]
-    kw = dict(block_e=case.block_e, kernel=CHUNKED, chunk=chunk)
-    out, last = tri.selective_scan_fwd_triton(*inputs, case.softplus, case.reverse, **kw)
-    grads = tri.selective_scan_bwd_triton(dout, dlast, *inputs, case.softplus, case.reverse, **kw)
-    ref_out, ref_last, ref_grads = _ref_grads(case, inputs, dout, dlast)
-    _check("out", out, ref_out, fwd_tol, case)
-    _check("last_state", last, ref_last, fwd_tol, case)
-    for name, got, ref, inp in zip(_NAMES, grads, ref_grads, inputs):
-        if inp is None:
-            assert got is None, f"{case.id} {name}: expected None for an absent input"
-            continue
-        assert got.dtype == inp.dtype, f"{case.id} {name}: dtype {got.dtype} != {inp.dtype}"
-        assert got.is_contiguous(), f"{case.id} {name}: not contiguous"
-        _check(name, got, ref, grad_tol, case)
+    check_forward_and_gradients(case, kernel=CHUNKED, chunk=chunk)
 
 
 def test_chunked_kernels_are_reproducible():
