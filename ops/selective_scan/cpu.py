@@ -36,8 +36,10 @@ CHUNK = 16
 # the C kernel: build, load, call
 # ---------------------------------------------------------------------------------------------
 
-LANES = 8  # must match cpu_kernel.c
-_SCRATCH_ROWS = 12  # (L, 8) rows per thread: cpu_kernel.c's BWD_SCRATCH_ROWS (fwd needs fewer)
+# channels per vector of the loaded kernel (cpu_kernel.c: 16 in an AVX-512 build, else 8), set
+# from the library when it loads; it sizes the scratch, the work items and the dB/dC partials
+LANES = 8
+_SCRATCH_ROWS = 12  # (L, LANES) rows per thread: cpu_kernel.c's BWD_SCRATCH_ROWS (fwd: fewer)
 
 
 class _Strides3(ctypes.Structure):
@@ -126,11 +128,13 @@ def _load() -> tuple[ctypes.CDLL, str]:
 
 
 def _build() -> ctypes.CDLL:
-    global _lib_source
+    global _lib_source, LANES
     lib, source = _load()
-    lib.vimc_scan_abi.restype = ctypes.c_int64
-    if lib.vimc_scan_abi() != ctypes.sizeof(_ScanArgs) * 1000 + LANES:
+    lib.vimc_scan_abi.restype = lib.vimc_scan_lanes.restype = ctypes.c_int64
+    lanes = lib.vimc_scan_lanes()
+    if lanes not in (8, 16) or lib.vimc_scan_abi() != ctypes.sizeof(_ScanArgs) * 1000 + lanes:
         raise RuntimeError("cpu_kernel.c and cpu.py disagree on the argument struct")
+    LANES = lanes
     for fn in (lib.vimc_scan_fwd, lib.vimc_scan_bwd):
         fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _pack)
         fn.restype = ctypes.c_int  # 0, or -1 where it refused the sizes it was given

@@ -1,38 +1,45 @@
-// Fused selective scan for CPUs (forward and backward), 8 channels per vector.
+// Fused selective scan for CPUs (forward and backward), LANES channels per vector: 16 where
+// the build targets AVX-512 (x86-64-v4), 8 elsewhere (AVX2 and the portable build).
 //
 //   d_t = softplus(delta_t + bias)            (both optional)
 //   h_t = exp(d_t A) h_{t-1} + d_t u_t B_t    (t = 0..L-1, or L-1..0 with reverse)
 //   out = (<h_t, C_t> + D u_t) * silu(z_t)    (D and z optional)
 //
-// Built at first use by cpu.py with the system C compiler (the one torch.compile needs on a
-// CPU) and called through ctypes: no build step at install, no torch headers, ~1 s to build.
+// Built when the package is built (one library per instruction-set level, setup.py) or at
+// first use by cpu.py with the system C compiler, and called through ctypes: no torch headers.
+// cpu.py asks the library for LANES (vimc_scan_lanes), which sizes the scratch and partials.
 //
 // Every (Bt, E, L) and (Bt, G, N, L) tensor comes with its element strides, so both layouts a
 // model produces are read in place: channel-major (stride 1 along L) and token-major views
 // of (Bt, L, E) memory (stride 1 along E), as a Vim mixer's linears produce them.
 //
-// Work item = (batch, group, block of 8 channels of that group). One vector lane per channel:
-// B_t and C_t are shared by a group, so they broadcast, and the forward needs no horizontal
-// sums. The time loop reads one vector per step from a per-thread (L, 8) scratch: an item's
-// rows of u, delta, z are staged there (8x8 transposes for channel-major rows), except in the
-// forward for a full block of token-major rows, which it reads and writes in place. Lanes
-// past the group's last channel run with d = 0 and A = 0, which keeps their state at 0, and
-// are never written out.
+// Work item = (batch, group, block of LANES channels of that group). One vector lane per
+// channel: B_t and C_t are shared by a group, so they broadcast, and the forward needs no
+// horizontal sums. The time loop reads one vector per step from a per-thread (L, LANES)
+// scratch: an item's rows of u, delta, z are staged there (8x8 transposes for channel-major
+// rows), except in the forward for a full block of token-major rows, which it reads and writes
+// in place (16 lanes read a whole 64-byte cache line per step there). Lanes past the group's
+// last channel run with d = 0 and A = 0, which keeps their state at 0, and are never written.
 //
-// Backward recomputes one state component at a time into a per-thread (L, 8) scratch, then
-// sweeps time backwards with its adjoint. Sums over channels (dB, dC) and over batch (dA, dD,
-// dbias) go to per-thread partials that cpu.py adds up, so no two threads write the same
+// Backward recomputes one state component at a time into a per-thread (L, LANES) scratch,
+// then sweeps time backwards with its adjoint. Sums over channels (dB, dC) and over batch (dA,
+// dD, dbias) go to per-thread partials that cpu.py adds up, so no two threads write the same
 // memory.
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-// for memory access only: any float address, and allowed to alias float data
-typedef float v8f_mem __attribute__((vector_size(32), aligned(4), may_alias));
+#if defined(__AVX512F__)
+#define LANES 16
+#else
 #define LANES 8
+#endif
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+// for memory access only: any float address, and allowed to alias float data
+typedef float vf_mem __attribute__((vector_size(4 * LANES), aligned(4), may_alias));
 #define NB 4  // state components advanced together in the forward's time loop
+#define PREFETCH_ROWS 8  // how far ahead token-major loops prefetch (a hint: past the end is fine)
 
 // element (b, e, t) of a (Bt, E, L) tensor sits at b * b + e * e + t * t
 typedef struct { int64_t b, e, t; } Strides3;
@@ -61,10 +68,10 @@ typedef struct {
     float *dA_part;          // (nthreads, E, N)
     float *dD_part;          // (nthreads, E)
     float *dbias_part;       // (nthreads, E)
-    float *dB_part;          // (nthreads, Bt, G, N, L, 8)   summed over threads and lanes
-    float *dC_part;          // (nthreads, Bt, G, N, L, 8)
+    float *dB_part;          // (nthreads, Bt, G, N, L, LANES) summed over threads and lanes
+    float *dC_part;          // (nthreads, Bt, G, N, L, LANES)
     float *scratch;          // (nthreads, scratch_floats)
-    int64_t scratch_floats;  // per thread: >= 12 * L * 8
+    int64_t scratch_floats;  // per thread: >= 12 * L * LANES
     Strides3 s_u, s_delta, s_z, s_out, s_dout, s_du, s_ddelta, s_dz;
     Strides4 s_B, s_C;
     // forward only: a second scan over the same (Bt, E, L, N, G) whose output is averaged
@@ -80,107 +87,121 @@ typedef struct {
 } Work;
 
 // ---------------------------------------------------------------------------------------------
-// 8-lane math
+// LANES-wide math
 // ---------------------------------------------------------------------------------------------
 
-static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
-static inline v8i splat_i(int32_t x) { return (v8i){x, x, x, x, x, x, x, x}; }
-static inline v8f load8(const float *p) { return *(const v8f_mem *)p; }
-static inline void store8(float *p, v8f v) { *(v8f_mem *)p = v; }
-static inline v8f select8(v8i mask, v8f a, v8f b) {  // mask ? a : b, lane by lane
-    return (v8f)((mask & (v8i)a) | (~mask & (v8i)b));
+// x in every lane: a scalar operand of a vector op is broadcast, and x - 0 is x exactly (-0
+// and NaN included), so this is one broadcast instruction
+static inline vf vsplat(float x) { return x - (vf){0}; }
+static inline vi vsplat_i(int32_t x) { return x + (vi){0}; }
+static inline vf vload(const float *p) { return *(const vf_mem *)p; }
+static inline void vstore(float *p, vf v) { *(vf_mem *)p = v; }
+static inline vf vselect(vi mask, vf a, vf b) {  // mask ? a : b, lane by lane
+    return (vf)((mask & (vi)a) | (~mask & (vi)b));
 }
 
-// vmax8 and vmin8 return b in a lane where either operand is NaN (maxps/minps do, and the
-// portable select does the same), so a clamp is written vmax8(bound, x): a NaN x stays NaN
+// vmax and vmin return b in a lane where either operand is NaN (maxps/minps do, and the
+// portable select does the same), so a clamp is written vmax(bound, x): a NaN x stays NaN
 // and reaches the output, as it does in the reference, instead of becoming the bound.
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
-static inline v8f vmax8(v8f a, v8f b) { return (v8f)_mm256_max_ps((__m256)a, (__m256)b); }
-static inline v8f vmin8(v8f a, v8f b) { return (v8f)_mm256_min_ps((__m256)a, (__m256)b); }
-static inline v8f vround8(v8f a) {
-    return (v8f)_mm256_round_ps((__m256)a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+static inline vf vround(vf a) {
+    return (vf)_mm512_roundscale_ps((__m512)a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline vf vround(vf a) {
+    return (vf)_mm256_round_ps((__m256)a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 #else  // portable: the compiler lowers these to whatever vectors the target has
-static inline v8f vmax8(v8f a, v8f b) { return select8(a > b, a, b); }
-static inline v8f vmin8(v8f a, v8f b) { return select8(a < b, a, b); }
-static inline v8f vround8(v8f a) {
+static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
+static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
+static inline vf vround(vf a) {
     return __builtin_convertvector(__builtin_convertvector(
-        a + select8(a < splat(0.0f), splat(-0.5f), splat(0.5f)), v8i), v8f);
+        a + vselect(a < vsplat(0.0f), vsplat(-0.5f), vsplat(0.5f)), vi), vf);
 }
 #endif
 
 // exp: Cody-Waite reduction by ln 2, then exp(r) on |r| <= ln2/2 by its degree-6 Taylor
 // polynomial (truncation error r^7/7! < 1.3e-7, about 1 ulp). Inputs are clamped to
 // [-87.3, 88.7]: exp(-87.3) ~ 1e-38 stands in for anything smaller (a long-decayed state);
-// NaN passes through the clamp (see vmax8) and the polynomial, so exp(NaN) = NaN.
-static inline v8f vexp8(v8f x) {
-    x = vmin8(splat(88.7f), vmax8(splat(-87.3f), x));
-    const v8f k = vround8(x * splat(1.44269504088896341f));
-    v8f r = x - k * splat(0.693359375f);
-    r = r + k * splat(2.12194440e-4f);
-    v8f p = splat(1.0f / 720.0f);
-    p = p * r + splat(1.0f / 120.0f);
-    p = p * r + splat(1.0f / 24.0f);
-    p = p * r + splat(1.0f / 6.0f);
-    p = p * r + splat(0.5f);
-    p = p * r + splat(1.0f);
-    p = p * r + splat(1.0f);
-    const v8i ki = __builtin_convertvector(k, v8i);
-    return p * (v8f)((ki + 127) << 23);
+// NaN passes through the clamp (see vmax) and the polynomial, so exp(NaN) = NaN.
+static inline vf vexp(vf x) {
+    x = vmin(vsplat(88.7f), vmax(vsplat(-87.3f), x));
+    const vf k = vround(x * vsplat(1.44269504088896341f));
+    vf r = x - k * vsplat(0.693359375f);
+    r = r + k * vsplat(2.12194440e-4f);
+    vf p = vsplat(1.0f / 720.0f);
+    p = p * r + vsplat(1.0f / 120.0f);
+    p = p * r + vsplat(1.0f / 24.0f);
+    p = p * r + vsplat(1.0f / 6.0f);
+    p = p * r + vsplat(0.5f);
+    p = p * r + vsplat(1.0f);
+    p = p * r + vsplat(1.0f);
+    const vi ki = __builtin_convertvector(k, vi);
+    return p * (vf)((ki + 127) << 23);
 }
 
 // 2^x for x <= 0 (the forward's decays when every exponent delta * A is <= 0, as in Vim: A < 0,
 // delta = softplus(.) >= 0, with log2(e) folded into A once per item): no upper clamp, and a
 // degree-5 polynomial for 2^r on |r| <= 1/2, fitted by this project for minimax relative
 // error with p(0) = 1 exactly (a decay near 1 must carry no constant error: it compounds over
-// the memory length): 1.7e-7 evaluated in float32. Rounding by adding 1.5 * 2^23 (+ 127, the
-// exponent bias) leaves k + 127 in the low mantissa bits, so r = x - k is exact and one shift
-// builds 2^k: no round or float->int conversion instructions. Below 2^-126 the result stays
-// at 2^-126 ~ 1.2e-38 (a long-decayed state), as vexp8 does.
+// the memory length): 1.7e-7 evaluated in float32. Rounding by adding 1.5 * 2^23 leaves k in
+// the low mantissa bits, so r = x - k is exact, and 2^k is applied by adding k to p's exponent
+// field (an integer add: the multiply it replaces would compete with the polynomial's FMAs
+// for the same two ports). x is clamped to >= -126, so k = -126 only comes with r >= 0, p >= 1:
+// the result stays a normal number, and below 2^-126 ~ 1.2e-38 (a long-decayed state) it
+// stays at 2^-126, as vexp's clamp does. The integer add would
+// not keep a NaN intact, so exponents_nonpositive sends any item with a NaN or infinite A, or
+// a NaN raw delta, to vexp (which propagates NaN); a NaN softplus(delta) makes d * u NaN, so
+// the state is NaN whatever its decay.
 #define LOG2E 1.44269504088896341f
 #define ROUND_MAGIC 12582912.0f  // 1.5 * 2^23: x + it rounds x to an integer (|x| < 2^22)
-static inline v8f vexp2_nonpos8(v8f x) {
-    x = vmax8(splat(-126.0f), x);  // NaN stays NaN (see vmax8)
-    const v8f t = x + splat(ROUND_MAGIC + 127.0f);  // k + 127 in the low mantissa bits
-    const v8f r = x - (t - splat(ROUND_MAGIC + 127.0f));
-    v8f p = splat(1.325527112e-03f);
-    p = p * r + splat(9.671489949e-03f);
-    p = p * r + splat(5.550751487e-02f);
-    p = p * r + splat(2.402224482e-01f);
-    p = p * r + splat(6.931469960e-01f);
-    p = p * r + splat(1.0f);
-    return p * (v8f)((v8i)t << 23);  // the magic's own bits shift out past bit 31
+static inline vf vexp2_nonpos(vf x) {
+    x = vmax(vsplat(-126.0f), x);
+    const vf t = x + vsplat(ROUND_MAGIC);  // k in the low mantissa bits (two's complement)
+    const vf r = x - (t - vsplat(ROUND_MAGIC));
+    vf p = vsplat(1.325527112e-03f);
+    p = p * r + vsplat(9.671489949e-03f);
+    p = p * r + vsplat(5.550751487e-02f);
+    p = p * r + vsplat(2.402224482e-01f);
+    p = p * r + vsplat(6.931469960e-01f);
+    p = p * r + vsplat(1.0f);
+    return (vf)((vi)p + ((vi)t << 23));  // the magic's own bits shift out past bit 31
 }
 
 // log1p(w) / w on [0, 1]: a degree-8 polynomial fitted by this project (weighted least
 // squares toward minimax relative error): 2.1e-7 relative for log1p(w) = w * P(w) evaluated in
 // float32, tiny w included (P(0) ~ 1), with no log, division or cancellation.
-static inline v8f vlog1p_01(v8f w) {
-    v8f p = splat(5.232705735e-03f);
-    p = p * w + splat(-2.950528450e-02f);
-    p = p * w + splat(7.822602987e-02f);
-    p = p * w + splat(-1.366325170e-01f);
-    p = p * w + splat(1.910600960e-01f);
-    p = p * w + splat(-2.484298348e-01f);
-    p = p * w + splat(3.331909776e-01f);
-    p = p * w + splat(-4.999949336e-01f);
-    p = p * w + splat(9.999999404e-01f);
+static inline vf vlog1p_01(vf w) {
+    vf p = vsplat(5.232705735e-03f);
+    p = p * w + vsplat(-2.950528450e-02f);
+    p = p * w + vsplat(7.822602987e-02f);
+    p = p * w + vsplat(-1.366325170e-01f);
+    p = p * w + vsplat(1.910600960e-01f);
+    p = p * w + vsplat(-2.484298348e-01f);
+    p = p * w + vsplat(3.331909776e-01f);
+    p = p * w + vsplat(-4.999949336e-01f);
+    p = p * w + vsplat(9.999999404e-01f);
     return w * p;
 }
 
 // softplus as the official kernels define it: log1p(exp(x)) for x <= 20, else x; computed as
 // max(x, 0) + log1p(exp(-|x|)), exp(-|x|) in (0, 1].
-static inline v8f vsoftplus8(v8f x) {
-    const v8f ax = (v8f)((v8i)x & splat_i(0x7fffffff));
-    const v8f sp = vmax8(splat(0.0f), x) + vlog1p_01(vexp8(-ax));  // NaN stays NaN
-    return select8(x > splat(20.0f), x, sp);
+static inline vf vsoftplus(vf x) {
+    const vf ax = (vf)((vi)x & vsplat_i(0x7fffffff));
+    const vf sp = vmax(vsplat(0.0f), x) + vlog1p_01(vexp(-ax));  // NaN stays NaN
+    return vselect(x > vsplat(20.0f), x, sp);
 }
 
-static inline v8f vsigmoid8(v8f x) { return splat(1.0f) / (splat(1.0f) + vexp8(-x)); }
+static inline vf vsigmoid(vf x) { return vsplat(1.0f) / (vsplat(1.0f) + vexp(-x)); }
 
 // ---------------------------------------------------------------------------------------------
-// staging between the (Bt, E, L) rows of 8 channels and (L, 8) lane-major scratch
+// staging between the (Bt, E, L) rows of LANES channels and (L, LANES) lane-major scratch
 // ---------------------------------------------------------------------------------------------
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -202,28 +223,29 @@ static inline void transpose8x8(__m256 r[8]) {
         r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
     }
 }
-#define TILE_T 8  // time steps moved per 8x8 tile
+#define TILE_T 8  // time steps moved per 8x8 tile (LANES / 8 tiles side by side)
 #else
 #define TILE_T 0
 #endif
 
-// dst (L, 8) <- element (k, t) at src[k * se + t * st] for the `lanes` channels k; lanes
+// dst (L, LANES) <- element (k, t) at src[k * se + t * st] for the `lanes` channels k; lanes
 // past them are 0
 static void stage_in(float *dst, const float *src, int64_t L, int64_t lanes, int64_t se,
                      int64_t st) {
-    if (lanes == LANES && se == 1) {  // token-major: a time step's 8 channels are adjacent
-        for (int64_t t = 0; t < L; ++t) store8(dst + t * LANES, load8(src + t * st));
+    if (lanes == LANES && se == 1) {  // token-major: a time step's channels are adjacent
+        for (int64_t t = 0; t < L; ++t) vstore(dst + t * LANES, vload(src + t * st));
         return;
     }
     int64_t t0 = 0;
 #if TILE_T
     if (lanes == LANES && st == 1) {  // channel-major rows
-        for (; t0 + TILE_T <= L; t0 += TILE_T) {
-            __m256 r[8];
-            for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * se + t0);
-            transpose8x8(r);
-            for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (t0 + t) * LANES, r[t]);
-        }
+        for (; t0 + TILE_T <= L; t0 += TILE_T)
+            for (int c = 0; c < LANES; c += 8) {  // channels c..c+7
+                __m256 r[8];
+                for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + (c + k) * se + t0);
+                transpose8x8(r);
+                for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (t0 + t) * LANES + c, r[t]);
+            }
     }
 #endif
     if (lanes < LANES) memset(dst + t0 * LANES, 0, sizeof(float) * (L - t0) * LANES);
@@ -231,22 +253,23 @@ static void stage_in(float *dst, const float *src, int64_t L, int64_t lanes, int
         for (int64_t t = t0; t < L; ++t) dst[t * LANES + k] = src[k * se + t * st];
 }
 
-// the inverse: element (k, t) at dst[k * se + t * st] <- src (L, 8), for `lanes` channels
+// the inverse: element (k, t) at dst[k * se + t * st] <- src (L, LANES), for `lanes` channels
 static void stage_out(float *dst, const float *src, int64_t L, int64_t lanes, int64_t se,
                       int64_t st) {
     if (lanes == LANES && se == 1) {
-        for (int64_t t = 0; t < L; ++t) store8(dst + t * st, load8(src + t * LANES));
+        for (int64_t t = 0; t < L; ++t) vstore(dst + t * st, vload(src + t * LANES));
         return;
     }
     int64_t t0 = 0;
 #if TILE_T
     if (lanes == LANES && st == 1) {
-        for (; t0 + TILE_T <= L; t0 += TILE_T) {
-            __m256 r[8];
-            for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(src + (t0 + t) * LANES);
-            transpose8x8(r);
-            for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + k * se + t0, r[k]);
-        }
+        for (; t0 + TILE_T <= L; t0 += TILE_T)
+            for (int c = 0; c < LANES; c += 8) {
+                __m256 r[8];
+                for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(src + (t0 + t) * LANES + c);
+                transpose8x8(r);
+                for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (c + k) * se + t0, r[k]);
+            }
     }
 #endif
     for (int64_t k = 0; k < lanes; ++k)
@@ -255,7 +278,7 @@ static void stage_out(float *dst, const float *src, int64_t L, int64_t lanes, in
 
 typedef struct {
     int64_t b, g, e0, lanes;
-    v8i valid;  // lane < lanes
+    vi valid;  // lane < lanes
 } Item;
 
 static Item item_of(const ScanArgs *a, int64_t it) {
@@ -270,8 +293,8 @@ static Item item_of(const ScanArgs *a, int64_t it) {
     return m;
 }
 
-static v8f gather_chan(const float *p, const Item *m, int64_t stride) {  // p[(e0 + k) * stride]
-    v8f v = splat(0.0f);
+static vf gather_chan(const float *p, const Item *m, int64_t stride) {  // p[(e0 + k) * stride]
+    vf v = vsplat(0.0f);
     for (int64_t k = 0; k < m->lanes; ++k) v[k] = p[(m->e0 + k) * stride];
     return v;
 }
@@ -279,7 +302,7 @@ static v8f gather_chan(const float *p, const Item *m, int64_t stride) {  // p[(e
 // the offset of an item's first channel, step 0, in a strided (Bt, E, L) tensor
 static inline int64_t at3(Strides3 s, const Item *m) { return m->b * s.b + m->e0 * s.e; }
 
-// an item's 8 channels of a strided (Bt, E, L) tensor, in and out of (L, 8) scratch
+// an item's channels of a strided (Bt, E, L) tensor, in and out of (L, LANES) scratch
 static void item_in(float *dst, const float *x, Strides3 s, const ScanArgs *a, const Item *m) {
     stage_in(dst, x + at3(s, m), a->L, m->lanes, s.e, s.t);
 }
@@ -287,7 +310,7 @@ static void item_out(float *x, Strides3 s, const float *src, const ScanArgs *a, 
     stage_out(x + at3(s, m), src, a->L, m->lanes, s.e, s.t);
 }
 
-// whether an item's 8 channels of a (Bt, E, L) tensor are adjacent at every step (token-major,
+// whether an item's channels of a (Bt, E, L) tensor are adjacent at every step (token-major,
 // no padding lanes): then loops read and write it in place instead of staging it
 static inline int direct(Strides3 s, const Item *m) { return m->lanes == LANES && s.e == 1; }
 
@@ -301,12 +324,12 @@ static void stage_u_delta(const ScanArgs *a, const Item *m, float *su, float *sd
     const int64_t L = a->L;
     item_in(su, a->u, a->s_u, a, m);
     item_in(sd, a->delta, a->s_delta, a, m);
-    const v8f bias = a->bias ? gather_chan(a->bias, m, 1) : splat(0.0f);
+    const vf bias = a->bias ? gather_chan(a->bias, m, 1) : vsplat(0.0f);
     for (int64_t t = 0; t < L; ++t) {
-        v8f x = load8(sd + t * LANES) + bias;
-        if (sx) store8(sx + t * LANES, x);
-        v8f d = a->delta_softplus ? vsoftplus8(x) : x;
-        store8(sd + t * LANES, select8(m->valid, d, splat(0.0f)));
+        vf x = vload(sd + t * LANES) + bias;
+        if (sx) vstore(sx + t * LANES, x);
+        vf d = a->delta_softplus ? vsoftplus(x) : x;
+        vstore(sd + t * LANES, vselect(m->valid, d, vsplat(0.0f)));
     }
 }
 
@@ -315,12 +338,15 @@ static void stage_u_delta(const ScanArgs *a, const Item *m, float *su, float *sd
 // state with time innermost; exp's constants then stay in registers for a whole row.
 // ---------------------------------------------------------------------------------------------
 
-// whether every exponent delta * A of this item is <= 0, so the decays can use vexp2_nonpos8
+// whether every exponent delta * A of this item is <= 0, so the decays can use vexp2_nonpos
 static int exponents_nonpositive(const ScanArgs *a, const Item *m, const float *sd) {
-    v8i ok = splat(0.0f) == splat(0.0f);
-    for (int64_t n = 0; n < a->N; ++n) ok &= gather_chan(a->A + n, m, a->N) <= splat(0.0f);
+    vi ok = vsplat(0.0f) == vsplat(0.0f);
+    for (int64_t n = 0; n < a->N; ++n) {  // finite and <= 0: NaN and -inf fail
+        const vf An = gather_chan(a->A + n, m, a->N);
+        ok &= (An <= vsplat(0.0f)) & (An >= vsplat(-3.4028235e38f));
+    }
     if (!a->delta_softplus)  // softplus is >= 0; a raw delta must be checked
-        for (int64_t t = 0; t < a->L; ++t) ok &= load8(sd + t * LANES) >= splat(0.0f);
+        for (int64_t t = 0; t < a->L; ++t) ok &= vload(sd + t * LANES) >= vsplat(0.0f);
     for (int k = 0; k < LANES; ++k)
         if (!ok[k]) return 0;
     return 1;
@@ -334,22 +360,22 @@ static inline __attribute__((always_inline)) void fwd_states(
     const int64_t L = a->L, N = a->N, E = a->E;
     const int64_t Bsn = a->s_B.n, Bst = a->s_B.t, Csn = a->s_C.n, Cst = a->s_C.t;
     const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
-    v8f Ak[NB], h[NB];
+    vf Ak[NB], h[NB];
     for (int j = 0; j < nb; ++j) {
-        Ak[j] = gather_chan(a->A + n + j, m, N) * splat(base2 ? LOG2E : 1.0f);
-        h[j] = splat(0.0f);
+        Ak[j] = gather_chan(a->A + n + j, m, N) * vsplat(base2 ? LOG2E : 1.0f);
+        h[j] = vsplat(0.0f);
     }
     const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
     for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
-        const v8f d = load8(sd + t * LANES), du = load8(sdu + t * LANES);
+        const vf d = vload(sd + t * LANES), du = vload(sdu + t * LANES);
         const float *Bt = Bn + t * Bst, *Ct = Cn + t * Cst;
-        v8f y = load8(sy + t * LANES);
+        vf y = vload(sy + t * LANES);
         for (int j = 0; j < nb; ++j) {
-            const v8f decay = base2 ? vexp2_nonpos8(d * Ak[j]) : vexp8(d * Ak[j]);
-            h[j] = decay * h[j] + du * splat(Bt[j * Bsn]);
-            y += h[j] * splat(Ct[j * Csn]);
+            const vf decay = base2 ? vexp2_nonpos(d * Ak[j]) : vexp(d * Ak[j]);
+            h[j] = decay * h[j] + du * vsplat(Bt[j * Bsn]);
+            y += h[j] * vsplat(Ct[j * Csn]);
         }
-        store8(sy + t * LANES, y);
+        vstore(sy + t * LANES, y);
     }
     if (!a->last_state) return;  // not asked for (the ONNX plugin's bidirectional node)
     for (int64_t k = 0; k < m->lanes; ++k)
@@ -362,25 +388,28 @@ static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd
                           float *sy, int add) {
     const int64_t L = a->L, N = a->N;
     const float *Bp = group_of(a->B, a->s_B, m), *Cp = group_of(a->C, a->s_C, m);
-    const v8f Dv = a->D ? gather_chan(a->D, m, 1) : splat(0.0f);
+    const vf Dv = a->D ? gather_chan(a->D, m, 1) : vsplat(0.0f);
     if (direct(a->s_u, m) && direct(a->s_delta, m)) {
         // token-major: read u and delta in place, one pass (no staging copies)
         const float *up = a->u + at3(a->s_u, m), *dp = a->delta + at3(a->s_delta, m);
         const int64_t ust = a->s_u.t, dst = a->s_delta.t;
-        const v8f bias = a->bias ? gather_chan(a->bias, m, 1) : splat(0.0f);
+        const vf bias = a->bias ? gather_chan(a->bias, m, 1) : vsplat(0.0f);
         for (int64_t t = 0; t < L; ++t) {
-            const v8f ut = load8(up + t * ust), x = load8(dp + t * dst) + bias;
-            const v8f d = a->delta_softplus ? vsoftplus8(x) : x;
-            store8(sd + t * LANES, d);
-            store8(sdu + t * LANES, d * ut);
-            store8(sy + t * LANES, add ? load8(sy + t * LANES) + Dv * ut : Dv * ut);
+            // rows E floats apart: the hardware prefetcher lags on such strides, so ask ahead
+            __builtin_prefetch(up + (t + PREFETCH_ROWS) * ust);
+            __builtin_prefetch(dp + (t + PREFETCH_ROWS) * dst);
+            const vf ut = vload(up + t * ust), x = vload(dp + t * dst) + bias;
+            const vf d = a->delta_softplus ? vsoftplus(x) : x;
+            vstore(sd + t * LANES, d);
+            vstore(sdu + t * LANES, d * ut);
+            vstore(sy + t * LANES, add ? vload(sy + t * LANES) + Dv * ut : Dv * ut);
         }
     } else {
         stage_u_delta(a, m, su, sd, NULL);
         for (int64_t t = 0; t < L; ++t) {
-            const v8f ut = load8(su + t * LANES);
-            store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
-            store8(sy + t * LANES, add ? load8(sy + t * LANES) + Dv * ut : Dv * ut);
+            const vf ut = vload(su + t * LANES);
+            vstore(sdu + t * LANES, vload(sd + t * LANES) * ut);
+            vstore(sy + t * LANES, add ? vload(sy + t * LANES) + Dv * ut : Dv * ut);
         }
     }
     const int base2 = exponents_nonpositive(a, m, sd);
@@ -401,7 +430,7 @@ static void fwd_items(const Work *w) {
     float *sc = a->scratch + w->tid * a->scratch_floats;
     float *su = sc, *sd = sc + L * LANES, *sz = sc + 2 * L * LANES, *sy = sc + 3 * L * LANES;
     float *sdu = sc + 4 * L * LANES;
-    const v8f scale = splat(p ? 0.5f : 1.0f);  // a pair: the mean of its two y
+    const vf scale = vsplat(p ? 0.5f : 1.0f);  // a pair: the mean of its two y
     for (int64_t it = w->item_begin; it < w->item_end; ++it) {
         const Item m = item_of(a, it);
         fwd_direction(a, &m, su, sd, sdu, sy, 0);
@@ -411,19 +440,20 @@ static void fwd_items(const Work *w) {
             float *op = a->out + at3(a->s_out, &m);
             const int64_t zst = a->s_z.t, ost = a->s_out.t;
             for (int64_t t = 0; t < L; ++t) {
-                const v8f zt = load8(zp + t * zst);
-                store8(op + t * ost, load8(sy + t * LANES) * scale * zt * vsigmoid8(zt));
+                __builtin_prefetch(zp + (t + PREFETCH_ROWS) * zst);
+                const vf zt = vload(zp + t * zst);
+                vstore(op + t * ost, vload(sy + t * LANES) * scale * zt * vsigmoid(zt));
             }
             continue;
         }
         if (a->z) item_in(sz, a->z, a->s_z, a, &m);
         for (int64_t t = 0; t < L && (a->z || p); ++t) {  // the gate and/or the mean
-            v8f y = load8(sy + t * LANES) * scale;
+            vf y = vload(sy + t * LANES) * scale;
             if (a->z) {
-                const v8f zt = load8(sz + t * LANES);
-                y = y * zt * vsigmoid8(zt);
+                const vf zt = vload(sz + t * LANES);
+                y = y * zt * vsigmoid(zt);
             }
-            store8(sy + t * LANES, y);
+            vstore(sy + t * LANES, y);
         }
         item_out(a->out, a->s_out, sy, a, &m);
     }
@@ -435,7 +465,7 @@ static void fwd_items(const Work *w) {
 //
 // Accuracy, held to mamba_ssm's gradient tolerances and to float32 autograd through the per-step
 // recurrence (tests/ops/test_grad_grid.py):
-// - The decays come from vexp8, whose error vanishes as the exponent goes to 0. A decay close
+// - The decays come from vexp, whose error vanishes as the exponent goes to 0. A decay close
 //   to 1 (A near 0: a long memory) carries its relative error into every step it is applied
 //   at, so a polynomial that is off by a constant there (any p(0) != 1) biases h, and the
 //   adjoint dh, by that error times the memory length 1 / (1 - decay).
@@ -445,7 +475,7 @@ static void fwd_items(const Work *w) {
 //   digits in proportion to L.
 // ---------------------------------------------------------------------------------------------
 
-typedef double v8d __attribute__((vector_size(64)));  // 8 lanes of double: two AVX registers
+typedef double vd __attribute__((vector_size(8 * LANES)));  // LANES doubles
 #define DA_BLOCK 32  // time steps per float32 block of dA (a power of 2)
 
 static void bwd_items(const Work *w) {
@@ -469,73 +499,73 @@ static void bwd_items(const Work *w) {
         stage_u_delta(a, &m, su, sd, sx);
         item_in(sgo, a->dout, a->s_dout, a, &m);
         if (a->z) item_in(sz, a->z, a->s_z, a, &m);
-        const v8f Dv = a->D ? gather_chan(a->D, &m, 1) : splat(0.0f);
+        const vf Dv = a->D ? gather_chan(a->D, &m, 1) : vsplat(0.0f);
         for (int64_t t = 0; t < L; ++t) {
-            v8f go = load8(sgo + t * LANES);
+            vf go = vload(sgo + t * LANES);
             if (a->z) {
-                const v8f zt = load8(sz + t * LANES);
-                go = go * zt * vsigmoid8(zt);  // the gate's share taken out
+                const vf zt = vload(sz + t * LANES);
+                go = go * zt * vsigmoid(zt);  // the gate's share taken out
             }
-            const v8f ut = load8(su + t * LANES);
-            store8(sdy + t * LANES, go);
-            store8(sdu + t * LANES, load8(sd + t * LANES) * ut);
-            store8(sy + t * LANES, Dv * ut);
-            store8(sgu + t * LANES, go * Dv);
-            store8(sgd + t * LANES, splat(0.0f));
+            const vf ut = vload(su + t * LANES);
+            vstore(sdy + t * LANES, go);
+            vstore(sdu + t * LANES, vload(sd + t * LANES) * ut);
+            vstore(sy + t * LANES, Dv * ut);
+            vstore(sgu + t * LANES, go * Dv);
+            vstore(sgd + t * LANES, vsplat(0.0f));
         }
         for (int64_t n = 0; n < N; ++n) {
-            const v8f An = gather_chan(a->A + n, &m, N);
+            const vf An = gather_chan(a->A + n, &m, N);
             const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
             float *dBn = dBp + n * L * LANES, *dCn = dCp + n * L * LANES;
-            v8f h = splat(0.0f);
+            vf h = vsplat(0.0f);
             for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
-                const v8f d = load8(sd + t * LANES);
-                const v8f decay = vexp8(d * An);
-                h = decay * h + load8(sdu + t * LANES) * splat(Bn[t * Bst]);
-                store8(sh + t * LANES, h);
-                store8(sdecay + t * LANES, decay);
-                store8(sy + t * LANES, load8(sy + t * LANES) + h * splat(Cn[t * Cst]));
+                const vf d = vload(sd + t * LANES);
+                const vf decay = vexp(d * An);
+                h = decay * h + vload(sdu + t * LANES) * vsplat(Bn[t * Bst]);
+                vstore(sh + t * LANES, h);
+                vstore(sdecay + t * LANES, decay);
+                vstore(sy + t * LANES, vload(sy + t * LANES) + h * vsplat(Cn[t * Cst]));
             }
-            v8f dh = splat(0.0f), dA_block = splat(0.0f);
-            v8d dAn = {0};
+            vf dh = vsplat(0.0f), dA_block = vsplat(0.0f);
+            vd dAn = {0};
             if (a->dlast)
                 for (int64_t k = 0; k < m.lanes; ++k) dh[k] = a->dlast[(m.b * E + m.e0 + k) * N + n];
             for (int64_t s = L - 1, t = t0 + (L - 1) * dt; s >= 0; --s, t -= dt) {
-                const v8f dy = load8(sdy + t * LANES), d = load8(sd + t * LANES);
-                const v8f Bt = splat(Bn[t * Bst]);
-                const v8f hprev = s > 0 ? load8(sh + (t - dt) * LANES) : splat(0.0f);
-                const v8f decay = load8(sdecay + t * LANES);
-                const v8f dhn = dh + dy * splat(Cn[t * Cst]);
-                store8(dCn + t * LANES, load8(dCn + t * LANES) + dy * load8(sh + t * LANES));
-                store8(dBn + t * LANES, load8(dBn + t * LANES) + dhn * load8(sdu + t * LANES));
-                const v8f gh = dhn * decay * hprev;  // d loss / d (d * A_n)
-                store8(sgd + t * LANES, load8(sgd + t * LANES) + gh * An + dhn * load8(su + t * LANES) * Bt);
-                store8(sgu + t * LANES, load8(sgu + t * LANES) + dhn * d * Bt);
+                const vf dy = vload(sdy + t * LANES), d = vload(sd + t * LANES);
+                const vf Bt = vsplat(Bn[t * Bst]);
+                const vf hprev = s > 0 ? vload(sh + (t - dt) * LANES) : vsplat(0.0f);
+                const vf decay = vload(sdecay + t * LANES);
+                const vf dhn = dh + dy * vsplat(Cn[t * Cst]);
+                vstore(dCn + t * LANES, vload(dCn + t * LANES) + dy * vload(sh + t * LANES));
+                vstore(dBn + t * LANES, vload(dBn + t * LANES) + dhn * vload(sdu + t * LANES));
+                const vf gh = dhn * decay * hprev;  // d loss / d (d * A_n)
+                vstore(sgd + t * LANES, vload(sgd + t * LANES) + gh * An + dhn * vload(su + t * LANES) * Bt);
+                vstore(sgu + t * LANES, vload(sgu + t * LANES) + dhn * d * Bt);
                 dA_block += gh * d;
                 if ((s & (DA_BLOCK - 1)) == 0) {  // s counts down to 0: the last block flushes too
-                    dAn += __builtin_convertvector(dA_block, v8d);
-                    dA_block = splat(0.0f);
+                    dAn += __builtin_convertvector(dA_block, vd);
+                    dA_block = vsplat(0.0f);
                 }
                 dh = dhn * decay;
             }
             for (int64_t k = 0; k < m.lanes; ++k) dA_acc[(m.e0 + k) * N + n] += (float)dAn[k];
         }
-        v8d dD = {0}, dbias = {0};
+        vd dD = {0}, dbias = {0};
         for (int64_t t = 0; t < L; ++t) {
-            const v8f ut = load8(su + t * LANES);
-            v8f dd = load8(sgd + t * LANES);
+            const vf ut = vload(su + t * LANES);
+            vf dd = vload(sgd + t * LANES);
             if (a->delta_softplus) {
-                const v8f x = load8(sx + t * LANES);
-                dd = select8(x > splat(20.0f), dd, dd * vsigmoid8(x));
+                const vf x = vload(sx + t * LANES);
+                dd = vselect(x > vsplat(20.0f), dd, dd * vsigmoid(x));
             }
-            dd = select8(m.valid, dd, splat(0.0f));
-            store8(sgd + t * LANES, dd);
-            dbias += __builtin_convertvector(dd, v8d);
-            dD += __builtin_convertvector(load8(sdy + t * LANES) * ut, v8d);
+            dd = vselect(m.valid, dd, vsplat(0.0f));
+            vstore(sgd + t * LANES, dd);
+            dbias += __builtin_convertvector(dd, vd);
+            dD += __builtin_convertvector(vload(sdy + t * LANES) * ut, vd);
             if (a->z) {  // dz reuses the dy slot: dy is not read after this step
-                const v8f zt = load8(sz + t * LANES), sg = vsigmoid8(zt);
-                store8(sdy + t * LANES, load8(sgo + t * LANES) * load8(sy + t * LANES) * sg *
-                                        (splat(1.0f) + zt * (splat(1.0f) - sg)));
+                const vf zt = vload(sz + t * LANES), sg = vsigmoid(zt);
+                vstore(sdy + t * LANES, vload(sgo + t * LANES) * vload(sy + t * LANES) * sg *
+                                        (vsplat(1.0f) + zt * (vsplat(1.0f) - sg)));
             }
         }
         item_out(a->du, a->s_du, sgu, a, &m);
@@ -601,12 +631,12 @@ static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
 
 #endif
 
-#define FWD_SCRATCH_ROWS 5   // (L, 8) rows per thread that fwd_items uses
+#define FWD_SCRATCH_ROWS 5   // (L, LANES) rows per thread that fwd_items uses
 #define BWD_SCRATCH_ROWS 12  // and bwd_items
 
 // The entry points refuse (return -1) sizes their loops cannot take, a last line behind the
 // caller's checks (cpu.py's check_scan_args): every size >= 1 (an empty scan never gets
-// here), G dividing E, and a scratch of `rows` (L, 8) rows per thread.
+// here), G dividing E, and a scratch of `rows` (L, LANES) rows per thread.
 static int sizes_ok(const ScanArgs *a, int64_t rows) {
     return a->Bt >= 1 && a->E >= 1 && a->L >= 1 && a->N >= 1 && a->G >= 1 && a->E % a->G == 0 &&
            a->nthreads >= 1 && a->scratch && a->scratch_floats >= rows * a->L * LANES;
@@ -626,3 +656,4 @@ int vimc_scan_bwd(const ScanArgs *a) {
     return 0;
 }
 int64_t vimc_scan_abi(void) { return (int64_t)sizeof(ScanArgs) * 1000 + LANES; }
+int64_t vimc_scan_lanes(void) { return LANES; }

@@ -15,10 +15,10 @@ SOURCE = Path(__file__).resolve().parents[2] / "ops" / "selective_scan" / "cpu_k
 
 
 def coefficients(function: str) -> list[np.float32]:
-    """The ``splat(...)`` constants of a Horner loop in ``function``, highest degree first."""
-    body = re.search(rf"{function}\(v8f \w+\) \{{(.*?)\n\}}", SOURCE.read_text(), re.S)
+    """The ``vsplat(...)`` constants of a Horner loop in ``function``, highest degree first."""
+    body = re.search(rf"{function}\(vf \w+\) \{{(.*?)\n\}}", SOURCE.read_text(), re.S)
     assert body, f"{function} not found in {SOURCE.name}"
-    consts = re.findall(r"p = (?:splat|p \* \w+ \+ splat)\(([-+0-9.e]+)f\)", body.group(1))
+    consts = re.findall(r"p = (?:vsplat|p \* \w+ \+ vsplat)\(([-+0-9.e]+)f\)", body.group(1))
     return [np.float32(c) for c in consts]
 
 
@@ -32,8 +32,8 @@ def horner(cs: list[np.float32], x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "function, x, f, want",
     [
-        # 2^r on |r| <= 1/2, the reduced argument of vexp2_nonpos8
-        ("vexp2_nonpos8", np.linspace(-0.5, 0.5, 200001), np.exp2, lambda p, x: p),
+        # 2^r on |r| <= 1/2, the reduced argument of vexp2_nonpos
+        ("vexp2_nonpos", np.linspace(-0.5, 0.5, 200001), np.exp2, lambda p, x: p),
         # log1p(w) = w * P(w) on (0, 1], the softplus's tail
         ("vlog1p_01", np.linspace(1e-7, 1.0, 200001), np.log1p, lambda p, x: x * p),
     ],
@@ -42,7 +42,7 @@ def horner(cs: list[np.float32], x: np.ndarray) -> np.ndarray:
 def test_polynomial_relative_error(function, x, f, want):
     bound = POLYNOMIAL_MAX_REL[function]
     cs = coefficients(function)
-    assert len(cs) == {"vexp2_nonpos8": 6, "vlog1p_01": 9}[function]
+    assert len(cs) == {"vexp2_nonpos": 6, "vlog1p_01": 9}[function]
     x32 = x.astype(np.float32)
     got = want(horner(cs, x32), x32).astype(np.float32).astype(np.float64)
     ref = f(x32.astype(np.float64))
