@@ -280,7 +280,7 @@ class BiMambaMixer(nn.Module):
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
         x, z = xz[..., :E], xz[..., E:]
         xc = x.mT if self._conv_form == "channel_major" else None  # shared by both
-        args = []
+        args, dt_weights = [], []
         for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
             if xc is not None:
@@ -288,35 +288,40 @@ class BiMambaMixer(nn.Module):
             else:
                 u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, L, E)
             x_dbl = F.linear(u, xp.weight)  # (B, L, R + 2N)
-            delta = F.linear(x_dbl[..., :R], dtp.weight)  # (B, L, E); the bias is the scan's
             args += [
                 u,
-                delta,
+                x_dbl[..., :R],  # dt_proj's input: _scan applies dt_proj (its bias is the scan's)
                 -torch.exp(A_log.float()),
                 x_dbl[..., R : R + N],
                 x_dbl[..., R + N :],
                 Dskip.float(),
                 dtp.bias.float(),
             ]
-        return F.linear(self._scan(args, z), self.out_proj.weight)
+            dt_weights.append(dtp.weight)
+        return F.linear(self._scan(args, dt_weights, z), self.out_proj.weight)
 
-    def _scan(self, args: list, z: torch.Tensor) -> torch.Tensor:
-        """(y_f + y_b) / 2, each gated by silu(z), from token-major args (u, delta, A, B, C, D,
-        delta_bias per direction) -> (B, L, E), in the mixer's scan form."""
+    def _scan(self, args: list, dt_weights: list, z: torch.Tensor) -> torch.Tensor:
+        """(y_f + y_b) / 2, each gated by silu(z), from token-major args (u, dt_proj's input, A,
+        B, C, D, delta_bias per direction) and each direction's dt_proj weight -> (B, L, E), in
+        the mixer's scan form."""
+        if self._scan_form == "bidirectional":
+            # dt_proj goes to the scan, whose CPU inference kernel applies it per step; the
+            # channel-major scans read (B, E, L) / (B, N, L) views of the token-major tensors
+            y = selective_scan_bidirectional(
+                *_channel_major(args), z=z.mT, delta_softplus=True, delta_proj=dt_weights[0],
+                delta_proj_b=dt_weights[1],
+            )  # fmt: skip
+            return y.mT
+        for i, w in zip((1, 8), dt_weights):
+            args[i] = F.linear(args[i], w)  # delta (B, L, E)
         if self._scan_form == "token_major":
             return selective_scan_bidirectional_token_major(*args, z=z, delta_softplus=True)
-        # the channel-major scans read (B, E, L) / (B, N, L) views of the token-major tensors
-        cm = [a.mT if a.dim() == 3 else a for a in args]
-        if self._scan_form == "bidirectional":
-            y = selective_scan_bidirectional(*cm, z=z.mT, delta_softplus=True)
-        else:
-            f, b = cm[:7], cm[7:]
-            y_f = selective_scan(*f[:5], D=f[5], z=z.mT, delta_bias=f[6], delta_softplus=True)
-            y_b = selective_scan(
-                *b[:5], D=b[5], z=z.mT, delta_bias=b[6], delta_softplus=True, reverse=True
-            )
-            y = (y_f + y_b) / 2
-        return y.mT  # (B, L, E) view
+        f, b = _channel_major(args[:7]), _channel_major(args[7:])
+        y_f = selective_scan(*f[:5], D=f[5], z=z.mT, delta_bias=f[6], delta_softplus=True)
+        y_b = selective_scan(
+            *b[:5], D=b[5], z=z.mT, delta_bias=b[6], delta_softplus=True, reverse=True
+        )
+        return ((y_f + y_b) / 2).mT  # (B, L, E) view
 
     def _forward_reference(self, h: torch.Tensor) -> torch.Tensor:
         """vim.md as written: flip, causal conv with padding 3 cut to L, reference scan."""
@@ -347,6 +352,11 @@ class BiMambaMixer(nn.Module):
         y_f = branch(x, z, "")
         y_b = branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
         return F.linear(((y_f + y_b) / 2).transpose(1, 2), self.out_proj.weight)
+
+
+def _channel_major(args: list) -> list:
+    """(B, E, L) / (B, N, L) views of a mixer's token-major (B, L, .) scan arguments."""
+    return [a.mT if a.dim() == 3 else a for a in args]
 
 
 class Block(nn.Module):

@@ -23,6 +23,9 @@ import torch
 # the whole scan, and past this they do not fit; every entry point holds to the same limit, so
 # that no input runs on one device and fails on another.
 MAX_D_STATE = 256
+# The largest rank R of a dt_proj the CPU kernel applies itself (cpu_kernel.c's MAX_R): the
+# item's projection rows sit in a fixed stack buffer. Vim-B's is 48.
+MAX_DT_RANK = 64
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -98,6 +101,7 @@ def check_scan_args(
     *,
     dout=None,
     dlast=None,
+    delta_proj=None,
     who: str = "selective_scan",
     grouped_only: bool = False,
     fake: bool = False,
@@ -106,11 +110,23 @@ def check_scan_args(
     1 <= N <= MAX_D_STATE; B, C (Bt, G, N, L) with G dividing E, or also (Bt, N, L) unless
     ``grouped_only``; D, delta_bias (E,); a backward's dout (Bt, E, L) and dlast (Bt, E, N).
     Every tensor floating, dense, and on one device: cpu or cuda, or also meta for a ``fake``
-    (meta) kernel's check. Any size but N may be 0. Errors start with ``who``."""
+    (meta) kernel's check. Any size but N may be 0. Errors start with ``who``. With
+    ``delta_proj`` (E, R), 1 <= R <= MAX_DT_RANK, delta is the projection's input (Bt, R, L)."""
     _tensor(who, "u", u, 3, "(Bt, E, L)")
     Bt, E, L = u.shape
-    _tensor(who, "delta", delta, 3, "(Bt, E, L)")
-    _shape(who, "delta", delta, (Bt, E, L), "(Bt, E, L) like u")
+    if delta_proj is None:
+        _tensor(who, "delta", delta, 3, "(Bt, E, L)")
+        _shape(who, "delta", delta, (Bt, E, L), "(Bt, E, L) like u")
+    else:
+        _tensor(who, "delta_proj", delta_proj, 2, "(E, R)")
+        R = delta_proj.shape[1]
+        if delta_proj.shape[0] != E or not 1 <= R <= MAX_DT_RANK:
+            raise ValueError(
+                f"{who}: delta_proj must have shape (E, R) with E = {E} (u.shape[1]) and R in "
+                f"[1, {MAX_DT_RANK}], got {tuple(delta_proj.shape)}"
+            )
+        _tensor(who, "delta", delta, 3, "(Bt, R, L)")
+        _shape(who, "delta", delta, (Bt, R, L), "(Bt, R, L), delta_proj's input")
     _tensor(who, "A", A, 2, "(E, N)")
     if A.shape[0] != E:
         raise ValueError(
@@ -129,6 +145,8 @@ def check_scan_args(
             f"{who}: B and C must have the same shape, got {tuple(B.shape)} and {tuple(C.shape)}"
         )
     named = [("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)]
+    if delta_proj is not None:
+        named.append(("delta_proj", delta_proj))
     for name, t, shape, what in (
         ("D", D, (E,), "(E,)"),
         ("delta_bias", delta_bias, (E,), "(E,)"),
@@ -150,15 +168,27 @@ def check_scan_args(
 
 
 def check_scan_pair(
-    fwd: tuple, bwd: tuple, z, *, who: str, grouped_only: bool = False, fake: bool = False
+    fwd: tuple,
+    bwd: tuple,
+    z,
+    *,
+    who: str,
+    grouped_only: bool = False,
+    fake: bool = False,
+    proj: tuple = (None, None),
 ) -> ScanDims:
     """Vim's two directions: ``fwd`` and ``bwd`` each (u, delta, A, B, C, D, delta_bias), one
-    gate ``z``. The forward direction as :func:`check_scan_args` checks it; then each ``*_b``
-    must be a dense floating tensor of its twin's shape (or both None), on u's device: a kernel
-    sizes both directions by the first. -> the sizes of each direction."""
-    dims = check_scan_args(*fwd[:6], z, fwd[6], who=who, grouped_only=grouped_only, fake=fake)
+    gate ``z``, and optionally ``proj`` = (delta_proj, delta_proj_b), both (E, R) (each delta
+    then (Bt, R, L), see :func:`check_scan_args`). The forward direction as
+    :func:`check_scan_args` checks it; then each ``*_b`` must be a dense floating tensor of its
+    twin's shape (or both None), on u's device: a kernel sizes both directions by the first.
+    -> the sizes of each direction."""
+    dims = check_scan_args(
+        *fwd[:6], z, fwd[6], who=who, grouped_only=grouped_only, fake=fake, delta_proj=proj[0]
+    )
     device = fwd[0].device
-    for name, x, y in zip(DIRECTION, fwd, bwd):
+    pairs = zip((*DIRECTION, "delta_proj"), (*fwd, proj[0]), (*bwd, proj[1]))
+    for name, x, y in pairs:
         if (x is None) != (y is None):
             raise ValueError(
                 f"{who}: {name} and {name}_b must have equal shapes (or both be None), got "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 from . import _library, cpu
 from ._checks import DIRECTION, KERNEL, check_scan_pair, check_storage
@@ -80,6 +81,71 @@ def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_
     fwd, bwd = (u, delta, A, B, C, D, delta_bias), (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
     check_scan_pair(fwd, bwd, z, who=KERNEL, grouped_only=True, fake=True)
     return torch.empty_like(u), _fake_state(u, A), _fake_state(u, A)
+
+
+def selective_scan_bidirectional_proj_fwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_proj: torch.Tensor,
+    u_b: torch.Tensor,
+    delta_b: torch.Tensor,
+    A_b: torch.Tensor,
+    B_b: torch.Tensor,
+    C_b: torch.Tensor,
+    D_b: torch.Tensor | None,
+    delta_bias_b: torch.Tensor | None,
+    delta_proj_b: torch.Tensor,
+    z: torch.Tensor | None,
+    delta_softplus: bool,
+) -> torch.Tensor:
+    """:func:`selective_scan_bidirectional_fwd` with each direction's dt_proj applied in the
+    kernel: ``delta`` is the projection's input (Bt, R, L) and the raw delta is
+    ``delta_proj @ delta`` (E, R) x (Bt, R, L), never materialized on the fused CPU path ->
+    out in u's dtype and layout. Inference only (no autograd formula)."""
+    fwd = (u, delta, A, B, C, D, delta_bias)
+    bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
+    proj = (delta_proj, delta_proj_b)
+    dims = check_scan_pair(fwd, bwd, z, who=KERNEL, grouped_only=True, proj=proj)
+    if u.is_cpu and u.dtype == torch.float32 and cpu.c_kernel_available():
+        out, _, _ = cpu._fwd_c(
+            dims, *fwd[:6], z, fwd[6], delta_softplus, False, pair=bwd,
+            delta_proj=delta_proj, pair_proj=delta_proj_b,
+        )  # fmt: skip
+        return _like(out, u)
+    if u.is_cpu:  # the projections below read these before any kernel check does
+        check_storage(KERNEL, (("delta", delta), ("delta_proj", delta_proj)))
+        check_storage(KERNEL, (("delta_b", delta_b), ("delta_proj_b", delta_proj_b)))
+    out, _, _ = selective_scan_bidirectional_fwd(
+        u, _project(delta, delta_proj), A, B, C, D, delta_bias,
+        u_b, _project(delta_b, delta_proj_b), A_b, B_b, C_b, D_b, delta_bias_b,
+        z, delta_softplus,
+    )  # fmt: skip
+    return out
+
+
+def _project(delta: torch.Tensor, delta_proj: torch.Tensor) -> torch.Tensor:
+    """(E, R) x (Bt, R, L) -> (Bt, E, L) as a view of token-major (Bt, L, E) memory, the layout a
+    mixer's dt_proj linear gives the scans; in float32 (float64 if either is), as the fused
+    kernel computes it."""
+    ct = torch.promote_types(torch.promote_types(delta.dtype, delta_proj.dtype), torch.float32)
+    return F.linear(delta.mT.to(ct), delta_proj.to(ct)).mT
+
+
+_BIDIR_PROJ = _library.define(selective_scan_bidirectional_proj_fwd)
+
+
+@_library.register_fake(_BIDIR_PROJ)
+def _(u, delta, A, B, C, D, delta_bias, delta_proj, u_b, delta_b, A_b, B_b, C_b, D_b,
+      delta_bias_b, delta_proj_b, z, sp):  # fmt: skip
+    fwd, bwd = (u, delta, A, B, C, D, delta_bias), (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
+    check_scan_pair(fwd, bwd, z, who=KERNEL, grouped_only=True, fake=True,
+                    proj=(delta_proj, delta_proj_b))  # fmt: skip
+    return torch.empty_like(u)
 
 
 def _setup_context(ctx, inputs, output):
@@ -167,26 +233,41 @@ def selective_scan_bidirectional(
     delta_bias_b,
     z=None,
     delta_softplus=False,
+    delta_proj=None,
+    delta_proj_b=None,
 ):
     """``(selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) +
     selective_scan(u_b, ..., z, delta_bias_b, delta_softplus, reverse=True)) / 2``: the two
     directions of a Vim mixer, each with its own parameters (``*_b`` for the reverse one),
     sharing the gate ``z``. Shapes as :func:`selective_scan`'s; both directions' arguments
     must have equal shapes. One op call on CPU (see the module doc); differentiable in every
-    tensor argument; compiles with ``fullgraph=True``."""
+    tensor argument; compiles with ``fullgraph=True``.
+
+    ``delta_proj`` and ``delta_proj_b`` (E, R), both or neither: each delta is then a dt_proj
+    linear's input (Bt, R, L) and the scans take ``delta_proj @ delta`` (Bt, E, L). With grad
+    mode off on CPU in float32 the fused kernel applies it per step (one
+    ``vimc::selective_scan_bidirectional_proj_fwd`` call) instead of a skinny matmul writing
+    a (Bt, E, L) tensor; elsewhere it is that matmul."""
     fwd = (u, delta, A, B, C, D, delta_bias)
     bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
-    check_scan_pair(fwd, bwd, z, who="selective_scan_bidirectional")
+    proj = (delta_proj, delta_proj_b)
+    check_scan_pair(fwd, bwd, z, who="selective_scan_bidirectional", proj=proj)
+    if delta_proj is not None:
+        if u.is_cpu and u.dtype == torch.float32 and not torch.is_grad_enabled():
+            return _BIDIR_PROJ(
+                u, delta, A, _grouped(B), _grouped(C), D, delta_bias, delta_proj,
+                u_b, delta_b, A_b, _grouped(B_b), _grouped(C_b), D_b, delta_bias_b, delta_proj_b,
+                z, bool(delta_softplus),
+            )  # fmt: skip
+        fwd = (u, _project(delta, delta_proj), *fwd[2:])
+        bwd = (u_b, _project(delta_b, delta_proj_b), *bwd[2:])
     if not u.is_cpu or u.dtype == torch.float64:  # no fused kernel: two scans
         out = selective_scan(*fwd[:6], z, fwd[6], delta_softplus)
         out_b = selective_scan(*bwd[:6], z, bwd[6], delta_softplus, reverse=True)
         return (out + out_b) / 2
     op = _BIDIR if torch.is_grad_enabled() else _BIDIR_NOGRAD  # a constant to torch.compile
-    out, _, _ = op(
-        u, delta, A, _grouped(B), _grouped(C), D, delta_bias,
-        u_b, delta_b, A_b, _grouped(B_b), _grouped(C_b), D_b, delta_bias_b,
-        z, bool(delta_softplus),
-    )  # fmt: skip
+    grouped = [(*d[:3], _grouped(d[3]), _grouped(d[4]), *d[5:]) for d in (fwd, bwd)]
+    out, _, _ = op(*grouped[0], *grouped[1], z, bool(delta_softplus))
     return out
 
 

@@ -89,7 +89,7 @@ class _ScanArgs(ctypes.Structure):
         + [("scratch_floats", ctypes.c_int64)]
         + [("s_" + n, _Strides3) for n in _STRIDED3]
         + [("s_" + n, _Strides4) for n in _STRIDED4]
-        + [("pair", ctypes.c_void_p)]
+        + [("pair", ctypes.c_void_p), ("dt_proj", ctypes.c_void_p), ("R", ctypes.c_int64)]
     )
 
 
@@ -249,6 +249,8 @@ def _pack(dims: ScanDims, ins, delta_softplus, reverse, nthreads, outs) -> array
             words[at] = t.data_ptr()
             if st is not None:
                 words[st : st + t.dim()] = t.stride()
+    if outs.get("dt_proj") is not None:
+        words[_AT["R"]] = outs["dt_proj"].shape[1]
     return array.array("q", words)
 
 
@@ -269,6 +271,13 @@ def _inputs(u, delta, A, B, C, D, z, delta_bias, names=_NAMES) -> list:
     return [_f32(u), _f32(delta), _vec(A), _f32(B), _f32(C), _vec(D), _f32(z), _vec(delta_bias)]
 
 
+def _projection(name: str, w: torch.Tensor | None) -> torch.Tensor | None:
+    """A dt_proj weight (E, R) as the kernel reads it: inside its storage, float32, contiguous."""
+    if w is not None:
+        check_storage(KERNEL, ((name, w),))
+    return _vec(w)
+
+
 def _call(fn, packed: array.array) -> None:
     if fn(packed.buffer_info()[0]) != 0:  # what the words point to is alive until here
         raise RuntimeError(f"{KERNEL}: the C kernel refused the sizes cpu.py packed (a bug)")
@@ -280,12 +289,28 @@ def _is_empty(dims: ScanDims) -> bool:
     return dims.Bt == 0 or dims.E == 0 or dims.L == 0
 
 
-def _fwd_c(dims: ScanDims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, pair=None):
+def _fwd_c(
+    dims: ScanDims,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    delta_softplus,
+    reverse,
+    pair=None,
+    delta_proj=None,
+    pair_proj=None,
+):
     """The forward kernel on one scan, or with ``pair`` (u, delta, A, B, C, D, delta_bias of
     a second scan over the same shape, run reversed) on both at once: out = (y + y_pair) / 2
-    gated by silu(z). ``dims``: check_scan_args' (or check_scan_pair's) answer for these
-    arguments, which the kernel trusts for both scans. -> (out in u's dtype and layout, last
-    state[, the pair's last state])."""
+    gated by silu(z). With ``delta_proj`` (E, R) (and ``pair_proj`` for a pair), each delta is
+    (Bt, R, L) and the kernel applies the projection itself. ``dims``: check_scan_args' (or
+    check_scan_pair's) answer for these arguments, which the kernel trusts for both scans.
+    -> (out in u's dtype and layout, last state[, the pair's last state])."""
     T = _threads(_items(dims))
     out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
     lasts = [new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device)]
@@ -296,10 +321,15 @@ def _fwd_c(dims: ScanDims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             last.zero_()  # no step taken: the state is still 0
         return (out.to(u.dtype), *lasts)
     ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
-    packed = _pack(dims, ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0]})
+    w = _projection("delta_proj", delta_proj)
+    packed = _pack(
+        dims, ins, delta_softplus, reverse, T, {"out": out, "last_state": lasts[0], "dt_proj": w}
+    )
     if pair is not None:
         pair_ins = _inputs(*pair[:6], None, pair[6], names=_PAIR_NAMES)
-        packed_pair = _pack(dims, pair_ins, delta_softplus, True, T, {"last_state": lasts[1]})
+        w_b = _projection("delta_proj_b", pair_proj)
+        pair_outs = {"last_state": lasts[1], "dt_proj": w_b}
+        packed_pair = _pack(dims, pair_ins, delta_softplus, True, T, pair_outs)
         packed[_AT["pair"]] = packed_pair.buffer_info()[0]
     _call(_lib.vimc_scan_fwd, packed)
     return ((out if u.dtype == torch.float32 else out.to(u.dtype)), *lasts)

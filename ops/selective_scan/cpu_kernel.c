@@ -39,6 +39,7 @@ typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 // for memory access only: any float address, and allowed to alias float data
 typedef float vf_mem __attribute__((vector_size(4 * LANES), aligned(4), may_alias));
 #define NB 4  // state components advanced together in the forward's time loop
+#define MAX_R 64  // the largest dt_proj rank the kernel takes (Vim-B's is 48)
 #define PREFETCH_ROWS 8  // how far ahead token-major loops prefetch (a hint: past the end is fine)
 
 // element (b, e, t) of a (Bt, E, L) tensor sits at b * b + e * e + t * t
@@ -79,6 +80,11 @@ typedef struct {
     // directions in one call. Its own u, delta, A, B, C, D, bias, reverse, last_state; its
     // z, out and scratch are unused (this one's serve both).
     const void *pair;
+    // forward only: with dt_proj, delta is (Bt, R, L), strided by s_delta (its e stride runs
+    // along R), and channel e's raw delta is sum_r dt_proj[e, r] * delta[b, r, t]: a Vim
+    // mixer's dt_proj linear done here, so the (Bt, E, L) delta is never written to memory
+    const float *dt_proj;    // (E, R) contiguous, or NULL
+    int64_t R;               // 1..MAX_R where dt_proj is set
 } ScanArgs;
 
 typedef struct {
@@ -319,11 +325,31 @@ static const float *group_of(const float *x, Strides4 s, const Item *m) {
     return x + m->b * s.b + m->g * s.g;
 }
 
-// stage u and the final delta (bias, softplus; 0 on padding lanes) of one item
-static void stage_u_delta(const ScanArgs *a, const Item *m, float *su, float *sd, float *sx) {
+// an item's dt_proj rows, lane-major: w[r * LANES + k] = dt_proj[e0 + k, r], 0 past its lanes
+static void stage_proj(const ScanArgs *a, const Item *m, float *w) {
+    for (int64_t r = 0; r < a->R; ++r) vstore(w + r * LANES, gather_chan(a->dt_proj + r, m, a->R));
+}
+
+// the raw delta of an item's channels at one step: sum_r w[r] * x[r * rs], x = delta[b, :, t]
+static inline vf project(const float *w, int64_t R, const float *x, int64_t rs) {
+    vf acc = vsplat(0.0f);
+    for (int64_t r = 0; r < R; ++r) acc += vload(w + r * LANES) * vsplat(x[r * rs]);
+    return acc;
+}
+
+// stage u and the final delta (bias, softplus; 0 on padding lanes) of one item; w: the item's
+// staged dt_proj rows where a->dt_proj is set (forward only)
+static void stage_u_delta(const ScanArgs *a, const Item *m, const float *w, float *su, float *sd,
+                          float *sx) {
     const int64_t L = a->L;
     item_in(su, a->u, a->s_u, a, m);
-    item_in(sd, a->delta, a->s_delta, a, m);
+    if (a->dt_proj) {
+        const float *x = a->delta + m->b * a->s_delta.b;  // (R, L) of this batch row
+        for (int64_t t = 0; t < L; ++t)
+            vstore(sd + t * LANES, project(w, a->R, x + t * a->s_delta.t, a->s_delta.e));
+    } else {
+        item_in(sd, a->delta, a->s_delta, a, m);
+    }
     const vf bias = a->bias ? gather_chan(a->bias, m, 1) : vsplat(0.0f);
     for (int64_t t = 0; t < L; ++t) {
         vf x = vload(sd + t * LANES) + bias;
@@ -389,23 +415,28 @@ static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd
     const int64_t L = a->L, N = a->N;
     const float *Bp = group_of(a->B, a->s_B, m), *Cp = group_of(a->C, a->s_C, m);
     const vf Dv = a->D ? gather_chan(a->D, m, 1) : vsplat(0.0f);
-    if (direct(a->s_u, m) && direct(a->s_delta, m)) {
-        // token-major: read u and delta in place, one pass (no staging copies)
-        const float *up = a->u + at3(a->s_u, m), *dp = a->delta + at3(a->s_delta, m);
+    float w[MAX_R * LANES];  // the item's dt_proj rows (stage_proj), where a->dt_proj is set
+    if (a->dt_proj) stage_proj(a, m, w);
+    if (direct(a->s_u, m) && (a->dt_proj || direct(a->s_delta, m))) {
+        // token-major: read u and delta (or dt_proj's input) in place, one pass, no staging
+        const float *up = a->u + at3(a->s_u, m);
+        const float *dp = a->dt_proj ? a->delta + m->b * a->s_delta.b : a->delta + at3(a->s_delta, m);
         const int64_t ust = a->s_u.t, dst = a->s_delta.t;
         const vf bias = a->bias ? gather_chan(a->bias, m, 1) : vsplat(0.0f);
         for (int64_t t = 0; t < L; ++t) {
             // rows E floats apart: the hardware prefetcher lags on such strides, so ask ahead
             __builtin_prefetch(up + (t + PREFETCH_ROWS) * ust);
-            __builtin_prefetch(dp + (t + PREFETCH_ROWS) * dst);
-            const vf ut = vload(up + t * ust), x = vload(dp + t * dst) + bias;
+            if (!a->dt_proj) __builtin_prefetch(dp + (t + PREFETCH_ROWS) * dst);
+            const vf raw =
+                a->dt_proj ? project(w, a->R, dp + t * dst, a->s_delta.e) : vload(dp + t * dst);
+            const vf ut = vload(up + t * ust), x = raw + bias;
             const vf d = a->delta_softplus ? vsoftplus(x) : x;
             vstore(sd + t * LANES, d);
             vstore(sdu + t * LANES, d * ut);
             vstore(sy + t * LANES, add ? vload(sy + t * LANES) + Dv * ut : Dv * ut);
         }
     } else {
-        stage_u_delta(a, m, su, sd, NULL);
+        stage_u_delta(a, m, w, su, sd, NULL);
         for (int64_t t = 0; t < L; ++t) {
             const vf ut = vload(su + t * LANES);
             vstore(sdu + t * LANES, vload(sd + t * LANES) * ut);
@@ -496,7 +527,7 @@ static void bwd_items(const Work *w) {
         const int64_t Bsn = a->s_B.n, Bst = a->s_B.t, Csn = a->s_C.n, Cst = a->s_C.t;
         float *dBp = a->dB_part + (w->tid * a->Bt * G + bg) * N * L * LANES;
         float *dCp = a->dC_part + (w->tid * a->Bt * G + bg) * N * L * LANES;
-        stage_u_delta(a, &m, su, sd, sx);
+        stage_u_delta(a, &m, NULL, su, sd, sx);
         item_in(sgo, a->dout, a->s_dout, a, &m);
         if (a->z) item_in(sz, a->z, a->s_z, a, &m);
         const vf Dv = a->D ? gather_chan(a->D, &m, 1) : vsplat(0.0f);
@@ -636,22 +667,24 @@ static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
 
 // The entry points refuse (return -1) sizes their loops cannot take, a last line behind the
 // caller's checks (cpu.py's check_scan_args): every size >= 1 (an empty scan never gets
-// here), G dividing E, and a scratch of `rows` (L, LANES) rows per thread.
+// here), G dividing E, a dt_proj rank in [1, MAX_R], and a scratch of `rows` (L, LANES) rows
+// per thread.
 static int sizes_ok(const ScanArgs *a, int64_t rows) {
     return a->Bt >= 1 && a->E >= 1 && a->L >= 1 && a->N >= 1 && a->G >= 1 && a->E % a->G == 0 &&
-           a->nthreads >= 1 && a->scratch && a->scratch_floats >= rows * a->L * LANES;
+           (!a->dt_proj || (a->R >= 1 && a->R <= MAX_R)) && a->nthreads >= 1 && a->scratch &&
+           a->scratch_floats >= rows * a->L * LANES;
 }
 
 int vimc_scan_fwd(const ScanArgs *a) {
     const ScanArgs *p = (const ScanArgs *)a->pair;  // sized like a: fwd_items trusts it
     const int same = !p || (p->Bt == a->Bt && p->E == a->E && p->L == a->L && p->N == a->N &&
-                            p->G == a->G);
+                            p->G == a->G && (!p->dt_proj || (p->R >= 1 && p->R <= MAX_R)));
     if (!sizes_ok(a, FWD_SCRATCH_ROWS) || !same) return -1;
     run_parallel(a, fwd_entry);
     return 0;
 }
-int vimc_scan_bwd(const ScanArgs *a) {
-    if (!sizes_ok(a, BWD_SCRATCH_ROWS)) return -1;
+int vimc_scan_bwd(const ScanArgs *a) {  // dt_proj is forward-only
+    if (!sizes_ok(a, BWD_SCRATCH_ROWS) || a->dt_proj) return -1;
     run_parallel(a, bwd_entry);
     return 0;
 }

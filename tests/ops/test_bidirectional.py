@@ -29,7 +29,8 @@ def run(ins: dict, softplus: bool):
 CASES = [
     Case(),
     Case(Bt=1, E=16, L=1, N=16),
-    Case(E=13, L=29, N=3),  # a partial block of 8 channels
+    Case(E=13, L=29, N=3),  # a partial block of channels (8 or 16 lanes)
+    Case(E=40, L=21, N=4),  # full blocks and a partial one for 8 and for 16 lanes
     Case(E=12, L=17, N=4, G=3),
     Case(E=9, L=13, N=6, D=False, z=False, bias=False),
     Case(E=8, L=20, N=2, softplus=False, bias=False),

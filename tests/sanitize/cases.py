@@ -100,6 +100,8 @@ def _values(name: str, c: Case, n: int, g: torch.Generator) -> torch.Tensor:
     if name == "A":
         a = -torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * math.log(c.N + 1))
         return a.abs() * 0.3 if c.growing else a
+    if name == "delta_proj":  # dt_proj weights: a raw delta of order 1 for R up to 64
+        return torch.randn(n, generator=g, dtype=torch.float64) * 0.1
     if name == "delta_bias":
         x = torch.randn(n, generator=g, dtype=torch.float64)
         return x * 0.3 if c.softplus else x.abs() * 0.05

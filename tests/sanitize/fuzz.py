@@ -36,6 +36,7 @@ from vimc.ops import (
     selective_scan_bidirectional,
     selective_scan_reference,
 )
+from vimc.ops.selective_scan._checks import MAX_DT_RANK
 
 from ..tolerances import SCAN_REL_ERR
 from .cases import (
@@ -58,6 +59,7 @@ ACTIONS = {  # action -> weight
     "bidirectional": 2,
     "bidirectional_op": 1,
     "token_major_op": 1,
+    "projected_op": 1,
     "plugin": 1,
     "bad_call": 2,
 }
@@ -169,6 +171,26 @@ def token_major_op(c, rng, g):
     check_written("out", out, c)
     if c.comparable:
         check_close("out", out.mT, pair_reference(ins, c), SCAN_REL_ERR[torch.float32][0])
+
+
+def projected_op(c, rng, g):
+    """The op that applies each direction's dt_proj itself: deltas (Bt, R, L), weights (E, R)."""
+    c = dataclasses.replace(c, softplus=True)  # a projected delta has either sign
+    ins = make_pair(c, rng, g, grouped=True)
+    R = rng.randint(1, MAX_DT_RANK)
+    for k in ("delta", "delta_b"):
+        ins[k] = make_tensor("dt_in", (c.Bt, R, c.L), c.dtype, c, rng, g)
+    w = [make_tensor("delta_proj", (c.E, R), c.param_dtype, c, rng, g) for _ in range(2)]
+    order = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    args = (*(ins[k] for k in order), w[0], *(ins[k + "_b"] for k in order), w[1], ins["z"])
+    with torch.no_grad():
+        out = torch.ops.vimc.selective_scan_bidirectional_proj_fwd(*args, True)
+    assert out.shape == (c.Bt, c.E, c.L)
+    check_written("out", out, c)
+    if c.comparable:
+        x = f64(ins)
+        x["delta"], x["delta_b"] = w[0].double() @ x["delta"], w[1].double() @ x["delta_b"]
+        check_close("out", out, pair_reference(x, c), SCAN_REL_ERR[torch.float32][0])
 
 
 _SESSIONS: dict = {}
@@ -311,6 +333,7 @@ RUN = dict(
     bidirectional=bidirectional,
     bidirectional_op=bidirectional_op,
     token_major_op=token_major_op,
+    projected_op=projected_op,
     plugin=plugin_node,
     bad_call=bad_call,
 )

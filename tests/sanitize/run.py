@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTS = [
     "tests/ops/test_selective_scan.py",
     "tests/ops/test_bidirectional.py",
+    "tests/ops/test_delta_proj.py",
     "tests/ops/test_bad_input.py",
     "tests/ops/test_ort_plugin.py",
     "tests/export/test_ort_plugin.py",
