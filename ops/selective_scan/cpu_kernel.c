@@ -38,7 +38,13 @@ typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 // for memory access only: any float address, and allowed to alias float data
 typedef float vf_mem __attribute__((vector_size(4 * LANES), aligned(4), may_alias));
-#define NB 4  // state components advanced together in the forward's time loop
+// state components advanced together in the forward's time loop: their decays, states and
+// B/C broadcasts fill 32 vector registers with AVX-512 (8), 16 with AVX2 (4)
+#if LANES == 16
+#define NB 8
+#else
+#define NB 4
+#endif
 #define MAX_R 64  // the largest dt_proj rank the kernel takes (Vim-B's is 48)
 #define PREFETCH_ROWS 8  // how far ahead token-major loops prefetch (a hint: past the end is fine)
 
