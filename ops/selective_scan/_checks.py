@@ -224,11 +224,16 @@ def check_storage(who: str, named) -> None:
     tensor's. Run by the CPU kernels (C and torch) before they read; torch's own ops do not
     check."""
     for name, t in named:
-        if t is None or t.numel() == 0:
+        if t is None:
             continue
-        end = t.storage_offset() + 1  # one past the last element, in elements
-        for size, stride in zip(t.shape, t.stride()):
-            end += (size - 1) * stride
+        n = t.numel()
+        if n == 0:
+            continue
+        end = t.storage_offset() + (  # one past the last element, in elements
+            n  # a contiguous tensor's extent, without a Python loop (most calls)
+            if t.is_contiguous()
+            else 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        )
         nbytes = t.untyped_storage().nbytes()
         if end * t.element_size() > nbytes:
             raise ValueError(

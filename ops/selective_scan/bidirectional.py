@@ -114,7 +114,7 @@ def selective_scan_bidirectional_proj_fwd(
     if u.is_cpu and u.dtype == torch.float32 and cpu.c_kernel_available():
         out, _, _ = cpu._fwd_c(
             dims, *fwd[:6], z, fwd[6], delta_softplus, False, pair=bwd,
-            delta_proj=delta_proj, pair_proj=delta_proj_b,
+            delta_proj=delta_proj, pair_proj=delta_proj_b, last_states=False,
         )  # fmt: skip
         return _like(out, u)
     if u.is_cpu:  # the projections below read these before any kernel check does

@@ -304,21 +304,25 @@ def _fwd_c(
     pair=None,
     delta_proj=None,
     pair_proj=None,
+    last_states=True,
 ):
     """The forward kernel on one scan, or with ``pair`` (u, delta, A, B, C, D, delta_bias of
     a second scan over the same shape, run reversed) on both at once: out = (y + y_pair) / 2
     gated by silu(z). With ``delta_proj`` (E, R) (and ``pair_proj`` for a pair), each delta is
     (Bt, R, L) and the kernel applies the projection itself. ``dims``: check_scan_args' (or
     check_scan_pair's) answer for these arguments, which the kernel trusts for both scans.
-    -> (out in u's dtype and layout, last state[, the pair's last state])."""
+    -> (out in u's dtype and layout, last state[, the pair's last state]); without
+    ``last_states`` the kernel writes none and each is None."""
     T = _threads(_items(dims))
     out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
-    lasts = [new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device)]
+    last_shape = (dims.Bt, dims.E, dims.N)
+    lasts = [new_output(last_shape, torch.float32, u.device) if last_states else None]
     if pair is not None:  # its z, out and scratch are the first scan's
-        lasts.append(new_output((dims.Bt, dims.E, dims.N), torch.float32, u.device))
+        lasts.append(lasts[0] if lasts[0] is None else new_output(last_shape, torch.float32, u.device))
     if _is_empty(dims):
         for last in lasts:
-            last.zero_()  # no step taken: the state is still 0
+            if last is not None:
+                last.zero_()  # no step taken: the state is still 0
         return (out.to(u.dtype), *lasts)
     ins = _inputs(u, delta, A, B, C, D, z, delta_bias)
     w = _projection("delta_proj", delta_proj)
