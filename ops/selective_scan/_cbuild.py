@@ -192,15 +192,29 @@ def cpu_level() -> str | None:
     return next((lvl for lvl, needs in LEVELS.get(arch(), []) if needs <= cpu), None)
 
 
-def prebuilt(stem: str) -> tuple[Path, str] | None:
-    """(path, level) of the best prebuilt ``stem`` library this CPU runs, or None: none was
-    installed (a source checkout), or none of its levels matches this CPU. A sanitizing run
-    never takes one (they are built without the sanitizers)."""
+def prebuilt(stem: str, only: str | None = None) -> tuple[Path, str] | None:
+    """(path, level) of the best prebuilt ``stem`` library this CPU runs (of level ``only``,
+    if given), or None: none was installed (a source checkout), or none of its levels matches
+    this CPU. A sanitizing run never takes one (they are built without the sanitizers)."""
     if sanitizing():
         return None
     cpu = cpu_flags()
     for level, needs in LEVELS.get(arch(), []):
         path = HERE / PREBUILT_DIR / f"{stem}-{level}.so"
-        if needs <= cpu and path.exists():
+        if needs <= cpu and path.exists() and only in (None, level):
             return path, level
     return None
+
+
+def check_level(level: str) -> None:
+    """RuntimeError unless ``level`` is one of LEVELS for this architecture and this CPU runs
+    code built for it (VIMC_CPU_LEVEL asks for one)."""
+    levels = dict(LEVELS.get(arch(), []))
+    if level not in levels:
+        raise RuntimeError(
+            f"VIMC_CPU_LEVEL={level!r} is not an instruction-set level of {arch()}: "
+            f"expected one of {sorted(levels)}"
+        )
+    missing = levels[level] - cpu_flags()
+    if missing:
+        raise RuntimeError(f"VIMC_CPU_LEVEL={level!r}: this CPU lacks {', '.join(sorted(missing))}")

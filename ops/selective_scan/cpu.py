@@ -7,7 +7,9 @@ already needs on a CPU, cached under ``$VIMC_CACHE_DIR`` (default ``~/.cache/vim
 _cbuild.py; the README gives the build time). Where neither works, a RuntimeWarning says why,
 once. :func:`kernel_info` tells which kernel runs and where it came from.
 ``VIMC_CPU_KERNEL=torch`` (read at import) forces the pure-torch path; it is also what float64
-inputs take.
+inputs take. ``VIMC_CPU_LEVEL=<level>`` (read at import; a level _cbuild.LEVELS lists, e.g.
+``x86-64-v3``) loads or builds the kernel for that instruction-set level instead of the best
+one this CPU runs: to compare the variants on one machine, or to step around one.
 
 The torch path is chunked: within a chunk of ``CHUNK`` steps the state is a masked sum with
 ``exp(segsum)`` weights (every exponent <= 0, so it is stable for any L), and one state per
@@ -98,6 +100,7 @@ _lib_error: str | None = None
 _lib_lock = threading.Lock()
 # read once at import: an os.environ lookup per scan call would add to every call
 _FORCED_TORCH = os.environ.get("VIMC_CPU_KERNEL", "").lower() == "torch"
+_FORCED_LEVEL = os.environ.get("VIMC_CPU_LEVEL") or None
 
 
 _lib_source: str | None = None  # where the loaded kernel came from, for kernel_info()
@@ -108,8 +111,10 @@ def _load() -> tuple[ctypes.CDLL, str]:
     wheel carries one per instruction-set level, see setup.py; the OpenMP one first, if its
     libgomp loads), else a first-use build for this CPU with the system C compiler."""
     problems = []
+    if _FORCED_LEVEL is not None:
+        _cbuild.check_level(_FORCED_LEVEL)
     for stem in ("vimc_scan_omp", "vimc_scan"):
-        found = _cbuild.prebuilt(stem)
+        found = _cbuild.prebuilt(stem, _FORCED_LEVEL)
         if found is None:
             continue
         path, level = found
@@ -120,11 +125,14 @@ def _load() -> tuple[ctypes.CDLL, str]:
     # -march=native is not known to every compiler; OpenMP lets the kernel share torch's
     # thread pool (see run_parallel in the C file), pthreads otherwise
     variants = [["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []]
+    if _FORCED_LEVEL is not None:
+        variants = [[f"-march={_FORCED_LEVEL}", "-fopenmp"], [f"-march={_FORCED_LEVEL}"]]
     try:
         path = _cbuild.build("cpu_kernel.c", "vimc_scan", variants)
     except RuntimeError as exc:
         raise RuntimeError("; ".join([*problems, str(exc)])) from None
-    return ctypes.CDLL(str(path)), f"built at first use for this CPU ({path})"
+    where = f"for {_FORCED_LEVEL} (VIMC_CPU_LEVEL)" if _FORCED_LEVEL else "for this CPU"
+    return ctypes.CDLL(str(path)), f"built at first use {where} ({path})"
 
 
 def _build() -> ctypes.CDLL:
@@ -173,7 +181,7 @@ def kernel_info() -> dict:
     if _FORCED_TORCH:
         info["scan kernel"] = "torch (VIMC_CPU_KERNEL=torch)"
     elif c_kernel_available():
-        info["scan kernel"] = f"C (fused), {_lib_source}"
+        info["scan kernel"] = f"C (fused, {LANES} channels per vector), {_lib_source}"
     else:
         info["scan kernel"] = f"torch, because the C kernel is unavailable: {_lib_error}"
     plugin = _cbuild.prebuilt("vimc_ort_plugin")
@@ -316,9 +324,11 @@ def _fwd_c(
     T = _threads(_items(dims))
     out = new_output_like(u, torch.float32)  # u's layout, as the fake kernel promises
     last_shape = (dims.Bt, dims.E, dims.N)
-    lasts = [new_output(last_shape, torch.float32, u.device) if last_states else None]
-    if pair is not None:  # its z, out and scratch are the first scan's
-        lasts.append(lasts[0] if lasts[0] is None else new_output(last_shape, torch.float32, u.device))
+    n_lasts = 1 if pair is None else 2  # a pair's z, out and scratch are the first scan's
+    lasts = [
+        new_output(last_shape, torch.float32, u.device) if last_states else None
+        for _ in range(n_lasts)
+    ]
     if _is_empty(dims):
         for last in lasts:
             if last is not None:

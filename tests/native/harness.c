@@ -10,7 +10,8 @@
 // here instead of passing garbage through an out-of-date copy of the struct.
 //
 // Cases: every combination of the options (bias, softplus, D, z, reverse, pair = Vim's two
-// directions in one call) on each size in SIZES (odd L, L = 1, partial blocks of 8 channels,
+// directions in one call, proj = dt_proj applied by the kernel, forward only) on each size in
+// SIZES (odd L, L = 1, full and partial blocks of LANES channels,
 // groups, N = 1 and N = MAX_D_STATE), in three memory layouts (channel-major, token-major
 // views of (Bt, L, E) memory, non-contiguous padded strides), with 1 and 3 threads. The
 // forward output and last state are checked in every case, the backward (which takes no pair)
@@ -27,13 +28,13 @@
 #define BWD_TOL 1e-4
 
 #if defined(__aarch64__)
-#define ISA "aarch64 (NEON, portable vector path)"
+#define ISA "aarch64 (NEON, portable vector path, 8 lanes)"
 #elif defined(__AVX512F__)
-#define ISA "x86-64-v4 (AVX-512; AVX2 intrinsics path)"
+#define ISA "x86-64-v4 (AVX-512 intrinsics path, 16 lanes)"
 #elif defined(__AVX2__) && defined(__FMA__)
-#define ISA "x86-64-v3 (AVX2+FMA intrinsics path)"
+#define ISA "x86-64-v3 (AVX2+FMA intrinsics path, 8 lanes)"
 #elif defined(__x86_64__)
-#define ISA "x86-64 generic (SSE2, portable vector path)"
+#define ISA "x86-64 generic (SSE2, portable vector path, 8 lanes)"
 #else
 #define ISA "other (portable vector path)"
 #endif
@@ -87,16 +88,19 @@ static float *zero_floats(int64_t n) { return calloc((size_t)(n > 0 ? n : 1), si
 // one direction's inputs: what a ScanArgs points at, owned here
 typedef struct {
     float *u, *delta, *A, *B, *C, *D, *bias;
+    float *dt_in, *dt_proj;  // a case with proj: what the kernel gets (see make_projection)
     int reverse;
 } Direction;
 
 typedef struct {
     int64_t Bt, E, L, N, G;
-    int bias, softplus, D, z, reverse, pair, layout, nthreads;
+    int bias, softplus, D, z, reverse, pair, layout, nthreads, proj;
 } Case;
 
+#define PROJ_R 5  // the dt_proj rank of a case with proj
+
 static Direction make_direction(const Case *c, int reverse, int64_t n3, int64_t n4) {
-    Direction d;
+    Direction d = {0};  // dt_in, dt_proj: NULL unless make_projection sets them
     d.u = random_floats(n3, -1, 1);
     // softplus maps any delta to a positive step; without it the step is taken as given
     d.delta = c->softplus ? random_floats(n3, -3, 1) : random_floats(n3, 0.01, 0.5);
@@ -111,6 +115,26 @@ static Direction make_direction(const Case *c, int reverse, int64_t n3, int64_t 
 }
 static void free_direction(Direction *d) {
     free(d->u), free(d->delta), free(d->A), free(d->B), free(d->C), free(d->D), free(d->bias);
+    free(d->dt_in), free(d->dt_proj);
+}
+
+// a case with proj: the kernel gets dt_in (Bt, PROJ_R, L), strided like the case's layout, and
+// dt_proj (E, PROJ_R); the reference reads delta = dt_proj @ dt_in, summed in double
+static void make_projection(const Case *c, Direction *d, Strides3 s3, Strides3 *sx) {
+    int64_t nx;
+    *sx = strides3(c->layout, c->Bt, PROJ_R, c->L, &nx);
+    // without softplus the projected step must stay positive, as a raw delta does
+    d->dt_in = c->softplus ? random_floats(nx, -1, 1) : random_floats(nx, 0.05, 0.5);
+    d->dt_proj = c->softplus ? random_floats(c->E * PROJ_R, -0.4, 0.4)
+                             : random_floats(c->E * PROJ_R, 0.02, 0.2);
+    for (int64_t b = 0; b < c->Bt; ++b)
+        for (int64_t e = 0; e < c->E; ++e)
+            for (int64_t t = 0; t < c->L; ++t) {
+                double x = 0;
+                for (int64_t r = 0; r < PROJ_R; ++r)
+                    x += (double)d->dt_proj[e * PROJ_R + r] * d->dt_in[off3(*sx, b, r, t)];
+                d->delta[off3(s3, b, e, t)] = (float)x;
+            }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,10 +270,10 @@ static int check(const Case *c, const char *what, const float *got, const double
     if (rel > worst || rel != rel) worst = rel;
     if (rel <= tol) return 0;
     printf("FAIL %s: error %.3g of max |ref| %.3g (bound %.0e) | Bt=%lld E=%lld L=%lld N=%lld "
-           "G=%lld bias=%d softplus=%d D=%d z=%d reverse=%d pair=%d %s threads=%d\n",
+           "G=%lld bias=%d softplus=%d D=%d z=%d reverse=%d pair=%d proj=%d %s threads=%d\n",
            what, rel, scale, tol, (long long)c->Bt, (long long)c->E, (long long)c->L,
            (long long)c->N, (long long)c->G, c->bias, c->softplus, c->D, c->z, c->reverse, c->pair,
-           LAYOUT_NAMES[c->layout], c->nthreads);
+           c->proj, LAYOUT_NAMES[c->layout], c->nthreads);
     return 1;
 }
 
@@ -277,7 +301,7 @@ static int check3(const Case *c, const char *what, const float *got, const doubl
     return bad;
 }
 
-static void fill_args(ScanArgs *a, const Case *c, const Direction *d, Layout ly) {
+static void fill_args(ScanArgs *a, const Case *c, const Direction *d, Layout ly, Strides3 sx) {
     memset(a, 0, sizeof *a);
     a->Bt = c->Bt, a->E = c->E, a->L = c->L, a->N = c->N, a->G = c->G;
     a->delta_softplus = c->softplus, a->reverse = d->reverse, a->nthreads = c->nthreads;
@@ -285,6 +309,7 @@ static void fill_args(ScanArgs *a, const Case *c, const Direction *d, Layout ly)
     a->bias = d->bias;
     a->s_u = a->s_delta = a->s_z = a->s_out = a->s_dout = a->s_du = a->s_ddelta = a->s_dz = ly.s3;
     a->s_B = a->s_C = ly.s4;
+    if (c->proj) a->delta = d->dt_in, a->s_delta = sx, a->dt_proj = d->dt_proj, a->R = PROJ_R;
 }
 
 // one case, forward then backward: the number of failed checks
@@ -294,16 +319,21 @@ static int run_case(const Case *c) {
     Layout ly = {strides3(c->layout, Bt, E, L, &n3), strides4(c->layout, Bt, G, N, L, &n4)};
     Direction d0 = make_direction(c, c->reverse, n3, n4), d1 = {0};
     if (c->pair) d1 = make_direction(c, !c->reverse, n3, n4);
+    Strides3 sx = ly.s3;
+    if (c->proj) {
+        make_projection(c, &d0, ly.s3, &sx);
+        if (c->pair) make_projection(c, &d1, ly.s3, &sx);
+    }
     float *z = c->z ? random_floats(n3, -3, 3) : NULL;
     float *out = zero_floats(n3), *last0 = zero_floats(Bt * E * N), *last1 = zero_floats(Bt * E * N);
     const int64_t per_thread = BWD_SCRATCH_ROWS * L * LANES;
     float *scratch = zero_floats(T * per_thread);
 
     ScanArgs a, p;
-    fill_args(&a, c, &d0, ly);
+    fill_args(&a, c, &d0, ly, sx);
     a.z = z, a.out = out, a.last_state = last0, a.scratch = scratch, a.scratch_floats = per_thread;
     if (c->pair) {
-        fill_args(&p, c, &d1, ly);
+        fill_args(&p, c, &d1, ly, sx);
         p.last_state = last1;
         a.pair = &p;
     }
@@ -331,7 +361,13 @@ static int run_case(const Case *c) {
     bad += check(c, "forward last state", last0, ref_last0, Bt * E * N, FWD_TOL);
     if (c->pair) bad += check(c, "forward last state (pair)", last1, ref_last1, Bt * E * N, FWD_TOL);
 
-    if (!c->pair) {  // the backward: one direction per call
+    if (c->proj) {  // the projection is forward-only: the backward entry point must say no
+        a.last_state = NULL;
+        if (vimc_scan_bwd(&a) != -1) {
+            printf("FAIL vimc_scan_bwd accepted a case with dt_proj\n");
+            ++bad;
+        }
+    } else if (!c->pair) {  // the backward: one direction per call
         float *dout = random_floats(n3, -1, 1), *dlast = random_floats(Bt * E * N, -1, 1);
         float *du = zero_floats(n3), *ddelta = zero_floats(n3), *dz = zero_floats(n3);
         float *dA_p = zero_floats(T * E * N), *dD_p = zero_floats(T * E), *db_p = zero_floats(T * E);
@@ -380,11 +416,13 @@ static int run_case(const Case *c) {
     return bad;
 }
 
-// (Bt, E, L, N, G): a full block of 8 channels, partial blocks (E = 13, 20 / 2 groups), odd
-// L, L = 1, N = 1 and N = MAX_D_STATE, several groups, a batch with more than one block
+// (Bt, E, L, N, G): full blocks of LANES channels (E = 8, 16, 48 for 8 lanes; 16, 48 for 16),
+// partial blocks (E = 13, 20 / 2 groups, 40 with 16 lanes), odd L, L = 1, N = 1 and
+// N = MAX_D_STATE, several groups, a batch with more than one block
 static const int64_t SIZES[][5] = {
     {1, 8, 16, 4, 1}, {2, 13, 7, 16, 1}, {1, 24, 1, 16, 2}, {2, 20, 33, 3, 2},
-    {1, 16, 5, MAX_D_STATE, 1}, {3, 40, 19, 16, 4}, {1, 9, 11, 1, 1},
+    {1, 16, 5, MAX_D_STATE, 1}, {3, 40, 19, 16, 4}, {1, 9, 11, 1, 1}, {2, 48, 9, 8, 1},
+    {1, 40, 13, 5, 1},
 };
 
 int main(void) {
@@ -392,12 +430,12 @@ int main(void) {
     int cases = 0, failed = 0;
     const int nsizes = (int)(sizeof SIZES / sizeof SIZES[0]);
     for (int si = 0; si < nsizes; ++si)
-        for (int opts = 0; opts < 64; ++opts)
+        for (int opts = 0; opts < 128; ++opts)
             for (int layout = 0; layout < N_LAYOUTS; ++layout) {
                 const int64_t *s = SIZES[si];
                 Case c = {s[0], s[1], s[2], s[3], s[4], opts & 1, (opts >> 1) & 1,
                           (opts >> 2) & 1, (opts >> 3) & 1, (opts >> 4) & 1, (opts >> 5) & 1,
-                          layout, (opts + layout) % 2 ? 3 : 1};
+                          layout, (opts + layout) % 2 ? 3 : 1, (opts >> 6) & 1};
                 ++cases;
                 failed += run_case(&c) != 0;
             }
