@@ -4,6 +4,7 @@ uses the python-loop reference scan.
     python benchmarks/model.py                # batch 1 and 8, float32
     python benchmarks/model.py --quick        # fewer repetitions
     python benchmarks/model.py --batches 1 --modes eager compiled
+    python benchmarks/model.py --modes --no-reference --cpu-levels x86-64-v4 x86-64-v3
 
 Every configuration runs in its own subprocess, so that its peak memory is its own: memory is
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of that process (the whole process: python,
@@ -20,7 +21,8 @@ architecture, vimc/deit.py, with SDPA attention): both compiled, in ONE process 
 model rotating) so that a busy machine slows both alike. Reported: Vim/DeiT latency ratio at
 batch 1 and time-per-image ratio at batch 8, and where compiled Vim-Ti's time goes: a
 torch.profiler trace of the compiled model, each top-level op put in one bucket (scan: the
-``vimc::selective_scan*`` ops; matmul: aten mm/addmm/bmm/linear and oneDNN linears), "other"
+``vimc::selective_scan*`` ops, which apply each direction's dt_proj too; matmul: aten
+mm/addmm/bmm/linear and oneDNN linears), "other"
 being the rest of the profiled wall time (Inductor's fused elementwise kernels, the conv,
 layer norms, Python and dispatch).
 Results: benchmarks/results/model-<machine>.{json,md}.
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from vimc.ops.selective_scan.cpu import kernel_info as cpu_kernel_info
 
 import vimc
 from vimc.cliargs import positive_int
@@ -163,6 +166,7 @@ def worker_vs_deit(cfg: dict) -> dict:
         "ratio": ratio,
         "vim_breakdown_ms": prof,
         "threads_used": torch.get_num_threads(),
+        "scan_kernel": cpu_kernel_info()["scan kernel"],
     }
 
 
@@ -182,6 +186,13 @@ def run_config(cfg: dict, env: dict | None = None) -> dict:
 DEIT_TARGETS = {1: 1.6, 8: 1.4}
 
 
+def _kernel_label(r: dict) -> str:
+    """The scan kernel a vs-DeiT row ran: its vector width and how it was chosen."""
+    k = r.get("scan_kernel", "")
+    width = k[k.find("(fused, ") + 8 : k.find(" channels")] if "(fused, " in k else "?"
+    return f"{r.get('cpu_level', 'best')}, {width} lanes" if k.startswith("C") else k[:30]
+
+
 def deit_markdown(vs_deit: list[dict]) -> list[str]:
     if not vs_deit:
         return []
@@ -189,9 +200,9 @@ def deit_markdown(vs_deit: list[dict]) -> list[str]:
         "",
         "## Vim-Ti vs DeiT-Ti (both compiled, SDPA attention, 224 px, one process, round robin)",
         "",
-        "| batch | threads | Vim-Ti ms (p20-p80) | DeiT-Ti ms (p20-p80) | Vim-Ti ms/img | "
-        "DeiT-Ti ms/img | Vim / DeiT | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scan kernel | batch | threads | Vim-Ti ms (p20-p80) | DeiT-Ti ms (p20-p80) | "
+        "Vim-Ti ms/img | DeiT-Ti ms/img | Vim / DeiT | target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in vs_deit:
         v, d, b = r["vim_ms"], r["deit_ms"], r["batch"]
@@ -200,22 +211,23 @@ def deit_markdown(vs_deit: list[dict]) -> list[str]:
             f"<= {target}x ({'met' if r['ratio'] <= target else 'not met'})" if target else "-"
         )
         md.append(
-            f"| {b} | {r['threads_used']} | {v['median_ms']:.1f} ({v['p20_ms']:.1f}-"
+            f"| {_kernel_label(r)} | {b} | {r['threads_used']} | {v['median_ms']:.1f} "
+            f"({v['p20_ms']:.1f}-"
             f"{v['p80_ms']:.1f}) | {d['median_ms']:.1f} ({d['p20_ms']:.1f}-{d['p80_ms']:.1f}) | "
             f"{v['median_ms'] / b:.1f} | {d['median_ms'] / b:.1f} | {r['ratio']:.2f}x | {verdict} |"
         )
     md += [
         "",
         "Where compiled Vim-Ti's time goes (torch.profiler over the compiled model, ms per "
-        "forward; the profiler's own overhead is in the total):",
+        "forward; the profiler's own overhead is in the total; the scan ops apply dt_proj):",
         "",
-        "| batch | scan | matmul | other | total (profiled) |",
-        "|---|---|---|---|---|",
+        "| scan kernel | batch | scan | matmul | other | total (profiled) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in vs_deit:
         p = r["vim_breakdown_ms"]
         md.append(
-            f"| {r['batch']} | "
+            f"| {_kernel_label(r)} | {r['batch']} | "
             + " | ".join(
                 f"{p[k]:.1f} ({100 * p[k] / p['total']:.0f}%)" for k in ("scan", "matmul", "other")
             )
@@ -249,6 +261,13 @@ def main() -> None:
         type=positive_int,
         default=2,
         help="torch threads of the Vim-Ti vs DeiT-Ti run (default 2)",
+    )
+    ap.add_argument(
+        "--cpu-levels",
+        nargs="+",
+        metavar="LEVEL",
+        help="run the Vim-Ti vs DeiT-Ti rows once per scan-kernel instruction-set level "
+        "(VIMC_CPU_LEVEL, e.g. x86-64-v4 x86-64-v3; default: the best this CPU runs)",
     )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -293,7 +312,7 @@ def main() -> None:
             rows.append(row)
             print(f"  batch {batch} {mode}: {row['median_ms']:.1f} ms", flush=True)
     vs_deit = []
-    if not args.no_deit:
+    for level in [] if args.no_deit else args.cpu_levels or [None]:
         for batch in args.batches:
             cfg = {
                 "kind": "vs_deit",
@@ -301,12 +320,13 @@ def main() -> None:
                 "threads": args.threads,
                 "rounds": (10 if args.quick else 30) if batch == 1 else (4 if args.quick else 10),
                 "profile_calls": 3 if args.quick else 10,
+                "cpu_level": level or "best",
             }
-            r = run_config(cfg, env)
+            r = run_config(cfg, {**env, "VIMC_CPU_LEVEL": level} if level else env)
             vs_deit.append(r)
             print(
-                f"  batch {batch} Vim-Ti {r['vim_median_ms']:.1f} ms, DeiT-Ti "
-                f"{r['deit_median_ms']:.1f} ms: {r['ratio']:.2f}x",
+                f"  batch {batch} ({r['scan_kernel'][:40]}) Vim-Ti {r['vim_median_ms']:.1f} ms, "
+                f"DeiT-Ti {r['deit_median_ms']:.1f} ms: {r['ratio']:.2f}x",
                 flush=True,
             )
 

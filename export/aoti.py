@@ -4,8 +4,10 @@ Where it runs:
 
 - CPU packages: Inductor compiles everything but the scan to C++; the scans stay calls to the
   registered vimc ops (opaque ops with a C kernel behind ctypes), one
-  ``vimc::selective_scan_bidirectional_fwd*`` call per layer for both directions
-  (``scan_form="bidirectional"``, the default), so the process that loads the package must
+  ``vimc::selective_scan_bidirectional_proj_fwd`` call per layer for both directions and their
+  dt_proj linears (``scan_form="bidirectional"``, the default; an export traced with grad mode
+  on records ``vimc::selective_scan_bidirectional_fwd`` and the linears instead), so the
+  process that loads the package must
   ``import vimc`` first (``load_aoti`` does).
 - CUDA packages: on CUDA the model calls the ``triton_op`` twin of the scan, which Inductor
   sees into, so its Triton kernels are compiled into the package and the package needs no

@@ -9,10 +9,11 @@ duration of one export and restores them after. The scan forms an export asks fo
 - ``"per_direction"`` (default): one ``vimc::selective_scan_fwd`` node per direction and
   layer, and one ``Conv`` per direction's depthwise conv: what the ONNX standard-op lowerings
   and TensorRT translate node by node;
-- ``"bidirectional"``: one ``vimc::selective_scan_bidirectional_fwd*`` node per layer and the
-  convs as shifted multiply-adds, for programs that compile the graph and call vimc's kernels
-  back (AOTInductor CPU packages): one kernel call for both directions, as eager and compiled
-  models make on CPU;
+- ``"bidirectional"``: one ``vimc::selective_scan_bidirectional_proj_fwd`` node per layer (both
+  directions and their dt_proj; ``..._fwd`` and the linears when traced with grad mode on)
+  and the convs as shifted multiply-adds, for programs that compile the graph and call vimc's
+  kernels back (AOTInductor CPU packages): one kernel call for both directions, as eager and
+  compiled models make on CPU;
 - ``"plugin"``: one ``vimc::selective_scan_bidirectional_token_major`` node per layer on the
   mixer's (B, L, .) tensors and ``Conv`` nodes: the ONNX plugin route
   (``to_onnx(scan="plugin")``), whose node vimc's ONNX Runtime plugin runs.

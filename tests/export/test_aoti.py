@@ -54,10 +54,13 @@ def test_aoti_bad_arguments(small_model, tmp_path):
 
 
 def test_bidirectional_scan_program_has_one_scan_node_per_layer(small_model, images):
-    """The form to_aoti exports on CPU: one call of vimc's bidirectional kernel per layer."""
+    """The form to_aoti exports on CPU: one call of vimc's bidirectional kernel per layer, which
+    applies both directions' dt_proj too (no dt_proj matmul left in the program)."""
     ep = to_exported_program(small_model, images[64][:1], scan_form="bidirectional")
     targets = [str(n.target) for n in scan_nodes(ep)]
-    assert targets == ["vimc.selective_scan_bidirectional_fwd_nograd.default"] * 2  # 2 layers
+    assert targets == ["vimc.selective_scan_bidirectional_proj_fwd.default"] * 2  # 2 layers
+    mms = [n for n in ep.graph.nodes if "mm" in str(n.target) or "linear" in str(n.target)]
+    assert len(mms) == 2 * (1 + 2 + 1) + 2  # in_proj, 2 x_proj, out_proj per layer; embed, head
     # Inductor compiles the convs' shifted multiply-adds into its own loop: no conv op here
     assert not any("convolution" in str(n.target) for n in ep.graph.nodes)
     with torch.no_grad():
@@ -82,7 +85,7 @@ def test_concurrent_exports_each_keep_their_own_scan_form(small_model, images):
     with ThreadPoolExecutor(max_workers=len(asked)) as pool:  # all five start at once
         forms = list(pool.map(form, asked))  # re-raises a thread's exception here
     expected = {
-        "bidirectional": {"vimc.selective_scan_bidirectional_fwd_nograd.default"},
+        "bidirectional": {"vimc.selective_scan_bidirectional_proj_fwd.default"},
         "per_direction": {"vimc.selective_scan_fwd.default"},
         "plugin": {"vimc.selective_scan_bidirectional_token_major.default"},
     }

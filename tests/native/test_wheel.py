@@ -98,7 +98,8 @@ def test_wheel_runs_prebuilt_kernel_without_compiler(tmp_path):
     fresh, usual = runs["fresh"][-1], runs["usual"][-1]
     assert fresh["vimc"].startswith(str(site)), f"imported vimc from {fresh['vimc']}"
     # what `vimc info --kernels` prints
-    assert fresh["kernel"]["scan kernel"].startswith("C (fused), prebuilt"), fresh["kernel"]
+    kernel = fresh["kernel"]["scan kernel"]
+    assert kernel.startswith("C (fused") and "prebuilt" in kernel, fresh["kernel"]
     assert fresh["kernel"]["onnxruntime plugin"].startswith("prebuilt"), fresh["kernel"]
     assert not any((tmp_path / "vimc-cache").glob("*.so")), "the fresh venv built a kernel"
     best = {k: min(r["p20_ms"] for r in v) for k, v in runs.items()}
