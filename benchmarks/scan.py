@@ -2,12 +2,14 @@
 
     python benchmarks/scan.py                 # Vim shapes, CPU (and CUDA when present)
     python benchmarks/scan.py --quick         # fewer repetitions
+    VIMC_CPU_LEVEL=x86-64-v3 python benchmarks/scan.py --shapes 0   # another kernel variant
 
 Prints a machine header and one row per (shape, direction, mode, implementation): median time
 with p20/p80, exp throughput (Gexp/s: Bt*E*L*N exps), memory traffic (GB/s: u, delta, z, B, C
 read once, out written once) and the speedup over the reference loop measured in the same
 run. Also measures the forward's peak extra memory at the longest shape in a subprocess.
-Results go to benchmarks/results/scan-<machine>.{json,md}.
+The header names the scan kernel (its instruction-set level and vector width). Results go to
+benchmarks/results/scan-<machine>.{json,md}, or scan-<machine>-<level>.* under VIMC_CPU_LEVEL.
 """
 
 from __future__ import annotations
@@ -181,6 +183,9 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
     head = header(args.device)
+    level = os.environ.get("VIMC_CPU_LEVEL")  # a chosen kernel variant: its own results file
+    if args.device == "cpu" and cpu.c_kernel_available():
+        head += f"\nscan kernel: {cpu.kernel_info()['scan kernel']}"
     print(head)
     print(TABLE_HEAD)
     shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
@@ -192,7 +197,7 @@ def main(argv=None) -> int:
             f"= {mem['ratio_to_input']:.2f}x the inputs ({mem['input_mb']:.1f} MiB)"
         )
     if not args.no_save:
-        tag = machine_tag(args.device)
+        tag = machine_tag(args.device) + (f"-{level}" if level else "")
         md = [f"# Selective scan, {tag}", "", "```", head, "```", "", TABLE_HEAD]
         md += [format_row(r) for r in rows]
         if mem:
