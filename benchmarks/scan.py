@@ -88,7 +88,9 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                     g = torch.randn(Bt, E, L, device=device)
 
                     def step(fn=fn, x=x, g=g, reverse=reverse, mode=mode):
-                        out = fn(**x, delta_softplus=True, reverse=reverse)
+                        # "fwd" is inference: grad mode off, for the loop and the kernels alike
+                        with torch.set_grad_enabled(mode == "fwd+bwd"):
+                            out = fn(**x, delta_softplus=True, reverse=reverse)
                         if mode == "fwd+bwd":
                             out.backward(g)
 

@@ -100,9 +100,13 @@ def selective_scan_fwd(
 
 
 _FWD = _library.define(selective_scan_fwd)
+# The same kernel with no autograd formula, for eager calls with grad mode off: an op's Python
+# autograd kernel runs on every call, grad mode or not (~17 us, a tenth of a Vim-sized scan).
+# Traced graphs keep _FWD, the one name every export route translates.
+_FWD_NOGRAD = _library.define(selective_scan_fwd, "selective_scan_fwd_nograd")
 
 
-@_library.register_fake(_FWD)
+@_library.register_fake(_FWD, _FWD_NOGRAD)
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, who=KERNEL, grouped_only=True, fake=True)
     return torch.empty_like(u), _fake_state(u, A)
@@ -204,8 +208,10 @@ def selective_scan(
         # the triton_op twin's kernels take contiguous rows
         args = (*_contiguous(*args[:8]), *args[8:])
         out, last = torch.ops.vimc.selective_scan_fwd_cuda(*args)
+    elif torch.is_grad_enabled() or torch.compiler.is_compiling():  # constants when traced
+        out, last = _FWD(*args)
     else:
-        out, last = torch.ops.vimc.selective_scan_fwd(*args)
+        out, last = _FWD_NOGRAD(*args)
     return (out, last) if return_last_state else out
 
 

@@ -14,6 +14,7 @@ from vimc.ops import MAX_D_STATE, selective_scan, selective_scan_reference
 from vimc.ops.selective_scan import cpu
 
 from ..tolerances import (
+    EXACT,
     EXP_MAX_REL,
     EXP_MAX_REL_PER_UNIT,
     GROWING_STATE_REL_ERR,
@@ -419,6 +420,45 @@ def test_export_keeps_one_node_per_scan():
         ep.module()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]),
         M()(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"]),
     )
+
+
+def test_eager_inference_calls_the_twin_without_autograd(monkeypatch):
+    """Grad mode off, eager: vimc::selective_scan_fwd_nograd (no Python autograd kernel on the
+    call); grad mode on, or under export even with grad off: vimc::selective_scan_fwd, the op
+    every export route translates. The same numbers either way."""
+    from vimc.ops.selective_scan import op
+
+    ins = make_inputs(Case(E=8, L=9, N=4))
+    args = (ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"])
+    seen = []
+    for name in ("_FWD", "_FWD_NOGRAD"):
+        fn = getattr(op, name)
+        monkeypatch.setattr(op, name, lambda *a, fn=fn, name=name: seen.append(name) or fn(*a))
+    with torch.no_grad():
+        off = selective_scan(*args, delta_softplus=True)
+    on = selective_scan(*args, delta_softplus=True)
+    assert seen == ["_FWD_NOGRAD", "_FWD"]
+    torch.testing.assert_close(off, on, **EXACT)
+
+    class M(torch.nn.Module):
+        def forward(self, *xs):
+            return selective_scan(*xs, delta_softplus=True)
+
+    with torch.no_grad():
+        ep = torch.export.export(M(), args)
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert torch.ops.vimc.selective_scan_fwd.default in targets
+
+
+def test_nograd_twin_has_the_schema_and_fake_kernel_of_the_op():
+    c = Case(E=8, L=7, N=4, G=1)
+    ins = make_inputs(c)
+    args = (*(ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), True, False)
+    twin = torch.ops.vimc.selective_scan_fwd_nograd.default
+    torch.library.opcheck(twin, args, test_utils=("test_schema", "test_faketensor"))
+    with torch.no_grad():
+        for a, b in zip(twin(*args), torch.ops.vimc.selective_scan_fwd.default(*args)):
+            torch.testing.assert_close(a, b, **EXACT)
 
 
 def test_poisoned_outputs_are_nan():
