@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from vimc.ops.selective_scan.cpu import kernel_info as cpu_kernel_info
+from vimc.ops.selective_scan import cpu as cpu_scan
 
 import vimc
 from vimc.cliargs import positive_int
@@ -166,7 +166,8 @@ def worker_vs_deit(cfg: dict) -> dict:
         "ratio": ratio,
         "vim_breakdown_ms": prof,
         "threads_used": torch.get_num_threads(),
-        "scan_kernel": cpu_kernel_info()["scan kernel"],
+        "scan_kernel": cpu_scan.kernel_info()["scan kernel"],
+        "scan_lanes": cpu_scan.LANES if cpu_scan.c_kernel_available() else None,
     }
 
 
@@ -187,10 +188,9 @@ DEIT_TARGETS = {1: 1.6, 8: 1.4}
 
 
 def _kernel_label(r: dict) -> str:
-    """The scan kernel a vs-DeiT row ran: its vector width and how it was chosen."""
-    k = r.get("scan_kernel", "")
-    width = k[k.find("(fused, ") + 8 : k.find(" channels")] if "(fused, " in k else "?"
-    return f"{r.get('cpu_level', 'best')}, {width} lanes" if k.startswith("C") else k[:30]
+    """The scan kernel a vs-DeiT row ran: how its level was chosen and its vector width."""
+    lanes = r.get("scan_lanes")
+    return f"{r['cpu_level']}, {lanes} lanes" if lanes else "torch fallback"
 
 
 def deit_markdown(vs_deit: list[dict]) -> list[str]:

@@ -33,8 +33,7 @@ FMA_PORT_LANES = 16  # float lanes of FMA work per cycle: two 256-bit pipes (Zen
 
 def run_level(level: str, reps: int, workdir: Path) -> dict:
     exe = workdir / f"scan_floor-{level}"
-    flags = [f for f in _cbuild.FLAGS if f not in ("-shared", "-fPIC")]
-    cmd = [_cbuild.compiler(), *flags, f"-march={level}", "-Wno-psabi"]
+    cmd = [_cbuild.compiler(), *_cbuild.PROGRAM_FLAGS, f"-march={level}", "-Wno-psabi"]
     cmd += [f"-I{_cbuild.HERE}", str(HERE / "scan_floor.c"), "-o", str(exe), "-lm"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     out = subprocess.run([str(exe), str(reps)], check=True, capture_output=True, text=True)
@@ -54,8 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20000, help="passes over the rows per level")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
-    cpu = _cbuild.cpu_flags()
-    levels = [lvl for lvl, needs in _cbuild.LEVELS.get(_cbuild.arch(), []) if needs <= cpu]
+    levels = _cbuild.runnable_levels()
     floor = FMA_INSTRUCTIONS_PER_UPDATE / FMA_PORT_LANES
     head = header("cpu")
     table = [

@@ -191,6 +191,11 @@ def conv1d_channel_major(
 # ---------------------------------------------------------------------------------------------
 
 
+def _channel_major(args: list) -> list:
+    """(B, E, L) / (B, N, L) views of a mixer's token-major (B, L, .) scan arguments."""
+    return [a.mT if a.dim() == 3 else a for a in args]
+
+
 class BiMambaMixer(nn.Module):
     """Bidirectional Mamba ("v2"): shared in_proj/out_proj, one conv/x_proj/dt_proj/A/D per
     direction, ``out_proj((y_f + y_b) / 2)``. (B, L, D) -> (B, L, D)."""
@@ -352,11 +357,6 @@ class BiMambaMixer(nn.Module):
         y_f = branch(x, z, "")
         y_b = branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
         return F.linear(((y_f + y_b) / 2).transpose(1, 2), self.out_proj.weight)
-
-
-def _channel_major(args: list) -> list:
-    """(B, E, L) / (B, N, L) views of a mixer's token-major (B, L, .) scan arguments."""
-    return [a.mT if a.dim() == 3 else a for a in args]
 
 
 class Block(nn.Module):

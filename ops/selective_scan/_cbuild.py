@@ -38,6 +38,9 @@ FLAGS = [
     "-ffp-contract=fast",
 ]
 
+# the same, for a program rather than a shared library (tests/native's harness, the benchmarks)
+PROGRAM_FLAGS = [f for f in FLAGS if f not in ("-shared", "-fPIC")]
+
 SANITIZE_FLAGS = [
     "-fsanitize=address,undefined",
     "-fno-sanitize-recover=all",  # the first report ends the process: the job fails on it
@@ -186,10 +189,15 @@ def build_prebuilt(out_dir: Path) -> dict[str, str | None]:
     return result
 
 
+def runnable_levels() -> list[str]:
+    """The LEVELS of this architecture whose code this CPU runs, best first."""
+    cpu = cpu_flags()
+    return [lvl for lvl, needs in LEVELS.get(arch(), []) if needs <= cpu]
+
+
 def cpu_level() -> str | None:
     """The best LEVELS entry this CPU runs (None: an architecture LEVELS does not list)."""
-    cpu = cpu_flags()
-    return next((lvl for lvl, needs in LEVELS.get(arch(), []) if needs <= cpu), None)
+    return next(iter(runnable_levels()), None)
 
 
 def prebuilt(stem: str, only: str | None = None) -> tuple[Path, str] | None:

@@ -243,10 +243,10 @@ _IN_SLOTS = [_SLOTS[n] for n in _INPUTS]
 
 
 def _pack(dims: ScanDims, ins, delta_softplus, reverse, nthreads, outs) -> array.array:
-    """``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (name ->
-    tensor) as a _ScanArgs word array, sized by ``dims`` (check_scan_args' answer for ``ins``:
-    the kernel's loops trust it; no size 0: empty scans never reach C, see _is_empty). Kept
-    lean: it runs per scan."""
+    """``ins`` (the 8 inputs in _INPUTS order, None where absent) and ``outs`` (field name ->
+    tensor: the outputs, and a dt_proj weight, whose R it also sets) as a _ScanArgs word
+    array, sized by ``dims`` (check_scan_args' answer for ``ins``: the kernel's loops trust
+    it; no size 0: empty scans never reach C, see _is_empty). Kept lean: it runs per scan."""
     per_thread = _SCRATCH_ROWS * dims.L * LANES
     words = [0] * _WORDS
     words[:8] = *dims, delta_softplus, reverse, nthreads

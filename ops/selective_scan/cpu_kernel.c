@@ -167,10 +167,10 @@ static inline vf vexp(vf x) {
 // field (an integer add: the multiply it replaces would compete with the polynomial's FMAs
 // for the same two ports). x is clamped to >= -126, so k = -126 only comes with r >= 0, p >= 1:
 // the result stays a normal number, and below 2^-126 ~ 1.2e-38 (a long-decayed state) it
-// stays at 2^-126, as vexp's clamp does. The integer add would
-// not keep a NaN intact, so exponents_nonpositive sends any item with a NaN or infinite A, or
-// a NaN raw delta, to vexp (which propagates NaN); a NaN softplus(delta) makes d * u NaN, so
-// the state is NaN whatever its decay.
+// stays at 2^-126, as vexp's clamp does. The integer add would not keep a NaN intact, so
+// exponents_nonpositive sends any item with a NaN or infinite A, or a NaN raw delta, to vexp
+// (which propagates NaN); a NaN softplus(delta) makes d * u NaN, so the state is NaN whatever
+// its decay.
 #define LOG2E 1.44269504088896341f
 #define ROUND_MAGIC 12582912.0f  // 1.5 * 2^23: x + it rounds x to an integer (|x| < 2^22)
 static inline vf vexp2_nonpos(vf x) {

@@ -101,8 +101,8 @@ def selective_scan_fwd(
 
 _FWD = _library.define(selective_scan_fwd)
 # The same kernel with no autograd formula, for eager calls with grad mode off: an op's Python
-# autograd kernel runs on every call, grad mode or not (~17 us, a tenth of a Vim-sized scan).
-# Traced graphs keep _FWD, the one name every export route translates.
+# autograd kernel runs on every call, grad mode or not. Traced graphs keep _FWD, the one name
+# every export route translates.
 _FWD_NOGRAD = _library.define(selective_scan_fwd, "selective_scan_fwd_nograd")
 
 

@@ -23,7 +23,7 @@ KERNEL_DIR = Path(_cbuild.__file__).resolve().parent
 AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"
 
 # the kernel's own float flags (no fast-math, contraction on), as a program instead of a library
-FLAGS = [f for f in _cbuild.FLAGS if f not in ("-shared", "-fPIC")]
+FLAGS = _cbuild.PROGRAM_FLAGS
 
 X86 = platform.machine() in ("x86_64", "AMD64")
 ARM = platform.machine() in ("aarch64", "arm64")

@@ -42,14 +42,9 @@ def _probe(level: str | None) -> dict:
     return result
 
 
-def _runnable_levels() -> list[str]:
-    cpu = _cbuild.cpu_flags()
-    return [lvl for lvl, needs in _cbuild.LEVELS.get(_cbuild.arch(), []) if needs <= cpu]
-
-
 @pytest.mark.slow  # a process per level
 def test_each_runnable_level_loads_and_computes_the_same():
-    levels = _runnable_levels()
+    levels = _cbuild.runnable_levels()
     if not levels:
         pytest.skip(f"no instruction-set level listed for {_cbuild.arch()}")
     try:

@@ -14,8 +14,7 @@ def test_floor_benchmark_runs_each_level(capsys):
         _cbuild.compiler()
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    cpu = _cbuild.cpu_flags()
-    levels = [lvl for lvl, needs in _cbuild.LEVELS.get(_cbuild.arch(), []) if needs <= cpu]
+    levels = _cbuild.runnable_levels()
     if not levels:
         pytest.skip(f"no instruction-set level listed for {_cbuild.arch()}")
     assert scan_floor.main(["--reps", "20", "--no-save"]) == 0
