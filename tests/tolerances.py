@@ -77,7 +77,7 @@ EXP_MAX_REL_PER_UNIT = 2e-7
 # the C kernel's polynomials (cpu_kernel.c) on their reduced ranges, evaluated as it does (Horner,
 # float32): the accuracies its comments and the README state
 POLYNOMIAL_MAX_REL = {
-    "vexp2_nonpos": 1.7e-7,  # 2^r on |r| <= 1/2
+    "vexp2_poly": 1.7e-7,  # 2^r on |r| <= 1/2 (the forward's decays)
     "vlog1p_01": 2.1e-7,  # log1p(w) = w * P(w) on (0, 1]
 }
 

@@ -165,26 +165,38 @@ static inline vf vexp(vf x) {
 // the memory length): 1.7e-7 evaluated in float32. Rounding by adding 1.5 * 2^23 leaves k in
 // the low mantissa bits, so r = x - k is exact, and 2^k is applied by adding k to p's exponent
 // field (an integer add: the multiply it replaces would compete with the polynomial's FMAs
-// for the same two ports). x is clamped to >= -126, so k = -126 only comes with r >= 0, p >= 1:
-// the result stays a normal number, and below 2^-126 ~ 1.2e-38 (a long-decayed state) it
-// stays at 2^-126, as vexp's clamp does. The integer add would not keep a NaN intact, so
-// exponents_nonpositive sends any item with a NaN or infinite A, or a NaN raw delta, to vexp
-// (which propagates NaN); a NaN softplus(delta) makes d * u NaN, so the state is NaN whatever
-// its decay.
+// for the same two ports). x must be >= -126 (decay_form proves it per item, or the caller
+// clamps it), so k = -126 only comes with r >= 0, p >= 1: the result stays a normal number,
+// and below 2^-126 ~ 1.2e-38 (a long-decayed state) the clamped form stays at 2^-126, as
+// vexp's clamp does. The integer add would not keep a NaN intact, so decay_form sends any
+// item with a NaN or infinite A, or a NaN raw delta, to vexp (which propagates NaN); a NaN
+// softplus(delta) makes d * u NaN, so the state is NaN whatever its decay.
 #define LOG2E 1.44269504088896341f
 #define ROUND_MAGIC 12582912.0f  // 1.5 * 2^23: x + it rounds x to an integer (|x| < 2^22)
-static inline vf vexp2_nonpos(vf x) {
-    x = vmax(vsplat(-126.0f), x);
-    const vf t = x + vsplat(ROUND_MAGIC);  // k in the low mantissa bits (two's complement)
-    const vf r = x - (t - vsplat(ROUND_MAGIC));
+static inline vf vexp2_poly(vf r) {  // 2^r, |r| <= 1/2
     vf p = vsplat(1.325527112e-03f);
     p = p * r + vsplat(9.671489949e-03f);
     p = p * r + vsplat(5.550751487e-02f);
     p = p * r + vsplat(2.402224482e-01f);
     p = p * r + vsplat(6.931469960e-01f);
     p = p * r + vsplat(1.0f);
+    return p;
+}
+static inline vf vexp2_nonpos(vf x) {  // -126 <= x <= 0
+    const vf t = x + vsplat(ROUND_MAGIC);  // k in the low mantissa bits (two's complement)
+    const vf p = vexp2_poly(x - (t - vsplat(ROUND_MAGIC)));
     return (vf)((vi)p + ((vi)t << 23));  // the magic's own bits shift out past bit 31
 }
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// the same value (r and k are the same numbers, 2^k exact either way) in two instructions
+// fewer: vreduceps gives r = x - round(x), vscalefps applies 2^round(x) (x - r is that
+// integer, exactly). Faster where every vector instruction competes for the same two ports
+// (Intel's 512-bit execution); see scalef_decays.
+static inline vf vexp2_nonpos_scalef(vf x) {  // -126 <= x <= 0
+    const vf r = (vf)_mm512_reduce_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return (vf)_mm512_scalef_ps((__m512)vexp2_poly(r), (__m512)(x - r));
+}
+#endif
 
 // log1p(w) / w on [0, 1]: a degree-8 polynomial fitted by this project (weighted least
 // squares toward minimax relative error): 2.1e-7 relative for log1p(w) = w * P(w) evaluated in
@@ -336,11 +348,19 @@ static void stage_proj(const ScanArgs *a, const Item *m, float *w) {
     for (int64_t r = 0; r < a->R; ++r) vstore(w + r * LANES, gather_chan(a->dt_proj + r, m, a->R));
 }
 
-// the raw delta of an item's channels at one step: sum_r w[r] * x[r * rs], x = delta[b, :, t]
-static inline vf project(const float *w, int64_t R, const float *x, int64_t rs) {
-    vf acc = vsplat(0.0f);
-    for (int64_t r = 0; r < R; ++r) acc += vload(w + r * LANES) * vsplat(x[r * rs]);
-    return acc;
+// the raw delta of an item's channels at nt consecutive steps: out[i] = sum_r w[r] *
+// x[i * ts + r * rs], x = delta[b, :, t0]. One step's sum is a chain of R dependent FMAs (R = 24
+// for Vim-Ti: about 100 cycles of latency for 24 instructions); PROJ_ROWS steps side by side
+// are independent chains, which the FMA ports overlap, and each weight row is loaded once
+// for all of them. Inlined with a constant nt.
+#define PROJ_ROWS 8
+static inline __attribute__((always_inline)) void project(
+    const float *w, int64_t R, const float *x, int64_t rs, int64_t ts, const int nt, vf *out) {
+    for (int i = 0; i < nt; ++i) out[i] = vsplat(0.0f);
+    for (int64_t r = 0; r < R; ++r) {
+        const vf wr = vload(w + r * LANES);
+        for (int i = 0; i < nt; ++i) out[i] += wr * vsplat(x[i * ts + r * rs]);
+    }
 }
 
 // stage u and the final delta (bias, softplus; 0 on padding lanes) of one item; w: the item's
@@ -351,8 +371,17 @@ static void stage_u_delta(const ScanArgs *a, const Item *m, const float *w, floa
     item_in(su, a->u, a->s_u, a, m);
     if (a->dt_proj) {
         const float *x = a->delta + m->b * a->s_delta.b;  // (R, L) of this batch row
-        for (int64_t t = 0; t < L; ++t)
-            vstore(sd + t * LANES, project(w, a->R, x + t * a->s_delta.t, a->s_delta.e));
+        const int64_t rs = a->s_delta.e, ts = a->s_delta.t;
+        vf raw[PROJ_ROWS];
+        int64_t t = 0;
+        for (; t + PROJ_ROWS <= L; t += PROJ_ROWS) {
+            project(w, a->R, x + t * ts, rs, ts, PROJ_ROWS, raw);
+            for (int i = 0; i < PROJ_ROWS; ++i) vstore(sd + (t + i) * LANES, raw[i]);
+        }
+        for (; t < L; ++t) {
+            project(w, a->R, x + t * ts, rs, ts, 1, raw);
+            vstore(sd + t * LANES, raw[0]);
+        }
     } else {
         item_in(sd, a->delta, a->s_delta, a, m);
     }
@@ -370,40 +399,81 @@ static void stage_u_delta(const ScanArgs *a, const Item *m, const float *w, floa
 // state with time innermost; exp's constants then stay in registers for a whole row.
 // ---------------------------------------------------------------------------------------------
 
-// whether every exponent delta * A of this item is <= 0, so the decays can use vexp2_nonpos
-static int exponents_nonpositive(const ScanArgs *a, const Item *m, const float *sd) {
+// how an item's decays exp(d * A) are computed; each proven case is cheaper than the one before
+enum {
+    DECAY_EXP,          // vexp: any exponent (NaN or infinite A, a negative or NaN raw delta)
+    DECAY_EXP2_CLAMP,   // vexp2_nonpos after a clamp at -126: every exponent <= 0
+    DECAY_EXP2,         // vexp2_nonpos: every exponent in [-126, 0] (Vim's usual case)
+    DECAY_EXP2_SCALEF,  // vexp2_nonpos_scalef, the same values, where scalef_decays says
+};
+
+// whether DECAY_EXP2 uses vscalefps: set once at load. Intel cores run all 512-bit vector
+// instructions on two ports, so the two instructions it saves are two of 14 there (measured
+// by benchmarks/scan_floor.py). Elsewhere the integer-add form stays: on AMD's Zen 4 the FMA
+// pipes bound the loop and the ports vscalefps and vreduceps take there are not measured by
+// this project. VIMC_SCAN_SCALEF=0/1 overrides it (tests run both forms).
+static int scalef_decays;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <stdlib.h>
+__attribute__((constructor)) static void choose_decay_form(void) {
+    const char *env = getenv("VIMC_SCAN_SCALEF");
+    __builtin_cpu_init();
+    scalef_decays = env && *env ? env[0] == '1' : __builtin_cpu_is("intel");
+}
+#endif
+
+// the cheapest decay form this item's exponents d * A allow (sd: its staged d)
+static int decay_form(const ScanArgs *a, const Item *m, const float *sd) {
     vi ok = vsplat(0.0f) == vsplat(0.0f);
+    vf amin = vsplat(0.0f), dmax = vsplat(0.0f);
     for (int64_t n = 0; n < a->N; ++n) {  // finite and <= 0: NaN and -inf fail
         const vf An = gather_chan(a->A + n, m, a->N);
         ok &= (An <= vsplat(0.0f)) & (An >= vsplat(-3.4028235e38f));
+        amin = vmin(amin, An);
     }
-    if (!a->delta_softplus)  // softplus is >= 0; a raw delta must be checked
-        for (int64_t t = 0; t < a->L; ++t) ok &= vload(sd + t * LANES) >= vsplat(0.0f);
-    for (int k = 0; k < LANES; ++k)
-        if (!ok[k]) return 0;
-    return 1;
+    for (int64_t t = 0; t < a->L; ++t) {
+        const vf d = vload(sd + t * LANES);
+        if (!a->delta_softplus) ok &= d >= vsplat(0.0f);  // softplus is >= 0; raw delta may not be
+        dmax = vmax(dmax, d);
+    }
+    // every exponent >= -126: the product of the largest d and |A| in log2 units, with room
+    // for the float32 roundings of A * log2(e) and of d * A (a few ulp of 125)
+    const vi bounded = dmax * (amin * vsplat(-LOG2E)) <= vsplat(125.0f);
+    int all_ok = 1, all_bounded = 1;
+    for (int k = 0; k < LANES; ++k) all_ok &= ok[k] != 0, all_bounded &= bounded[k] != 0;
+    if (!all_ok) return DECAY_EXP;
+    if (!all_bounded) return DECAY_EXP2_CLAMP;
+    return scalef_decays ? DECAY_EXP2_SCALEF : DECAY_EXP2;
+}
+
+// one decay in the given form (a constant after inlining); Ak carries log2(e) for the exp2 forms
+static inline __attribute__((always_inline)) vf decay_of(vf x, const int form) {
+    if (form == DECAY_EXP) return vexp(x);
+    if (form == DECAY_EXP2_CLAMP) return vexp2_nonpos(vmax(vsplat(-126.0f), x));
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (form == DECAY_EXP2_SCALEF) return vexp2_nonpos_scalef(x);
+#endif
+    return vexp2_nonpos(x);
 }
 
 // nb (<= NB) state components n.. of one item over all steps, y accumulated in sy. Inlined
-// with constant nb and base2, so each caller gets its own unrolled loop.
+// with constant nb and decay form, so each caller gets its own unrolled loop.
 static inline __attribute__((always_inline)) void fwd_states(
-    const ScanArgs *a, const Item *m, int64_t n, const int nb, const int base2, const float *sd,
+    const ScanArgs *a, const Item *m, int64_t n, const int nb, const int form, const float *sd,
     const float *sdu, float *sy, const float *Bp, const float *Cp) {
     const int64_t L = a->L, N = a->N, E = a->E;
     const int64_t Bsn = a->s_B.n, Bst = a->s_B.t, Csn = a->s_C.n, Cst = a->s_C.t;
     const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
-    vf Ak[NB], h[NB];
-    for (int j = 0; j < nb; ++j) {
-        Ak[j] = gather_chan(a->A + n + j, m, N) * vsplat(base2 ? LOG2E : 1.0f);
-        h[j] = vsplat(0.0f);
-    }
+    vf Ak[NB], h[NB] = {0};  // all of h set: GCC cannot see that only [0, nb) is read
+    for (int j = 0; j < nb; ++j)
+        Ak[j] = gather_chan(a->A + n + j, m, N) * vsplat(form == DECAY_EXP ? 1.0f : LOG2E);
     const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
     for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
         const vf d = vload(sd + t * LANES), du = vload(sdu + t * LANES);
         const float *Bt = Bn + t * Bst, *Ct = Cn + t * Cst;
         vf y = vload(sy + t * LANES);
         for (int j = 0; j < nb; ++j) {
-            const vf decay = base2 ? vexp2_nonpos(d * Ak[j]) : vexp(d * Ak[j]);
+            const vf decay = decay_of(d * Ak[j], form);
             h[j] = decay * h[j] + du * vsplat(Bt[j * Bsn]);
             y += h[j] * vsplat(Ct[j * Csn]);
         }
@@ -412,6 +482,45 @@ static inline __attribute__((always_inline)) void fwd_states(
     if (!a->last_state) return;  // not asked for (the ONNX plugin's bidirectional node)
     for (int64_t k = 0; k < m->lanes; ++k)
         for (int j = 0; j < nb; ++j) a->last_state[(m->b * E + m->e0 + k) * N + n + j] = h[j][k];
+}
+
+// fwd_states with the decay form made a constant: one unrolled loop per form
+static inline __attribute__((always_inline)) void fwd_pass(
+    const ScanArgs *a, const Item *m, int64_t n, const int nb, const int form, const float *sd,
+    const float *sdu, float *sy, const float *Bp, const float *Cp) {
+    switch (form) {
+    case DECAY_EXP: fwd_states(a, m, n, nb, DECAY_EXP, sd, sdu, sy, Bp, Cp); break;
+    case DECAY_EXP2_CLAMP: fwd_states(a, m, n, nb, DECAY_EXP2_CLAMP, sd, sdu, sy, Bp, Cp); break;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    case DECAY_EXP2_SCALEF: fwd_states(a, m, n, nb, DECAY_EXP2_SCALEF, sd, sdu, sy, Bp, Cp); break;
+#endif
+    default: fwd_states(a, m, n, nb, DECAY_EXP2, sd, sdu, sy, Bp, Cp);
+    }
+}
+
+// token-major steps t..t+nt-1 (nt constant after inlining) of an item read in place: delta
+// (dt_proj applied where set), bias, softplus; d, d*u and D*u (added to sy with `add`) staged
+static inline __attribute__((always_inline)) void direct_rows(
+    const ScanArgs *a, const float *w, const float *up, const float *dp, const vf bias,
+    const vf Dv, const int add, const int64_t t, const int nt, float *sd, float *sdu, float *sy) {
+    const int64_t ust = a->s_u.t, dst = a->s_delta.t;
+    for (int i = 0; i < nt; ++i) {
+        // rows E floats apart: the hardware prefetcher lags on such strides, so ask ahead
+        __builtin_prefetch(up + (t + i + PREFETCH_ROWS) * ust);
+        if (!a->dt_proj) __builtin_prefetch(dp + (t + i + PREFETCH_ROWS) * dst);
+    }
+    vf raw[PROJ_ROWS];
+    if (a->dt_proj) project(w, a->R, dp + t * dst, a->s_delta.e, dst, nt, raw);
+    else
+        for (int i = 0; i < nt; ++i) raw[i] = vload(dp + (t + i) * dst);
+    for (int i = 0; i < nt; ++i) {
+        const int64_t ti = t + i;
+        const vf ut = vload(up + ti * ust), x = raw[i] + bias;
+        const vf d = a->delta_softplus ? vsoftplus(x) : x;
+        vstore(sd + ti * LANES, d);
+        vstore(sdu + ti * LANES, d * ut);
+        vstore(sy + ti * LANES, add ? vload(sy + ti * LANES) + Dv * ut : Dv * ut);
+    }
 }
 
 // one direction of an item: d and d*u staged, D*u + <h_t, C_t> written into sy (or, with
@@ -427,20 +536,11 @@ static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd
         // token-major: read u and delta (or dt_proj's input) in place, one pass, no staging
         const float *up = a->u + at3(a->s_u, m);
         const float *dp = a->dt_proj ? a->delta + m->b * a->s_delta.b : a->delta + at3(a->s_delta, m);
-        const int64_t ust = a->s_u.t, dst = a->s_delta.t;
         const vf bias = a->bias ? gather_chan(a->bias, m, 1) : vsplat(0.0f);
-        for (int64_t t = 0; t < L; ++t) {
-            // rows E floats apart: the hardware prefetcher lags on such strides, so ask ahead
-            __builtin_prefetch(up + (t + PREFETCH_ROWS) * ust);
-            if (!a->dt_proj) __builtin_prefetch(dp + (t + PREFETCH_ROWS) * dst);
-            const vf raw =
-                a->dt_proj ? project(w, a->R, dp + t * dst, a->s_delta.e) : vload(dp + t * dst);
-            const vf ut = vload(up + t * ust), x = raw + bias;
-            const vf d = a->delta_softplus ? vsoftplus(x) : x;
-            vstore(sd + t * LANES, d);
-            vstore(sdu + t * LANES, d * ut);
-            vstore(sy + t * LANES, add ? vload(sy + t * LANES) + Dv * ut : Dv * ut);
-        }
+        int64_t t = 0;
+        for (; t + PROJ_ROWS <= L; t += PROJ_ROWS)
+            direct_rows(a, w, up, dp, bias, Dv, add, t, PROJ_ROWS, sd, sdu, sy);
+        for (; t < L; ++t) direct_rows(a, w, up, dp, bias, Dv, add, t, 1, sd, sdu, sy);
     } else {
         stage_u_delta(a, m, w, su, sd, NULL);
         for (int64_t t = 0; t < L; ++t) {
@@ -449,16 +549,11 @@ static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd
             vstore(sy + t * LANES, add ? vload(sy + t * LANES) + Dv * ut : Dv * ut);
         }
     }
-    const int base2 = exponents_nonpositive(a, m, sd);
+    const int form = decay_form(a, m, sd);
     int64_t n = 0;
-    for (; n + NB <= N; n += NB) {  // NB components per pass: d, d*u and y loaded once
-        if (base2) fwd_states(a, m, n, NB, 1, sd, sdu, sy, Bp, Cp);
-        else fwd_states(a, m, n, NB, 0, sd, sdu, sy, Bp, Cp);
-    }
-    for (; n < N; ++n) {
-        if (base2) fwd_states(a, m, n, 1, 1, sd, sdu, sy, Bp, Cp);
-        else fwd_states(a, m, n, 1, 0, sd, sdu, sy, Bp, Cp);
-    }
+    for (; n + NB <= N; n += NB)  // NB components per pass: d, d*u and y loaded once
+        fwd_pass(a, m, n, NB, form, sd, sdu, sy, Bp, Cp);
+    for (; n < N; ++n) fwd_pass(a, m, n, 1, form, sd, sdu, sy, Bp, Cp);
 }
 
 static void fwd_items(const Work *w) {

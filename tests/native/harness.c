@@ -15,7 +15,8 @@
 // groups, N = 1 and N = MAX_D_STATE), in three memory layouts (channel-major, token-major
 // views of (Bt, L, E) memory, non-contiguous padded strides), with 1 and 3 threads. The
 // forward output and last state are checked in every case, the backward (which takes no pair)
-// in every case without a pair. Inputs come from a fixed-seed PRNG: a failure reproduces.
+// in every case without a pair. Every third size draws A wide enough that the forward's decays
+// need their clamp; AVX-512 builds run every case with both forms of the unclamped decays. Inputs come from a fixed-seed PRNG: a failure reproduces.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,7 +95,7 @@ typedef struct {
 
 typedef struct {
     int64_t Bt, E, L, N, G;
-    int bias, softplus, D, z, reverse, pair, layout, nthreads, proj;
+    int bias, softplus, D, z, reverse, pair, layout, nthreads, proj, wide_A;
 } Case;
 
 #define PROJ_R 5  // the dt_proj rank of a case with proj
@@ -104,7 +105,9 @@ static Direction make_direction(const Case *c, int reverse, int64_t n3, int64_t 
     d.u = random_floats(n3, -1, 1);
     // softplus maps any delta to a positive step; without it the step is taken as given
     d.delta = c->softplus ? random_floats(n3, -3, 1) : random_floats(n3, 0.01, 0.5);
-    d.A = random_floats(c->E * c->N, -4, -0.05);
+    // a wide case's A reaches exponents d * A below -126 (in log2 units): the forward's
+    // clamped decay form (decay_form), where the others take the unclamped one
+    d.A = random_floats(c->E * c->N, c->wide_A ? -120 : -4, -0.05);
     d.B = random_floats(n4, -1, 1);
     d.C = random_floats(n4, -1, 1);
     d.D = c->D ? random_floats(c->E, -1, 1) : NULL;
@@ -425,20 +428,33 @@ static const int64_t SIZES[][5] = {
     {1, 40, 13, 5, 1},
 };
 
+// the forward's unclamped decays in both forms where the build has two (cpu_kernel.c's
+// scalef_decays: the integer-add form and, on AVX-512, the vscalefps form), whatever this
+// CPU's vendor would choose
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define DECAY_FORMS 2
+#define DECAY_FORMS_SAID "exp2 and exp2-scalef decays"
+#else
+#define DECAY_FORMS 1
+#define DECAY_FORMS_SAID "exp2 decays"
+#endif
+
 int main(void) {
-    printf("ISA: %s\n", ISA);
+    printf("ISA: %s, %s\n", ISA, DECAY_FORMS_SAID);
     int cases = 0, failed = 0;
     const int nsizes = (int)(sizeof SIZES / sizeof SIZES[0]);
-    for (int si = 0; si < nsizes; ++si)
-        for (int opts = 0; opts < 128; ++opts)
-            for (int layout = 0; layout < N_LAYOUTS; ++layout) {
-                const int64_t *s = SIZES[si];
-                Case c = {s[0], s[1], s[2], s[3], s[4], opts & 1, (opts >> 1) & 1,
-                          (opts >> 2) & 1, (opts >> 3) & 1, (opts >> 4) & 1, (opts >> 5) & 1,
-                          layout, (opts + layout) % 2 ? 3 : 1, (opts >> 6) & 1};
-                ++cases;
-                failed += run_case(&c) != 0;
-            }
+    for (int form = 0; form < DECAY_FORMS; ++form)
+        for (int si = 0; si < nsizes; ++si)
+            for (int opts = 0; opts < 128; ++opts)
+                for (int layout = 0; layout < N_LAYOUTS; ++layout) {
+                    const int64_t *s = SIZES[si];
+                    Case c = {s[0], s[1], s[2], s[3], s[4], opts & 1, (opts >> 1) & 1,
+                              (opts >> 2) & 1, (opts >> 3) & 1, (opts >> 4) & 1, (opts >> 5) & 1,
+                              layout, (opts + layout) % 2 ? 3 : 1, (opts >> 6) & 1, si % 3 == 2};
+                    scalef_decays = form;
+                    ++cases;
+                    failed += run_case(&c) != 0;
+                }
     printf("%d cases, %d failed, worst error %.3g of max |ref| (bounds: forward %.0e, "
            "backward %.0e)\n", cases, failed, worst, FWD_TOL, BWD_TOL);
     return failed != 0;

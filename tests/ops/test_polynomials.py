@@ -32,8 +32,8 @@ def horner(cs: list[np.float32], x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "function, x, f, want",
     [
-        # 2^r on |r| <= 1/2, the reduced argument of vexp2_nonpos
-        ("vexp2_nonpos", np.linspace(-0.5, 0.5, 200001), np.exp2, lambda p, x: p),
+        # 2^r on |r| <= 1/2, the reduced argument of the forward's decays
+        ("vexp2_poly", np.linspace(-0.5, 0.5, 200001), np.exp2, lambda p, x: p),
         # log1p(w) = w * P(w) on (0, 1], the softplus's tail
         ("vlog1p_01", np.linspace(1e-7, 1.0, 200001), np.log1p, lambda p, x: x * p),
     ],
@@ -42,7 +42,7 @@ def horner(cs: list[np.float32], x: np.ndarray) -> np.ndarray:
 def test_polynomial_relative_error(function, x, f, want):
     bound = POLYNOMIAL_MAX_REL[function]
     cs = coefficients(function)
-    assert len(cs) == {"vexp2_nonpos": 6, "vlog1p_01": 9}[function]
+    assert len(cs) == {"vexp2_poly": 6, "vlog1p_01": 9}[function]
     x32 = x.astype(np.float32)
     got = want(horner(cs, x32), x32).astype(np.float32).astype(np.float64)
     ref = f(x32.astype(np.float64))
