@@ -1,8 +1,8 @@
 // The CPU scan's forward state loop alone (cpu_kernel.c's fwd_states, included as source), on
-// rows that stay in L1: time per state update, and cycles per update where the clock can be
-// measured. This is the part of the scan whose cost grows with the state size N. Set it against
-// the FMA-port floor that benchmarks/scan_floor.py prints, and against the whole op
-// (benchmarks/scan.py).
+// rows that stay in L1: time per state update for each decay form this build has, and cycles
+// per update where the clock can be measured. This is the part of the scan whose cost grows
+// with the state size N. Set it against the floors that benchmarks/scan_floor.py prints, and
+// against the whole op (benchmarks/scan.py).
 //
 //   python benchmarks/scan_floor.py     (builds it for each level this CPU runs, with the
 //                                         kernel's own flags, and writes the results file)
@@ -18,15 +18,16 @@ static double seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-// cycles per second, from a chain of dependent integer adds (one cycle each); 0 where this
-// target has no such chain written here
+// cycles per second, from a chain of dependent register-to-register adds (one cycle each; an
+// add of an immediate is not used: recent Intel cores fold chains of those at rename); 0
+// where this target has no such chain written here
 static double clock_hz(void) {
 #if defined(__x86_64__)
     const long n = 200000000;
-    long x = 0;
+    long x = 0, one = 1;
     const double t0 = seconds();
     for (long i = 0; i < n; ++i)
-        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+        __asm__ volatile("add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0" : "+r"(x) : "r"(one));
     return 4.0 * (double)n / (seconds() - t0);
 #else
     return 0.0;
@@ -35,7 +36,7 @@ static double clock_hz(void) {
 
 int main(int argc, char **argv) {
     const long reps = argc > 1 ? atol(argv[1]) : 20000;
-    enum { L = 197, N = 16 };  // Vim-Ti's sequence and state size
+    enum { L = 197, N = 16, ROUNDS = 10 };  // Vim-Ti's sequence and state size
     static float A[LANES * N], BC[L * 2 * N], sd[L * LANES], sdu[L * LANES], sy[L * LANES];
     for (int i = 0; i < LANES * N; ++i) A[i] = -1.0f - (float)(i % N);  // Vim's initial A
     for (int i = 0; i < L * 2 * N; ++i) BC[i] = 0.01f * (float)(i % 17) - 0.08f;
@@ -47,13 +48,27 @@ int main(int argc, char **argv) {
     a.s_B = (Strides4){2 * N * L, 0, 1, 2 * N};
     a.s_C = a.s_B;
     const Item m = item_of(&a, 0);
-    const double t0 = seconds();
-    for (long r = 0; r < reps; ++r)
-        for (int n = 0; n < N; n += NB) fwd_states(&a, &m, n, NB, 1, sd, sdu, sy, BC, BC + N);
-    const double per_update = (seconds() - t0) / ((double)reps * L * N * LANES);
+    const int forms[] = {DECAY_EXP2_CLAMP, DECAY_EXP2,
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+                         DECAY_EXP2_SCALEF
+#endif
+    };
+    const char *names[] = {"exp2-clamp", "exp2", "exp2-scalef"};
+    enum { FORMS = sizeof forms / sizeof forms[0] };
+    double best[FORMS];
+    for (int f = 0; f < FORMS; ++f) best[f] = 1e30;
+    // forms interleaved, best of ROUNDS: a shared machine's slow spells hit every form alike
+    for (int round = 0; round < ROUNDS; ++round)
+        for (int f = 0; f < FORMS; ++f) {
+            const double t0 = seconds();
+            for (long r = 0; r < reps / ROUNDS + 1; ++r)
+                for (int n = 0; n < N; n += NB) fwd_pass(&a, &m, n, NB, forms[f], sd, sdu, sy, BC, BC + N);
+            const double per = (seconds() - t0) / ((double)(reps / ROUNDS + 1) * L * N * LANES);
+            if (per < best[f]) best[f] = per;
+        }
     const double hz = clock_hz();
     printf("lanes %d, state components per pass %d\n", LANES, NB);
-    printf("ns per update %.4f\n", 1e9 * per_update);
-    if (hz > 0) printf("clock GHz %.2f\ncycles per update %.3f\n", hz / 1e9, per_update * hz);
+    if (hz > 0) printf("clock GHz %.2f\n", hz / 1e9);
+    for (int f = 0; f < FORMS; ++f) printf("form %s %.4f\n", names[forms[f] - DECAY_EXP2_CLAMP], 1e9 * best[f]);
     return sy[0] != sy[0];  // keeps the loop's output live
 }
