@@ -229,11 +229,13 @@ def check_storage(who: str, named) -> None:
         n = t.numel()
         if n == 0:
             continue
-        end = t.storage_offset() + (  # one past the last element, in elements
-            n  # a contiguous tensor's extent, without a Python loop (most calls)
-            if t.is_contiguous()
-            else 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-        )
+        end = t.storage_offset()  # becomes one past the last element, in elements
+        if t.is_contiguous():
+            end += n
+        else:  # a plain loop: a generator and sum() cost more than the arithmetic (per scan)
+            end += 1
+            for size, stride in zip(t.shape, t.stride()):
+                end += (size - 1) * stride
         nbytes = t.untyped_storage().nbytes()
         if end * t.element_size() > nbytes:
             raise ValueError(
