@@ -58,7 +58,11 @@ def test_predict_folder_and_resume(folder, tmp_path, eager_top5, capsys):
     assert "1 classified, 1 unreadable, 12 already done (of 14 images)" in capsys.readouterr().out
     rerun = rows_of(out)
     assert {p: r for p, r in rerun.items() if p != "new.png"} == rows
-    assert rerun["new.png"]["predictions"] == rows["even/digit_00.png"]["predictions"]
+    # classified in another batch than its twin: equal up to the GEMMs' rounding, which
+    # depends on the batch's size (MKL on AVX-512 Xeons picks other kernels for 1 row than 5)
+    new, twin = rerun["new.png"]["predictions"], rows["even/digit_00.png"]["predictions"]
+    assert [t["index"] for t in new] == [t["index"] for t in twin]
+    assert [t["score"] for t in new] == pytest.approx([t["score"] for t in twin], abs=1e-5)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
