@@ -138,24 +138,42 @@ static inline vf vround(vf a) {
 }
 #endif
 
+// The math below runs on n vectors side by side (n a constant after inlining, at most
+// ILP_ROWS): each step of a polynomial is applied to all n before the next, so n independent
+// chains of 4-cycle FMAs interleave in program order. One softplus alone is a chain of about
+// 25 dependent instructions, which the out-of-order window overlaps with the next step's only
+// in part (the token-major rows of the forward, their softplus and their gate, measured by
+// benchmarks/model.py's breakdown). vexp(x) and the like are the n = 1 case.
+#define AI static inline __attribute__((always_inline))
+#define ILP_ROWS 8
+#define EACH(i, n) for (int i = 0; i < (n); ++i)
+
+// Horner's rule on n vectors: p[i] = c[0] r[i]^(k-1) + ... + c[k-1], k terms
+AI void horner_n(vf *p, const vf *r, const float *c, const int k, const int n) {
+    EACH(i, n) p[i] = vsplat(c[0]);
+    for (int j = 1; j < k; ++j) EACH(i, n) p[i] = p[i] * r[i] + vsplat(c[j]);
+}
+
 // exp: Cody-Waite reduction by ln 2, then exp(r) on |r| <= ln2/2 by its degree-6 Taylor
 // polynomial (truncation error r^7/7! < 1.3e-7, about 1 ulp). Inputs are clamped to
 // [-87.3, 88.7]: exp(-87.3) ~ 1e-38 stands in for anything smaller (a long-decayed state);
-// NaN passes through the clamp (see vmax) and the polynomial, so exp(NaN) = NaN.
+// NaN passes through the clamp (see vmax) and the polynomial, so exp(NaN) = NaN. In place.
+static const float EXP_TAYLOR[7] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f,
+                                    0.5f,          1.0f,          1.0f};
+AI void vexp_n(vf *x, const int n) {
+    vf k[ILP_ROWS], r[ILP_ROWS], p[ILP_ROWS];
+    EACH(i, n) {
+        const vf xc = vmin(vsplat(88.7f), vmax(vsplat(-87.3f), x[i]));
+        k[i] = vround(xc * vsplat(1.44269504088896341f));
+        r[i] = xc - k[i] * vsplat(0.693359375f);
+    }
+    EACH(i, n) r[i] = r[i] + k[i] * vsplat(2.12194440e-4f);
+    horner_n(p, r, EXP_TAYLOR, 7, n);
+    EACH(i, n) x[i] = p[i] * (vf)((__builtin_convertvector(k[i], vi) + 127) << 23);
+}
 static inline vf vexp(vf x) {
-    x = vmin(vsplat(88.7f), vmax(vsplat(-87.3f), x));
-    const vf k = vround(x * vsplat(1.44269504088896341f));
-    vf r = x - k * vsplat(0.693359375f);
-    r = r + k * vsplat(2.12194440e-4f);
-    vf p = vsplat(1.0f / 720.0f);
-    p = p * r + vsplat(1.0f / 120.0f);
-    p = p * r + vsplat(1.0f / 24.0f);
-    p = p * r + vsplat(1.0f / 6.0f);
-    p = p * r + vsplat(0.5f);
-    p = p * r + vsplat(1.0f);
-    p = p * r + vsplat(1.0f);
-    const vi ki = __builtin_convertvector(k, vi);
-    return p * (vf)((ki + 127) << 23);
+    vexp_n(&x, 1);
+    return x;
 }
 
 // 2^x for x <= 0 (the forward's decays when every exponent delta * A is <= 0, as in Vim: A < 0,
@@ -200,26 +218,31 @@ static inline vf vexp2_nonpos_scalef(vf x) {  // -126 <= x <= 0
 
 // log1p(w) / w on [0, 1]: a degree-8 polynomial fitted by this project (weighted least
 // squares toward minimax relative error): 2.1e-7 relative for log1p(w) = w * P(w) evaluated in
-// float32, tiny w included (P(0) ~ 1), with no log, division or cancellation.
-static inline vf vlog1p_01(vf w) {
-    vf p = vsplat(5.232705735e-03f);
-    p = p * w + vsplat(-2.950528450e-02f);
-    p = p * w + vsplat(7.822602987e-02f);
-    p = p * w + vsplat(-1.366325170e-01f);
-    p = p * w + vsplat(1.910600960e-01f);
-    p = p * w + vsplat(-2.484298348e-01f);
-    p = p * w + vsplat(3.331909776e-01f);
-    p = p * w + vsplat(-4.999949336e-01f);
-    p = p * w + vsplat(9.999999404e-01f);
-    return w * p;
+// float32, tiny w included (P(0) ~ 1), with no log, division or cancellation. In place.
+static const float LOG1P_P[9] = {5.232705735e-03f,  -2.950528450e-02f, 7.822602987e-02f,
+                                 -1.366325170e-01f, 1.910600960e-01f,  -2.484298348e-01f,
+                                 3.331909776e-01f,  -4.999949336e-01f, 9.999999404e-01f};
+AI void vlog1p_01_n(vf *w, const int n) {
+    vf p[ILP_ROWS];
+    horner_n(p, w, LOG1P_P, 9, n);
+    EACH(i, n) w[i] = w[i] * p[i];
 }
 
 // softplus as the official kernels define it: log1p(exp(x)) for x <= 20, else x; computed as
-// max(x, 0) + log1p(exp(-|x|)), exp(-|x|) in (0, 1].
+// max(x, 0) + log1p(exp(-|x|)), exp(-|x|) in (0, 1]. In place.
+AI void vsoftplus_n(vf *x, const int n) {
+    vf e[ILP_ROWS];
+    EACH(i, n) e[i] = -(vf)((vi)x[i] & vsplat_i(0x7fffffff));  // -|x|
+    vexp_n(e, n);
+    vlog1p_01_n(e, n);
+    EACH(i, n) {  // NaN stays NaN
+        const vf sp = vmax(vsplat(0.0f), x[i]) + e[i];
+        x[i] = vselect(x[i] > vsplat(20.0f), x[i], sp);
+    }
+}
 static inline vf vsoftplus(vf x) {
-    const vf ax = (vf)((vi)x & vsplat_i(0x7fffffff));
-    const vf sp = vmax(vsplat(0.0f), x) + vlog1p_01(vexp(-ax));  // NaN stays NaN
-    return vselect(x > vsplat(20.0f), x, sp);
+    vsoftplus_n(&x, 1);
+    return x;
 }
 
 // 1 / d for d >= 1 (the sigmoid's denominator). A vector divide takes one port for 10 to 16
@@ -242,7 +265,17 @@ static inline vf vrecip_ge1(vf d) {
 #endif
 }
 
-static inline vf vsigmoid(vf x) { return vrecip_ge1(vsplat(1.0f) + vexp(-x)); }
+// sigmoid, in place
+AI void vsigmoid_n(vf *x, const int n) {
+    vf e[ILP_ROWS];
+    EACH(i, n) e[i] = -x[i];
+    vexp_n(e, n);
+    EACH(i, n) x[i] = vrecip_ge1(vsplat(1.0f) + e[i]);
+}
+static inline vf vsigmoid(vf x) {
+    vsigmoid_n(&x, 1);
+    return x;
+}
 
 // ---------------------------------------------------------------------------------------------
 // staging between the (Bt, E, L) rows of LANES channels and (L, LANES) lane-major scratch
@@ -373,7 +406,7 @@ static void stage_proj(const ScanArgs *a, const Item *m, float *w) {
 // for Vim-Ti: about 100 cycles of latency for 24 instructions); PROJ_ROWS steps side by side
 // are independent chains, which the FMA ports overlap, and each weight row is loaded once
 // for all of them. Inlined with a constant nt.
-#define PROJ_ROWS 8
+#define PROJ_ROWS 8  // <= ILP_ROWS: direct_rows runs softplus on these rows side by side
 static inline __attribute__((always_inline)) void project(
     const float *w, int64_t R, const float *x, int64_t rs, int64_t ts, const int nt, vf *out) {
     for (int i = 0; i < nt; ++i) out[i] = vsplat(0.0f);
@@ -533,10 +566,11 @@ static inline __attribute__((always_inline)) void direct_rows(
     if (a->dt_proj) project(w, a->R, dp + t * dst, a->s_delta.e, dst, nt, raw);
     else
         for (int i = 0; i < nt; ++i) raw[i] = vload(dp + (t + i) * dst);
+    EACH(i, nt) raw[i] += bias;
+    if (a->delta_softplus) vsoftplus_n(raw, nt);  // the nt rows side by side
     for (int i = 0; i < nt; ++i) {
         const int64_t ti = t + i;
-        const vf ut = vload(up + ti * ust), x = raw[i] + bias;
-        const vf d = a->delta_softplus ? vsoftplus(x) : x;
+        const vf ut = vload(up + ti * ust), d = raw[i];
         vstore(sd + ti * LANES, d);
         vstore(sdu + ti * LANES, d * ut);
         vstore(sy + ti * LANES, add ? vload(sy + ti * LANES) + Dv * ut : Dv * ut);
@@ -576,6 +610,19 @@ static void fwd_direction(const ScanArgs *a, const Item *m, float *su, float *sd
     for (; n < N; ++n) fwd_pass(a, m, n, 1, form, sd, sdu, sy, Bp, Cp);
 }
 
+// token-major out rows t..t+nt-1 (nt constant after inlining) <- y * scale * silu(z), z read
+// in place; the nt sigmoids side by side
+AI void gate_rows(const float *zp, int64_t zst, const float *sy, const vf scale, float *op,
+                  int64_t ost, const int64_t t, const int nt) {
+    vf z[ILP_ROWS], g[ILP_ROWS];
+    EACH(i, nt) {
+        __builtin_prefetch(zp + (t + i + PREFETCH_ROWS) * zst);
+        g[i] = z[i] = vload(zp + (t + i) * zst);
+    }
+    vsigmoid_n(g, nt);
+    EACH(i, nt) vstore(op + (t + i) * ost, vload(sy + (t + i) * LANES) * scale * z[i] * g[i]);
+}
+
 static void fwd_items(const Work *w) {
     const ScanArgs *a = w->a, *p = (const ScanArgs *)a->pair;
     const int64_t L = a->L;
@@ -591,11 +638,10 @@ static void fwd_items(const Work *w) {
             const float *zp = a->z + at3(a->s_z, &m);
             float *op = a->out + at3(a->s_out, &m);
             const int64_t zst = a->s_z.t, ost = a->s_out.t;
-            for (int64_t t = 0; t < L; ++t) {
-                __builtin_prefetch(zp + (t + PREFETCH_ROWS) * zst);
-                const vf zt = vload(zp + t * zst);
-                vstore(op + t * ost, vload(sy + t * LANES) * scale * zt * vsigmoid(zt));
-            }
+            int64_t t = 0;
+            for (; t + ILP_ROWS <= L; t += ILP_ROWS)
+                gate_rows(zp, zst, sy, scale, op, ost, t, ILP_ROWS);
+            for (; t < L; ++t) gate_rows(zp, zst, sy, scale, op, ost, t, 1);
             continue;
         }
         if (a->z) item_in(sz, a->z, a->s_z, a, &m);
