@@ -15,12 +15,31 @@ from pathlib import Path
 import torch
 
 
+def cpu_name_from(cpuinfo: str) -> str | None:
+    """The CPU's name in a /proc/cpuinfo text; where that name carries no model number (VMs often
+    report just "AMD EPYC" or "Intel(R) Xeon(R) Processor"), the x86 family and model follow it,
+    so that two generations behind one name (Zen 4 and Zen 5 EPYCs) stay apart. None where the
+    text names no CPU (ARM kernels print no "model name")."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name")
+    if not name:
+        return None
+    family, model = fields.get("cpu family"), fields.get("model")
+    if not re.search(r"\d", name) and family and model:
+        return f"{name} (family {family} model {model})"
+    return name
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            name = cpu_name_from(f.read())
+        if name:
+            return name
     except OSError:
         pass
     return platform.processor() or platform.machine()
