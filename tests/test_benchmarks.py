@@ -168,3 +168,26 @@ def test_benchmark_script_runs_as_documented(script):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage:" in r.stdout
+
+
+@pytest.mark.slow  # compiles the kernel twice
+def test_scan_builds_times_two_builds_of_one_kernel_alike(capsys):
+    """Two builds of the same cpu_kernel.c give the same output to the bit, each row says so,
+    and a state sweep prints its fit."""
+    import shutil
+
+    from vimc.ops.selective_scan import cpu
+
+    if not cpu.c_kernel_available() or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("needs the C scan kernel and a C compiler")
+    scan_builds = importlib.import_module("benchmarks.scan_builds")
+    kernel = str(ROOT / scan_builds.KERNEL)
+    usual = cpu._lib
+    args = [kernel, kernel, "--batches", "1", "--states", "2", "1", "--rounds", "2"]
+    assert scan_builds.main(args) == 0
+    assert cpu._lib is usual  # the process's kernel is back
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(f"| {kernel} #")]
+    assert len(rows) == 4  # two builds x two state sizes
+    assert all(row.split("|")[-2].strip() == "0.00e+00" for row in rows)
+    assert out.count("ms per state component") == 2
