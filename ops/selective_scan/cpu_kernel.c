@@ -145,6 +145,7 @@ static inline vf vround(vf a) {
 // in part: run 8 steps at a time this way, the forward's token-major rows (softplus) and gate
 // took 5-20% less time (an A/B of the two builds in one process, batch-8 Vim-Ti pair calls,
 // Zen 5; bit-identical results). vexp(x) and the like are the n = 1 case.
+// AI: always inlined, so that n is a constant where these are called and the loops unroll
 #define AI static inline __attribute__((always_inline))
 #define ILP_ROWS 8
 #define EACH(i, n) for (int i = 0; i < (n); ++i)
