@@ -14,8 +14,8 @@ conv and x_proj outputs). Prints, per build, batch and state size: the best and 
 time, the median against the first build's, and the largest difference of its output from
 the first build's. With several ``--states``, also a straight-line fit of time against N: the
 time per state component and the part of a call that does not grow with N (dt_proj,
-softplus, gate, staging, dispatch). Prints only, no results file: a tool for kernel work
-whose numbers a change's commit or README line quotes.
+softplus, gate, staging, dispatch). Results: benchmarks/results/scan_builds-<machine>-<march>
+.{json,md} (the last comparison run there; its command line is in the file).
 """
 
 from __future__ import annotations
@@ -24,22 +24,25 @@ import argparse
 import ctypes
 import functools
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from vimc.ops.selective_scan import _cbuild, cpu
-from vimc.ops.selective_scan.bidirectional import selective_scan_bidirectional
 
 import vimc
 from vimc.cliargs import positive_int
-from vimc.layers import anticausal_conv1d, causal_conv1d
-from vimc.machine import header
+from vimc.layers import BiMambaMixer
+from vimc.machine import header, machine_tag, save_results
 from vimc.timing import time_round_robin
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 KERNEL = "ops/selective_scan/cpu_kernel.c"
+DIRECTION_ARGS = (
+    7  # per direction in BiMambaMixer._scan's args: u, dt_proj's input, A, B, C, D, bias
+)
 
 
 def kernel_source(spec: str) -> str:
@@ -65,52 +68,55 @@ def build(spec: str, march: str, workdir: Path, i: int) -> ctypes.CDLL:
     if proc.returncode != 0:
         raise SystemExit(f"build {spec!r} failed:\n{proc.stderr[-3000:]}")
     lib = ctypes.CDLL(str(so))
-    lib.vimc_scan_lanes.restype = ctypes.c_int64
-    if lib.vimc_scan_lanes() != cpu.LANES:
+    try:
+        lanes = cpu.bind(lib)
+    except RuntimeError as exc:
+        raise SystemExit(f"build {spec!r}: {exc}") from None
+    if lanes != cpu.LANES:
         raise SystemExit(
-            f"build {spec!r} has {lib.vimc_scan_lanes()} lanes, the process's kernel {cpu.LANES}: "
+            f"build {spec!r} has {lanes} lanes, the process's kernel {cpu.LANES}: "
             "pick --march to match it (or VIMC_CPU_LEVEL for the process)"
         )
-    lib.vimc_scan_fwd.argtypes, lib.vimc_scan_fwd.restype = [ctypes.c_void_p], ctypes.c_int
     return lib
 
 
 @torch.inference_mode()
-def layer_inputs(batch: int, states: int, g: torch.Generator) -> tuple:
-    """A Vim-Ti layer's scan arguments (channel-major views of token-major memory), the first
-    ``states`` state components kept -> (args, kwargs) of selective_scan_bidirectional."""
-    mixer = vimc.create_model("vim_tiny").eval().layers[0].mixer
-    E, R, N = mixer.d_inner, mixer.dt_rank, mixer.d_state
-    xz = F.linear(torch.randn(batch, 197, 192, generator=g), mixer.in_proj.weight)
-    x, z = xz[..., :E], xz[..., E:]
-    args, dt_weights = [], []
-    for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
-        conv, x_proj, dt_proj, A_log, D = mixer._direction(sfx)
-        u = conv_fn(x, conv.weight, conv.bias, silu=True)
-        x_dbl = F.linear(u, x_proj.weight)
-        B, C = x_dbl[..., R : R + states], x_dbl[..., R + N : R + N + states]
-        A = -torch.exp(A_log.float())[:, :states]
-        args += [u.mT, x_dbl[..., :R].mT, A, B.mT, C.mT, D.float(), dt_proj.bias.float()]
-        dt_weights.append(dt_proj.weight)
-    kwargs = dict(z=z.mT, delta_softplus=True, delta_proj=dt_weights[0])
-    return args, {**kwargs, "delta_proj_b": dt_weights[1]}
+def layer_call(mixer: BiMambaMixer, batch: int, states: int, g: torch.Generator):
+    """The scan call of one forward of ``mixer`` on random hidden states, as its forward makes
+    it (``_scan`` on the token-major in_proj, conv and x_proj outputs), with the first
+    ``states`` state components kept -> a function that makes that call again."""
+    seen = {}
+
+    def capture(args, dt_weights, z):
+        seen.update(args=args, dt_weights=dt_weights, z=z)
+        return z  # (B, L, E), what out_proj takes
+
+    mixer._scan = capture  # an instance attribute: shadows the method for this one forward
+    try:
+        mixer(torch.randn(batch, 197, mixer.d_model, generator=g))
+    finally:
+        del mixer._scan
+    args = list(seen["args"])
+    for d in (0, DIRECTION_ARGS):  # A (E, N); B and C (B, L, N)
+        args[d + 2] = args[d + 2][:, :states]
+        args[d + 3], args[d + 4] = args[d + 3][..., :states], args[d + 4][..., :states]
+    return functools.partial(BiMambaMixer._scan, mixer, args, seen["dt_weights"], seen["z"])
 
 
-def time_builds(specs: list[str], libs: list, batch: int, states: int, rounds: int, g) -> list:
-    """One row per build: (spec, best ms, median ms, max abs difference from the first's out)."""
-    a, kw = layer_inputs(batch, states, g)
+def time_builds(names: list[str], libs: list, call, rounds: int) -> list:
+    """One row per build: (name, best ms, median ms, max abs difference from the first's out)."""
 
-    def call(lib):
+    def with_lib(lib):
         cpu._lib = lib
-        return selective_scan_bidirectional(*a, **kw)
+        return call()
 
     with torch.inference_mode():
-        outs = [call(lib) for lib in libs]
-        fns = {spec: functools.partial(call, lib) for spec, lib in zip(specs, libs)}
+        outs = [with_lib(lib) for lib in libs]
+        fns = {name: functools.partial(with_lib, lib) for name, lib in zip(names, libs)}
         t = time_round_robin(fns, rounds=rounds, warmup=3, rotate=True)
     return [
-        (spec, min(t[spec].times_s) * 1e3, t[spec].median_ms, (out - outs[0]).abs().max().item())
-        for spec, out in zip(specs, outs)
+        (name, min(t[name].times_s) * 1e3, t[name].median_ms, (out - outs[0]).abs().max().item())
+        for name, out in zip(names, outs)
     ]
 
 
@@ -121,6 +127,28 @@ def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
     return float(slope), float(ms.mean() - slope * n.mean())
 
 
+def compare(names: list[str], libs: list, mixer, args, g) -> tuple[list[dict], list[str]]:
+    """Every build at every batch and state size -> (rows, the state-sweep fit lines)."""
+    rows, fits = [], []
+    for batch in args.batches:
+        points = {name: [] for name in names}
+        for states in args.states:
+            timed = time_builds(names, libs, layer_call(mixer, batch, states, g), args.rounds)
+            for name, best, median, diff in timed:
+                vs = median / timed[0][2]
+                row = {"build": name, "batch": batch, "N": states, "best_ms": best}
+                rows.append({**row, "median_ms": median, "vs_first": vs, "max_abs_diff": diff})
+                points[name].append((states, median))
+        for name, pts in points.items() if len(args.states) > 1 else ():
+            slope, fixed = fit_line(pts)
+            top_n, top_ms = max(pts)
+            fits.append(
+                f"{name}, batch {batch}: {slope:.4f} ms per state component, {fixed:.3f} ms "
+                f"that does not grow with N ({fixed / top_ms:.0%} of the call at N = {top_n})"
+            )
+    return rows, fits
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("builds", nargs="+", help="git revisions or paths of cpu_kernel.c")
@@ -128,39 +156,37 @@ def main(argv=None) -> int:
     ap.add_argument("--states", type=positive_int, nargs="+", default=[16])
     ap.add_argument("--rounds", type=positive_int, default=100, help="timed calls per build")
     ap.add_argument("--march", default="native", help="-march of every build")
+    ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     if not cpu.c_kernel_available():
         raise SystemExit("the C scan kernel is unavailable here: nothing to compare")
-    print(header("cpu"))
-    print("| build | batch | N | best ms | median ms | median vs first | max abs diff vs first |")
-    print("|---|---|---|---|---|---|---|")
     # a build named twice (HEAD HEAD: how far apart two identical builds time) gets its number
     names = [s if args.builds.count(s) == 1 else f"{s} #{i}" for i, s in enumerate(args.builds)]
+    mixer = vimc.create_model("vim_tiny").eval().layers[0].mixer  # random weights
     usual, g = cpu._lib, torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         libs = [build(spec, args.march, Path(tmp), i) for i, spec in enumerate(args.builds)]
         try:
-            for batch in args.batches:
-                points = {name: [] for name in names}
-                for states in args.states:
-                    rows = time_builds(names, libs, batch, states, args.rounds, g)
-                    for spec, best, median, diff in rows:
-                        vs = median / rows[0][2]
-                        print(
-                            f"| {spec} | {batch} | {states} | {best:.3f} | {median:.3f} | "
-                            f"{vs:.3f} | {diff:.2e} |"
-                        )
-                        points[spec].append((states, median))
-                for spec, pts in points.items() if len(args.states) > 1 else ():
-                    slope, fixed = fit_line(pts)
-                    top_n, top_ms = max(pts)
-                    print(
-                        f"{spec}, batch {batch}: {slope:.4f} ms per state component, {fixed:.3f} "
-                        f"ms that does not grow with N ({fixed / top_ms:.0%} of the call at "
-                        f"N = {top_n})"
-                    )
+            rows, fits = compare(names, libs, mixer, args, g)
         finally:
             cpu._lib = usual
+    head = header("cpu")
+    table = [
+        "| build | batch | N | best ms | median ms | median vs first | max abs diff vs first |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['build']} | {r['batch']} | {r['N']} | {r['best_ms']:.3f} | {r['median_ms']:.3f} | "
+        f"{r['vs_first']:.3f} | {r['max_abs_diff']:.2e} |"
+        for r in rows
+    ]
+    print(head, *table, *fits, sep="\n")
+    if not args.no_save:
+        command = " ".join(["python benchmarks/scan_builds.py", *(argv or sys.argv[1:])])
+        md = [f"# Scan kernel builds side by side, {machine_tag('cpu')}", "", "```", head]
+        md += [command, "```", "", *table, "", *fits]
+        stem = RESULTS / f"scan_builds-{machine_tag('cpu')}-{args.march}"
+        save_results(stem, {"header": head, "builds": args.builds, "rows": rows}, "\n".join(md))
     return 0
 
 

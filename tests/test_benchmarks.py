@@ -174,16 +174,18 @@ def test_benchmark_script_runs_as_documented(script):
 def test_scan_builds_times_two_builds_of_one_kernel_alike(capsys):
     """Two builds of the same cpu_kernel.c give the same output to the bit, each row says so,
     and a state sweep prints its fit."""
-    import shutil
+    from vimc.ops.selective_scan import _cbuild, cpu
 
-    from vimc.ops.selective_scan import cpu
-
-    if not cpu.c_kernel_available() or not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("needs the C scan kernel and a C compiler")
+    try:
+        _cbuild.compiler()
+    except RuntimeError:
+        pytest.skip("needs a C compiler")
+    if not cpu.c_kernel_available():
+        pytest.skip("needs the C scan kernel")
     scan_builds = importlib.import_module("benchmarks.scan_builds")
     kernel = str(ROOT / scan_builds.KERNEL)
     usual = cpu._lib
-    args = [kernel, kernel, "--batches", "1", "--states", "2", "1", "--rounds", "2"]
+    args = [kernel, kernel, "--batches", "1", "--states", "2", "1", "--rounds", "2", "--no-save"]
     assert scan_builds.main(args) == 0
     assert cpu._lib is usual  # the process's kernel is back
     out = capsys.readouterr().out
@@ -191,3 +193,25 @@ def test_scan_builds_times_two_builds_of_one_kernel_alike(capsys):
     assert len(rows) == 4  # two builds x two state sizes
     assert all(row.split("|")[-2].strip() == "0.00e+00" for row in rows)
     assert out.count("ms per state component") == 2
+
+
+@pytest.mark.slow  # compiles the kernel
+def test_scan_builds_refuses_a_build_whose_argument_struct_differs(tmp_path):
+    """A revision with another ScanArgs layout would read the packed words wrongly: refused
+    before any call (cpu.bind's check, the one the package's own loader makes)."""
+    from vimc.ops.selective_scan import _cbuild, cpu
+
+    try:
+        _cbuild.compiler()
+    except RuntimeError:
+        pytest.skip("needs a C compiler")
+    if not cpu.c_kernel_available():
+        pytest.skip("needs the C scan kernel")
+    scan_builds = importlib.import_module("benchmarks.scan_builds")
+    text = (ROOT / scan_builds.KERNEL).read_text()
+    old = "return (int64_t)sizeof(ScanArgs) * 1000 + LANES;"
+    assert old in text
+    other = tmp_path / "other_struct.c"
+    other.write_text(text.replace(old, "return (int64_t)(sizeof(ScanArgs) + 8) * 1000 + LANES;"))
+    with pytest.raises(SystemExit, match="disagree on the argument struct"):
+        scan_builds.build(str(other), "native", tmp_path, 0)

@@ -135,17 +135,24 @@ def _load() -> tuple[ctypes.CDLL, str]:
     return ctypes.CDLL(str(path)), f"built at first use {where} ({path})"
 
 
-def _build() -> ctypes.CDLL:
-    global _lib_source, LANES
-    lib, source = _load()
+def bind(lib: ctypes.CDLL) -> int:
+    """Declares a loaded kernel library's entry points and checks that it packs the argument
+    struct as this file does (any other build of cpu_kernel.c would read garbage) -> its
+    LANES. RuntimeError where it disagrees."""
     lib.vimc_scan_abi.restype = lib.vimc_scan_lanes.restype = ctypes.c_int64
     lanes = lib.vimc_scan_lanes()
     if lanes not in (8, 16) or lib.vimc_scan_abi() != ctypes.sizeof(_ScanArgs) * 1000 + lanes:
         raise RuntimeError("cpu_kernel.c and cpu.py disagree on the argument struct")
-    LANES = lanes
     for fn in (lib.vimc_scan_fwd, lib.vimc_scan_bwd):
         fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _pack)
         fn.restype = ctypes.c_int  # 0, or -1 where it refused the sizes it was given
+    return lanes
+
+
+def _build() -> ctypes.CDLL:
+    global _lib_source, LANES
+    lib, source = _load()
+    LANES = bind(lib)
     _lib_source = source
     return lib
 
