@@ -193,13 +193,11 @@ static inline vf vexp(vf x) {
 // softplus(delta) makes d * u NaN, so the state is NaN whatever its decay.
 #define LOG2E 1.44269504088896341f
 #define ROUND_MAGIC 12582912.0f  // 1.5 * 2^23: x + it rounds x to an integer (|x| < 2^22)
+static const float EXP2_P[6] = {1.325527112e-03f, 9.671489949e-03f, 5.550751487e-02f,
+                                2.402224482e-01f, 6.931469960e-01f, 1.0f};
 static inline vf vexp2_poly(vf r) {  // 2^r, |r| <= 1/2
-    vf p = vsplat(1.325527112e-03f);
-    p = p * r + vsplat(9.671489949e-03f);
-    p = p * r + vsplat(5.550751487e-02f);
-    p = p * r + vsplat(2.402224482e-01f);
-    p = p * r + vsplat(6.931469960e-01f);
-    p = p * r + vsplat(1.0f);
+    vf p;
+    horner_n(&p, &r, EXP2_P, 6, 1);
     return p;
 }
 static inline vf vexp2_nonpos(vf x) {  // -126 <= x <= 0

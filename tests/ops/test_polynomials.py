@@ -15,25 +15,19 @@ SOURCE = Path(__file__).resolve().parents[2] / "ops" / "selective_scan" / "cpu_k
 
 
 def coefficients(function: str) -> list[np.float32]:
-    """The constants of a Horner loop in ``function``, highest degree first: the ``vsplat(...)``
-    steps written out in its body, or the ``static const float`` table its n-wide form
-    (``<function>_n``) passes to ``horner_n``."""
+    """The coefficients, highest degree first, of the ``static const float`` table that
+    ``function`` (or its n-wide form ``<function>_n``) hands to ``horner_n``."""
     text = SOURCE.read_text()
-    body = re.search(rf"{function}\(vf \w+\) \{{(.*?)\n\}}", text, re.S)
-    if body is None:
-        body = re.search(
-            rf"AI void {function}_n\(vf \*\w+, const int n\) \{{(.*?)\n\}}", text, re.S
-        )
-        assert body, f"{function} not found in {SOURCE.name}"
-        table = re.search(r"horner_n\(\w+, \w+, (\w+), (\d+), n\)", body.group(1))
-        assert table, f"{function}_n calls no horner_n"
-        values = re.search(
-            rf"static const float {table.group(1)}\[\d+\] = \{{(.*?)\}};", text, re.S
-        )
-        consts = re.findall(r"([-+0-9.e]+)f", values.group(1))
-        assert len(consts) == int(table.group(2)), f"{table.group(1)}: not {table.group(2)} terms"
-        return [np.float32(c) for c in consts]
-    consts = re.findall(r"p = (?:vsplat|p \* \w+ \+ vsplat)\(([-+0-9.e]+)f\)", body.group(1))
+    body = re.search(
+        rf"\b{function}(?:_n)?\(vf \*?\w+(?:, const int n)?\) \{{(.*?)\n\}}", text, re.S
+    )
+    assert body, f"{function} not found in {SOURCE.name}"
+    call = re.search(r"horner_n\([^,]+, [^,]+, (\w+), (\d+), \w+\)", body.group(1))
+    assert call, f"{function} calls no horner_n"
+    table = re.search(rf"static const float {call.group(1)}\[\d+\] = \{{(.*?)\}};", text, re.S)
+    assert table, f"{call.group(1)} not found in {SOURCE.name}"
+    consts = re.findall(r"([-+0-9.e]+)f", table.group(1))
+    assert len(consts) == int(call.group(2)), f"{call.group(1)}: not {call.group(2)} terms"
     return [np.float32(c) for c in consts]
 
 
