@@ -142,9 +142,10 @@ static inline vf vround(vf a) {
 // ILP_ROWS): each step of a polynomial is applied to all n before the next, so n independent
 // chains of 4-cycle FMAs interleave in program order. One softplus alone is a chain of about
 // 25 dependent instructions, which the out-of-order window overlaps with the next step's only
-// in part: run 8 steps at a time this way, the forward's token-major rows (softplus) and gate
-// took 5-20% less time (an A/B of the two builds in one process, batch-8 Vim-Ti pair calls,
-// Zen 5; bit-identical results). vexp(x) and the like are the n = 1 case.
+// in part: run 8 steps at a time this way (the forward's token-major rows' softplus, the
+// gate), the part of a batch-8 Vim-Ti pair call that does not grow with N took 10% less, 14%
+// in the AVX2 build (benchmarks/scan_builds.py on Zen 5, results in benchmarks/results;
+// bit-identical). vexp(x) and the like are the n = 1 case.
 // AI: always inlined, so that n is a constant where these are called and the loops unroll
 #define AI static inline __attribute__((always_inline))
 #define ILP_ROWS 8
