@@ -60,6 +60,17 @@ def kernel_source(spec: str) -> str:
     return proc.stdout
 
 
+def resolved(specs: list[str]) -> list[str]:
+    """A line per git revision among ``specs``: the commit it named when the run was made."""
+    lines = []
+    for spec in dict.fromkeys(specs):
+        if not Path(spec).is_file():
+            proc = subprocess.run(["git", "rev-parse", "--short", spec], cwd=ROOT,
+                                  capture_output=True, text=True)  # fmt: skip
+            lines.append(f"- `{spec}`: commit {proc.stdout.strip() or 'unknown'}")
+    return lines
+
+
 def build(spec: str, march: str, workdir: Path, i: int) -> ctypes.CDLL:
     src, so = workdir / f"kernel{i}.c", workdir / f"kernel{i}.so"
     src.write_text(kernel_source(spec))
@@ -184,7 +195,7 @@ def main(argv=None) -> int:
     if not args.no_save:
         command = " ".join(["python benchmarks/scan_builds.py", *(argv or sys.argv[1:])])
         md = [f"# Scan kernel builds side by side, {machine_tag('cpu')}", "", "```", head]
-        md += [command, "```", "", *table, "", *fits]
+        md += [command, "```", "", *resolved(args.builds), "", *table, "", *fits]
         stem = RESULTS / f"scan_builds-{machine_tag('cpu')}-{args.march}"
         save_results(stem, {"header": head, "builds": args.builds, "rows": rows}, "\n".join(md))
     return 0
