@@ -25,11 +25,18 @@ def test_a_generic_name_gets_family_and_model():
     assert cpu_name_from(zen4) == "AMD EPYC (family 25 model 17)"
     xeon = "cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Processor\n"
     assert cpu_name_from(xeon) == "Intel(R) Xeon(R) Processor (family 6 model 143)"
+    clocked = xeon.replace(": 143", ": 106").replace("Processor", "Processor @ 2.60GHz")
+    want = "Intel(R) Xeon(R) Processor @ 2.60GHz (family 6 model 106)"
+    assert cpu_name_from(clocked) == want
 
 
 def test_a_name_with_a_model_number_stays_as_it_is():
     named = ZEN5_VM.replace("model name\t: AMD EPYC", "model name\t: AMD EPYC 9B45 128-Core")
     assert cpu_name_from(named) == "AMD EPYC 9B45 128-Core"
+    xeon = (
+        "cpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz\n"
+    )
+    assert cpu_name_from(xeon) == "Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz"
 
 
 def test_no_model_name_gives_none():

@@ -17,9 +17,9 @@ import torch
 
 def cpu_name_from(cpuinfo: str) -> str | None:
     """The CPU's name in a /proc/cpuinfo text; where that name carries no model number (VMs often
-    report just "AMD EPYC" or "Intel(R) Xeon(R) Processor"), the x86 family and model follow it,
-    so that two generations behind one name (Zen 4 and Zen 5 EPYCs) stay apart. None where the
-    text names no CPU (ARM kernels print no "model name")."""
+    report just "AMD EPYC" or "Intel(R) Xeon(R) Processor", perhaps with "@ 2.60GHz"), the x86
+    family and model follow it, so that two generations behind one name (Zen 4 and Zen 5 EPYCs)
+    stay apart. None where the text names no CPU (ARM kernels print no "model name")."""
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
@@ -29,7 +29,8 @@ def cpu_name_from(cpuinfo: str) -> str | None:
     if not name:
         return None
     family, model = fields.get("cpu family"), fields.get("model")
-    if not re.search(r"\d", name) and family and model:
+    # a clock rate is no model number
+    if not re.search(r"\d", re.sub(r"@\s*[\d.]+\s*[GM]Hz", "", name)) and family and model:
         return f"{name} (family {family} model {model})"
     return name
 
