@@ -3,19 +3,22 @@
     python benchmarks/scan_builds.py HEAD~1 HEAD             # cpu_kernel.c at two revisions
     python benchmarks/scan_builds.py HEAD /tmp/cpu_kernel.c  # or a revision and a file
     python benchmarks/scan_builds.py HEAD --states 16 8 1    # one build, state sizes swept
+    python benchmarks/scan_builds.py HEAD HEAD --march native x86-64-v4  # one -march each
 
 A kernel change worth a few percent of the model is lost in a shared machine's noise between
 two runs; in one process, with the builds taking turns call by call, it is not. Each build is
 cpu_kernel.c at a git revision or a path, compiled with the kernel's own flags for this CPU
-(``--march``, default native, with OpenMP), and swapped in under the op that compiled Vim-Ti
-calls (``selective_scan_bidirectional`` with each direction's dt_proj applied in the kernel),
-on the token-major views a mixer passes (a randomly initialized Vim-Ti layer's real in_proj,
-conv and x_proj outputs). Prints, per build, batch and state size: the best and median call
-time, the median against the first build's, and the largest difference of its output from
-the first build's. With several ``--states``, also a straight-line fit of time against N: the
-time per state component and the part of a call that does not grow with N (dt_proj,
-softplus, gate, staging, dispatch). Results: benchmarks/results/scan_builds-<machine>-<march>
-.{json,md} (the last comparison run there; its command line is in the file).
+(``--march``, default native, with OpenMP; one level for every build or one per build, so the
+level a wheel carries can be set against this CPU's own build), and swapped in under the op
+that compiled Vim-Ti calls (``selective_scan_bidirectional`` with each direction's dt_proj
+applied in the kernel), on the token-major views a mixer passes (a randomly initialized Vim-Ti
+layer's real in_proj, conv and x_proj outputs). Prints, per build, batch and state size: the
+best and median call time, the median against the first build's, and the largest difference of
+its output from the first build's. With several ``--states``, also a straight-line fit of time
+against N: the time per state component and the part of a call that does not grow with N
+(dt_proj, softplus, gate, staging, dispatch). Results:
+benchmarks/results/scan_builds-<machine>-<march>.{json,md}, with the levels joined by -vs-
+when they differ (the last comparison run there; its command line is in the file).
 """
 
 from __future__ import annotations
@@ -166,17 +169,23 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
     ap.add_argument("--states", type=positive_int, nargs="+", default=[16])
     ap.add_argument("--rounds", type=positive_int, default=100, help="timed calls per build")
-    ap.add_argument("--march", default="native", help="-march of every build")
+    ap.add_argument("--march", nargs="+", default=["native"],
+                    help="-march of every build, or one per build")  # fmt: skip
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
+    if len(args.march) not in (1, len(args.builds)):
+        ap.error(f"--march: one level, or one per build ({len(args.builds)}), got {args.march}")
+    marches = args.march * len(args.builds) if len(args.march) == 1 else args.march
     if not cpu.c_kernel_available():
         raise SystemExit("the C scan kernel is unavailable here: nothing to compare")
     # a build named twice (HEAD HEAD: how far apart two identical builds time) gets its number
-    names = [s if args.builds.count(s) == 1 else f"{s} #{i}" for i, s in enumerate(args.builds)]
+    specs = [s if len(set(marches)) == 1 else f"{s} ({m})" for s, m in zip(args.builds, marches)]
+    names = [s if specs.count(s) == 1 else f"{s} #{i}" for i, s in enumerate(specs)]
     mixer = vimc.create_model("vim_tiny").eval().layers[0].mixer  # random weights
     usual, g = cpu._lib, torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        libs = [build(spec, args.march, Path(tmp), i) for i, spec in enumerate(args.builds)]
+        libs = [build(spec, march, Path(tmp), i)
+                for i, (spec, march) in enumerate(zip(args.builds, marches))]  # fmt: skip
         try:
             rows, fits = compare(names, libs, mixer, args, g)
         finally:
@@ -196,7 +205,7 @@ def main(argv=None) -> int:
         command = " ".join(["python benchmarks/scan_builds.py", *(argv or sys.argv[1:])])
         md = [f"# Scan kernel builds side by side, {machine_tag('cpu')}", "", "```", head]
         md += [command, "```", "", *resolved(args.builds), "", *table, "", *fits]
-        stem = RESULTS / f"scan_builds-{machine_tag('cpu')}-{args.march}"
+        stem = RESULTS / f"scan_builds-{machine_tag('cpu')}-{'-vs-'.join(dict.fromkeys(marches))}"
         save_results(stem, {"header": head, "builds": args.builds, "rows": rows}, "\n".join(md))
     return 0
 

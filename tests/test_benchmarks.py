@@ -215,3 +215,36 @@ def test_scan_builds_refuses_a_build_whose_argument_struct_differs(tmp_path):
     other.write_text(text.replace(old, "return (int64_t)(sizeof(ScanArgs) + 8) * 1000 + LANES;"))
     with pytest.raises(SystemExit, match="disagree on the argument struct"):
         scan_builds.build(str(other), "native", tmp_path, 0)
+
+
+@pytest.mark.slow  # compiles the kernel
+def test_scan_builds_takes_one_march_per_build(tmp_path, capsys):
+    """--march with one level per build: each build is compiled for its own (a level no
+    compiler knows fails that build, naming it), rows are named by level; a count that is
+    neither one nor one per build is refused."""
+    from vimc.ops.selective_scan import _cbuild, cpu
+
+    try:
+        _cbuild.compiler()
+    except RuntimeError:
+        pytest.skip("needs a C compiler")
+    if not cpu.c_kernel_available():
+        pytest.skip("needs the C scan kernel")
+    scan_builds = importlib.import_module("benchmarks.scan_builds")
+    kernel = str(ROOT / scan_builds.KERNEL)
+    common = ["--batches", "1", "--rounds", "2", "--no-save"]
+    with pytest.raises(SystemExit, match="failed"):
+        scan_builds.main([kernel, kernel, "--march", "native", "no-such-cpu", *common])
+    with pytest.raises(SystemExit):
+        scan_builds.main([kernel, kernel, "--march", "native", "native", "native", *common])
+    assert "one per build (2)" in capsys.readouterr().err
+    assert scan_builds.main([kernel, kernel, "--march", "native", "native", *common]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert any(r.startswith(f"| {kernel} #0 |") for r in rows)  # same level: numbered
+    level = _cbuild.cpu_level()  # what a wheel would load here: the native build's lanes
+    if level is None:
+        return
+    assert scan_builds.main([kernel, kernel, "--march", "native", level, *common]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert any(r.startswith(f"| {kernel} (native) |") for r in rows)
+    assert any(r.startswith(f"| {kernel} ({level}) |") for r in rows)
