@@ -12,7 +12,10 @@ rotated each round, under ``torch.no_grad()``:
   ``@custom_op`` row registers the same function the way vimc no longer does (custom_op adds
   per-call wrappers; _library.py). The ``_nograd``
   twin of the bidirectional op has no autograd formula: the gap between the two op rows is
-  what the Python autograd kernel costs with grad mode off.
+  what the Python autograd kernel costs with grad mode off. The ``_proj`` op is the call
+  compiled Vim-Ti makes per layer in inference (dt_proj applied in the kernel). ``full path``
+  rows take the op's checks and packing on every call (``cpu_plans.bypassed()``, whose
+  context manager adds about a microsecond), the others the plan made on their first call.
 - ``layer``: one Vim-Ti layer's scans, inputs token-major as the mixer passes them (views of
   (Bt, L, E) memory), D, z, delta_bias and softplus on.
 Results: benchmarks/results/bidirectional-<machine>.{json,md}.
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import torch
 from vimc.ops import selective_scan, selective_scan_bidirectional
-from vimc.ops.selective_scan import bidirectional, cpu
+from vimc.ops.selective_scan import bidirectional, cpu, cpu_plans
 
 from vimc.cliargs import positive_int
 from vimc.machine import header, machine_tag, save_results
@@ -94,7 +97,20 @@ def dispatch_cases() -> dict:
     z = torch.randn(Bt, E, L, generator=g)
     one = (*(f[k] for k in DIRECTION[:6]), z, f["delta_bias"], True, False)
     pair = (*(f[k] for k in DIRECTION), *(b[k] for k in DIRECTION), z, True)
+    R = 2  # dt_proj: (E, R) weights on (Bt, R, L) inputs, token-major as x_proj gives them
+    proj = [(f[k] if k != "delta" else torch.randn(Bt, L, R, generator=g).mT) for k in DIRECTION]
+    proj_b = [(b[k] if k != "delta" else torch.randn(Bt, L, R, generator=g).mT) for k in DIRECTION]
+    weights = [torch.randn(E, R, generator=g) for _ in range(2)]
+    proj_pair = (*proj, weights[0], *proj_b, weights[1], z, True)
     ops = torch.ops.vimc
+
+    def full_path(fn):
+        def run():
+            with cpu_plans.bypassed():
+                return fn()
+
+        return run
+
     return {
         "op selective_scan_fwd": lambda: ops.selective_scan_fwd.default(*one),
         "op selective_scan_fwd as @custom_op": lambda: _custom_op_twin()(*one),
@@ -103,8 +119,17 @@ def dispatch_cases() -> dict:
         "op selective_scan_bidirectional_fwd_nograd": (
             lambda: ops.selective_scan_bidirectional_fwd_nograd(*pair)
         ),
+        "op selective_scan_bidirectional_fwd_nograd, full path": full_path(
+            lambda: ops.selective_scan_bidirectional_fwd_nograd(*pair)
+        ),
         "fn bidirectional.selective_scan_bidirectional_fwd": (
             lambda: bidirectional.selective_scan_bidirectional_fwd(*pair)
+        ),
+        "op selective_scan_bidirectional_proj_fwd": (
+            lambda: ops.selective_scan_bidirectional_proj_fwd(*proj_pair)
+        ),
+        "op selective_scan_bidirectional_proj_fwd, full path": full_path(
+            lambda: ops.selective_scan_bidirectional_proj_fwd(*proj_pair)
         ),
     }
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import _library, cpu
 from ._checks import DIRECTION, KERNEL, check_scan_pair, check_storage
+from .cpu_plans import OpSpec, PlannedOp
 from .op import _fake_state, _grouped, _kernel_fwd, _like, _state_dtype, selective_scan
 
 
@@ -52,6 +53,12 @@ def selective_scan_bidirectional_fwd(
     """Two scans (the second reversed) averaged and gated -> (out in u's dtype and layout,
     last state of each direction (Bt, E, N)). Checks both directions (the kernel sizes the
     second by the first)."""
+    planned = _PAIR_PLANS.run(
+        (u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
+         delta_softplus)
+    )  # fmt: skip
+    if planned is not None:
+        return planned
     fwd = (u, delta, A, B, C, D, delta_bias)
     bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
     dims = check_scan_pair(fwd, bwd, z, who=KERNEL, grouped_only=True)
@@ -67,6 +74,31 @@ def selective_scan_bidirectional_fwd(
     return _like(mean.to(u.dtype), u), last.contiguous(), last_b.contiguous()
 
 
+# the op kernels' calls after the first of each argument layout (cpu_plans.py): the same
+# checks on a first call, the kernel's input order (u, delta, A, B, C, D, z, bias) after
+_PAIR_PLANS = PlannedOp(
+    OpSpec(
+        check=lambda a: check_scan_pair(a[0:7], a[7:14], a[14], who=KERNEL, grouped_only=True),
+        ins=(0, 1, 2, 3, 4, 5, 14, 6),
+        softplus=15,
+        reverse=False,
+        pair_ins=(7, 8, 9, 10, 11, 12, None, 13),
+    )
+)
+_PROJ_PLANS = PlannedOp(
+    OpSpec(
+        check=lambda a: check_scan_pair(
+            a[0:7], a[8:15], a[16], who=KERNEL, grouped_only=True, proj=(a[7], a[15])
+        ),
+        ins=(0, 1, 2, 3, 4, 5, 16, 6),
+        softplus=17,
+        reverse=False,
+        proj=7,
+        pair_ins=(8, 9, 10, 11, 12, 13, None, 14),
+        pair_proj=15,
+        last_states=False,
+    )
+)
 _BIDIR = _library.define(selective_scan_bidirectional_fwd)
 # The same kernel with no autograd formula, called when grad mode is off: an op's Python
 # autograd kernel runs on every call, grad mode or not (benchmarks/bidirectional.py times it,
@@ -107,6 +139,12 @@ def selective_scan_bidirectional_proj_fwd(
     kernel: ``delta`` is the projection's input (Bt, R, L) and the raw delta is
     ``delta_proj @ delta`` (E, R) x (Bt, R, L), never materialized on the fused CPU path ->
     out in u's dtype and layout. Inference only (no autograd formula)."""
+    planned = _PROJ_PLANS.run(
+        (u, delta, A, B, C, D, delta_bias, delta_proj, u_b, delta_b, A_b, B_b, C_b, D_b,
+         delta_bias_b, delta_proj_b, z, delta_softplus)
+    )  # fmt: skip
+    if planned is not None:
+        return planned[0]
     fwd = (u, delta, A, B, C, D, delta_bias)
     bwd = (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
     proj = (delta_proj, delta_proj_b)
