@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 from vimc.ops.selective_scan import cpu as cpu_scan
+from vimc.ops.selective_scan import cpu_plans
 
 import vimc
 from vimc.cliargs import positive_int
@@ -144,7 +145,9 @@ def breakdown(fn, calls: int) -> dict:
 
 
 def worker_vs_deit(cfg: dict) -> dict:
-    """Vim-Ti and DeiT-Ti compiled in this process, timed round robin, then Vim-Ti profiled."""
+    """Vim-Ti and DeiT-Ti compiled in this process, timed round robin, then Vim-Ti profiled.
+    A third row runs the same compiled Vim-Ti with every scan call on its op's full path
+    (checks and packing per call, ``cpu_plans.bypassed()``): what the plans save."""
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
     x = torch.randn(cfg["batch"], 3, 224, 224)
@@ -152,7 +155,13 @@ def worker_vs_deit(cfg: dict) -> dict:
     deit = deit_tiny(attn_impl="sdpa").eval()
     vim_c, deit_c = torch.compile(vim, fullgraph=True), torch.compile(deit, fullgraph=True)
     with torch.no_grad():
+
+        def vim_unplanned():
+            with cpu_plans.bypassed():
+                return vim_c(x)
+
         fns = {"vim_tiny": lambda: vim_c(x), "deit_tiny": lambda: deit_c(x)}
+        fns["vim_tiny_unplanned"] = vim_unplanned
         # warmup 2: the first call compiles, the second runs what later calls run
         t = time_round_robin(fns, rounds=cfg["rounds"], warmup=2, rotate=True)
         prof = breakdown(fns["vim_tiny"], cfg["profile_calls"])
@@ -163,6 +172,7 @@ def worker_vs_deit(cfg: dict) -> dict:
         "deit_ms": t["deit_tiny"].summary(),
         "vim_median_ms": t["vim_tiny"].median_ms,
         "deit_median_ms": t["deit_tiny"].median_ms,
+        "vim_unplanned_median_ms": t["vim_tiny_unplanned"].median_ms,
         "ratio": ratio,
         "vim_breakdown_ms": prof,
         "threads_used": torch.get_num_threads(),
@@ -201,8 +211,9 @@ def deit_markdown(vs_deit: list[dict]) -> list[str]:
         "## Vim-Ti vs DeiT-Ti (both compiled, SDPA attention, 224 px, one process, round robin)",
         "",
         "| scan kernel | batch | threads | Vim-Ti ms (p20-p80) | DeiT-Ti ms (p20-p80) | "
-        "Vim-Ti ms/img | DeiT-Ti ms/img | Vim / DeiT | target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Vim-Ti ms/img | DeiT-Ti ms/img | Vim / DeiT | target | Vim-Ti unplanned ms | "
+        "Vim-Ti vs unplanned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in vs_deit:
         v, d, b = r["vim_ms"], r["deit_ms"], r["batch"]
@@ -215,6 +226,8 @@ def deit_markdown(vs_deit: list[dict]) -> list[str]:
             f"({v['p20_ms']:.1f}-"
             f"{v['p80_ms']:.1f}) | {d['median_ms']:.1f} ({d['p20_ms']:.1f}-{d['p80_ms']:.1f}) | "
             f"{v['median_ms'] / b:.1f} | {d['median_ms'] / b:.1f} | {r['ratio']:.2f}x | {verdict} |"
+            f" {r['vim_unplanned_median_ms']:.1f} | "
+            f"{r['vim_median_ms'] / r['vim_unplanned_median_ms']:.3f} |"
         )
     md += [
         "",
@@ -326,7 +339,8 @@ def main() -> None:
             vs_deit.append(r)
             print(
                 f"  batch {batch} ({r['scan_kernel'][:40]}) Vim-Ti {r['vim_median_ms']:.1f} ms, "
-                f"DeiT-Ti {r['deit_median_ms']:.1f} ms: {r['ratio']:.2f}x",
+                f"DeiT-Ti {r['deit_median_ms']:.1f} ms: {r['ratio']:.2f}x (Vim-Ti unplanned "
+                f"{r['vim_unplanned_median_ms']:.1f} ms)",
                 flush=True,
             )
 

@@ -125,6 +125,57 @@ def test_bidirectional_bench_times_one_call_of_a_repeated_sample():
     assert 0 <= p20 <= med <= p80
 
 
+def test_bidirectional_bench_full_path_rows_compute_what_the_planned_ones_do(monkeypatch):
+    """Each ``full path`` dispatch row calls the op its planned twin calls with no plan
+    serving it (the twin's calls are served); both give the same output to the bit."""
+    import torch
+    from vimc.ops.selective_scan import cpu, cpu_plans
+
+    if not cpu.c_kernel_available():
+        pytest.skip("needs the C scan kernel")
+    bench = importlib.import_module("benchmarks.bidirectional")
+    cases = bench.dispatch_cases()
+    served = []  # per op call: whether a plan gave the result
+    real_run = cpu_plans.PlannedOp.run
+
+    def run(self, args):
+        result = real_run(self, args)
+        served.append(result is not None)
+        return result
+
+    monkeypatch.setattr(cpu_plans.PlannedOp, "run", run)
+    with torch.no_grad():
+        for name in [k for k in cases if k.endswith(", full path")]:
+            served.clear()
+            want = cases[name.removesuffix(", full path")]()
+            assert served == [True], name
+            served.clear()
+            got = cases[name]()
+            assert served == [False], name
+            for g, w in zip(
+                torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)
+            ):
+                torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_model_bench_tables_the_unplanned_row():
+    bench = importlib.import_module("benchmarks.model")
+    row = {
+        "batch": 1,
+        "threads_used": 2,
+        "cpu_level": "best",
+        "scan_lanes": 16,
+        "ratio": 1.5,
+        "vim_median_ms": 30.0,
+        "deit_median_ms": 20.0,
+        "vim_unplanned_median_ms": 33.0,
+        "vim_breakdown_ms": {"scan": 10.0, "matmul": 10.0, "other": 10.0, "total": 30.0},
+    }
+    row["vim_ms"] = row["deit_ms"] = {"median_ms": 30.0, "p20_ms": 29.0, "p80_ms": 31.0}
+    md = "\n".join(bench.deit_markdown([row]))
+    assert "| 33.0 | 0.909 |" in md
+
+
 @pytest.mark.parametrize("op", ["GatedDeltaNet", "LinearAttention"])
 def test_contrib_op_runs_the_selective_scan(contrib_bench, op):
     """The mapping ort_contrib.py times (E heads, d_k N, d_v 1, shared query and key) computes

@@ -81,7 +81,6 @@ _PAIR_PLANS = PlannedOp(
         check=lambda a: check_scan_pair(a[0:7], a[7:14], a[14], who=KERNEL, grouped_only=True),
         ins=(0, 1, 2, 3, 4, 5, 14, 6),
         softplus=15,
-        reverse=False,
         pair_ins=(7, 8, 9, 10, 11, 12, None, 13),
     )
 )
@@ -92,7 +91,6 @@ _PROJ_PLANS = PlannedOp(
         ),
         ins=(0, 1, 2, 3, 4, 5, 16, 6),
         softplus=17,
-        reverse=False,
         proj=7,
         pair_ins=(8, 9, 10, 11, 12, 13, None, 14),
         pair_proj=15,

@@ -39,12 +39,14 @@ class OpSpec(NamedTuple):
     """Where an op's arguments go in a kernel call. ``ins``: the op argument index of each
     kernel input in ``cpu._INPUTS`` order (None: absent), ``proj`` the dt_proj weight's; the
     ``pair_*`` ones likewise for the reverse direction of a pair (``pair_ins`` None: a single
-    scan). ``check``: the op's own full checks on its argument tuple -> the sizes."""
+    scan), ``softplus`` the delta_softplus flag's and ``reverse`` the single scan's reverse
+    flag's (None: the first direction runs forward). ``check``: the op's own full checks on
+    its argument tuple -> the sizes."""
 
     check: Callable[[tuple], ScanDims]
     ins: tuple
     softplus: int
-    reverse: bool
+    reverse: int | None = None
     proj: int | None = None
     pair_ins: tuple | None = None
     pair_proj: int | None = None
@@ -119,7 +121,7 @@ def _build(spec: OpSpec, args: tuple) -> _Plan | None:
         or any(t.dtype != torch.float32 or not t.is_cpu for t in tensors)
     ):
         return None
-    directions = [(spec.ins, spec.proj, spec.reverse)]
+    directions = [(spec.ins, spec.proj, False if spec.reverse is None else args[spec.reverse])]
     if spec.pair_ins is not None:
         directions.append((spec.pair_ins, spec.pair_proj, True))
     # the kernel reads A, D, delta_bias and dt_proj contiguous (cpu._vec would copy them)
@@ -185,7 +187,8 @@ class PlannedOp:
     def run(self, args: tuple):
         """The op's result for ``args`` through a plan -> (out, last states...), or None where
         no plan covers them (the caller then runs its full path)."""
-        key = None if _bypassed else signature(args)
+        # a CUDA call is never planned: one attribute read, not a whole signature, says so
+        key = None if _bypassed or not args[0].is_cpu else signature(args)
         if key is None:
             return None
         plan = self.plans.get(key, _MISSING)

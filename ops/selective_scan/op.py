@@ -23,6 +23,7 @@ import torch
 from . import _library, cpu
 from ._autograd import backward_with, setup_context
 from ._checks import KERNEL, MAX_D_STATE, check_scan_args
+from .cpu_plans import OpSpec, PlannedOp
 
 __all__ = ["MAX_D_STATE", "selective_scan", "selective_scan_bwd", "selective_scan_fwd"]
 
@@ -95,8 +96,22 @@ def selective_scan_fwd(
     """u, delta, z (Bt, E, L); A (E, N); B, C (Bt, G, N, L); D, delta_bias (E,); any strides.
     Returns (out in u's dtype and layout, last state (Bt, E, N) contiguous, float32; float64
     for float64 u)."""
+    planned = _FWD_PLANS.run((u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse))
+    if planned is not None:
+        return planned
     out, last = _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     return _like(out, u), last.contiguous()
+
+
+# the CPU calls after the first of each argument layout (cpu_plans.py)
+_FWD_PLANS = PlannedOp(
+    OpSpec(
+        check=lambda a: check_scan_args(*a[:8], who=KERNEL, grouped_only=True),
+        ins=(0, 1, 2, 3, 4, 5, 6, 7),
+        softplus=8,
+        reverse=9,
+    )
+)
 
 
 _FWD = _library.define(selective_scan_fwd)

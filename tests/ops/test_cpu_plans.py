@@ -11,6 +11,7 @@ import array
 import pytest
 import torch
 from vimc.ops.selective_scan import _alloc, bidirectional, cpu, cpu_plans
+from vimc.ops.selective_scan import op as op_module
 from vimc.ops.selective_scan.op import _grouped
 
 from ..tolerances import EXACT
@@ -21,9 +22,16 @@ pytestmark = pytest.mark.skipif(
     not cpu.c_kernel_available(), reason="plans serve the fused C kernel, unavailable here"
 )
 
+FWD_OP = torch.ops.vimc.selective_scan_fwd_nograd.default
 PAIR_OP = torch.ops.vimc.selective_scan_bidirectional_fwd_nograd.default
 PROJ_OP = torch.ops.vimc.selective_scan_bidirectional_proj_fwd.default
 ORDER = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def single_args(ins: dict, softplus: bool = True, reverse: bool = False) -> tuple:
+    """One direction of a pair, as selective_scan_fwd takes it."""
+    a = pair_args(ins, softplus)
+    return (*a[:6], a[14], a[6], softplus, reverse)
 
 
 def pair_args(ins: dict, softplus: bool = True) -> tuple:
@@ -62,6 +70,8 @@ def as_tuple(result) -> tuple:
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 
+PLANS = {FWD_OP: op_module._FWD_PLANS, PAIR_OP: bidirectional._PAIR_PLANS,
+         PROJ_OP: bidirectional._PROJ_PLANS}  # fmt: skip
 CASES = [
     Case(E=12, L=33, N=5),
     Case(Bt=1, E=40, L=21, N=4, G=2),
@@ -71,10 +81,18 @@ CASES = [
 
 @pytest.mark.parametrize("layout", ["contiguous", "token_major"])
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("op", [PAIR_OP, PROJ_OP], ids=["pair", "proj"])
-def test_a_plan_gives_the_full_paths_answer_on_each_calls_own_tensors(op, c, layout):
+@pytest.mark.parametrize(
+    "op, make",
+    [
+        (FWD_OP, single_args),
+        (FWD_OP, lambda ins, sp: single_args(ins, sp, reverse=True)),
+        (PAIR_OP, pair_args),
+        (PROJ_OP, proj_args),
+    ],
+    ids=["single", "single-reverse", "pair", "proj"],
+)
+def test_a_plan_gives_the_full_paths_answer_on_each_calls_own_tensors(op, make, c, layout):
     ins = make_projected(c, 6, layout) if op is PROJ_OP else make_pair(c, layout=layout)
-    make = proj_args if op is PROJ_OP else pair_args
     first = make(ins, c.softplus)
     with _alloc.poison_outputs(), torch.no_grad():
         key = cpu_plans.signature(first)
@@ -83,8 +101,7 @@ def test_a_plan_gives_the_full_paths_answer_on_each_calls_own_tensors(op, c, lay
             for g, w in zip(got, want):
                 assert g.stride() == w.stride()
                 torch.testing.assert_close(g, w, **EXACT)  # no NaN left by the poison either
-    plans = bidirectional._PROJ_PLANS if op is PROJ_OP else bidirectional._PAIR_PLANS
-    assert plans.plans.get(key) is not None  # a plan served these calls
+    assert PLANS[op].plans.get(key) is not None  # a plan served these calls
 
 
 def test_a_storage_shrunk_after_the_plan_was_made_is_still_refused():
