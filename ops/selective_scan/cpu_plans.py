@@ -187,8 +187,12 @@ class PlannedOp:
     def run(self, args: tuple):
         """The op's result for ``args`` through a plan -> (out, last states...), or None where
         no plan covers them (the caller then runs its full path)."""
-        # a CUDA call is never planned: one attribute read, not a whole signature, says so
-        key = None if _bypassed or not args[0].is_cpu else signature(args)
+        # a CUDA call is never planned: one attribute read, not a whole signature, says so.
+        # The C kernel's availability is asked per call: a plan made while it was there must
+        # not outlive it (tests switch it off to run the torch path).
+        if _bypassed or not args[0].is_cpu or not cpu.c_kernel_available():
+            return None
+        key = signature(args)
         if key is None:
             return None
         plan = self.plans.get(key, _MISSING)

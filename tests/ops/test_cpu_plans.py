@@ -116,6 +116,23 @@ def test_a_storage_shrunk_after_the_plan_was_made_is_still_refused():
             PROJ_OP(*again)
 
 
+@pytest.mark.parametrize("op, make", [(FWD_OP, single_args), (PAIR_OP, pair_args)])
+def test_no_plan_serves_a_call_once_the_c_kernel_is_off(op, make, monkeypatch):
+    """The torch path runs when the C kernel is unavailable, however many plans exist: the
+    ops' tests switch the kernel off to test that path."""
+    args = make(make_pair(Case(E=12, L=33, N=5)), True)
+    with torch.no_grad():
+        op(*args)  # a plan made
+        torch_calls = []
+        real = cpu._fwd_torch
+        monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
+        monkeypatch.setattr(
+            cpu, "_fwd_torch", lambda *a, **k: torch_calls.append(1) or real(*a, **k)
+        )
+        op(*args)
+    assert torch_calls
+
+
 def test_bad_input_after_a_plan_gets_the_full_checks_error():
     ins = make_pair(Case(E=12, L=33, N=5))
     args = pair_args(ins)
