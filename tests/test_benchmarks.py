@@ -221,10 +221,9 @@ def test_benchmark_script_runs_as_documented(script):
     assert "usage:" in r.stdout
 
 
-@pytest.mark.slow  # compiles the kernel twice
-def test_scan_builds_times_two_builds_of_one_kernel_alike(capsys):
-    """Two builds of the same cpu_kernel.c give the same output to the bit, each row says so,
-    and a state sweep prints its fit."""
+@pytest.fixture
+def scan_builds():
+    """benchmarks/scan_builds.py, where it can build and load kernels."""
     from vimc.ops.selective_scan import _cbuild, cpu
 
     try:
@@ -233,12 +232,18 @@ def test_scan_builds_times_two_builds_of_one_kernel_alike(capsys):
         pytest.skip("needs a C compiler")
     if not cpu.c_kernel_available():
         pytest.skip("needs the C scan kernel")
-    scan_builds = importlib.import_module("benchmarks.scan_builds")
+    return importlib.import_module("benchmarks.scan_builds")
+
+
+@pytest.mark.slow  # compiles the kernel twice
+def test_scan_builds_times_two_builds_of_one_kernel_alike(scan_builds, capsys):
+    """Two builds of the same cpu_kernel.c give the same output to the bit, each row says so,
+    and a state sweep prints its fit."""
     kernel = str(ROOT / scan_builds.KERNEL)
-    usual = cpu._lib
+    usual = scan_builds.cpu._lib
     args = [kernel, kernel, "--batches", "1", "--states", "2", "1", "--rounds", "2", "--no-save"]
     assert scan_builds.main(args) == 0
-    assert cpu._lib is usual  # the process's kernel is back
+    assert scan_builds.cpu._lib is usual  # the process's kernel is back
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(f"| {kernel} #")]
     assert len(rows) == 4  # two builds x two state sizes
@@ -247,18 +252,9 @@ def test_scan_builds_times_two_builds_of_one_kernel_alike(capsys):
 
 
 @pytest.mark.slow  # compiles the kernel
-def test_scan_builds_refuses_a_build_whose_argument_struct_differs(tmp_path):
+def test_scan_builds_refuses_a_build_whose_argument_struct_differs(scan_builds, tmp_path):
     """A revision with another ScanArgs layout would read the packed words wrongly: refused
     before any call (cpu.bind's check, the one the package's own loader makes)."""
-    from vimc.ops.selective_scan import _cbuild, cpu
-
-    try:
-        _cbuild.compiler()
-    except RuntimeError:
-        pytest.skip("needs a C compiler")
-    if not cpu.c_kernel_available():
-        pytest.skip("needs the C scan kernel")
-    scan_builds = importlib.import_module("benchmarks.scan_builds")
     text = (ROOT / scan_builds.KERNEL).read_text()
     old = "return (int64_t)sizeof(ScanArgs) * 1000 + LANES;"
     assert old in text
@@ -269,19 +265,10 @@ def test_scan_builds_refuses_a_build_whose_argument_struct_differs(tmp_path):
 
 
 @pytest.mark.slow  # compiles the kernel
-def test_scan_builds_takes_one_march_per_build(tmp_path, capsys):
+def test_scan_builds_takes_one_march_per_build(scan_builds, capsys):
     """--march with one level per build: each build is compiled for its own (a level no
     compiler knows fails that build), rows are named by level; a count that is neither one
     nor one per build is refused."""
-    from vimc.ops.selective_scan import _cbuild, cpu
-
-    try:
-        _cbuild.compiler()
-    except RuntimeError:
-        pytest.skip("needs a C compiler")
-    if not cpu.c_kernel_available():
-        pytest.skip("needs the C scan kernel")
-    scan_builds = importlib.import_module("benchmarks.scan_builds")
     kernel = str(ROOT / scan_builds.KERNEL)
     common = ["--batches", "1", "--rounds", "2", "--no-save"]
     with pytest.raises(SystemExit, match="failed"):  # the first build: nothing compiled before
@@ -289,7 +276,7 @@ def test_scan_builds_takes_one_march_per_build(tmp_path, capsys):
     with pytest.raises(SystemExit):
         scan_builds.main([kernel, kernel, "--march", "native", "native", "native", *common])
     assert "one per build (2)" in capsys.readouterr().err
-    level = _cbuild.cpu_level()  # what a wheel would load here: the native build's lanes
+    level = scan_builds._cbuild.cpu_level()  # what a wheel loads here: native build's lanes
     if level is None:
         return
     assert scan_builds.main([kernel, kernel, "--march", "native", level, *common]) == 0
