@@ -190,7 +190,10 @@ class PlannedOp:
         # a CUDA call is never planned: one attribute read, not a whole signature, says so.
         # The C kernel's availability is asked per call: a plan made while it was there must
         # not outlive it (tests switch it off to run the torch path).
-        if _bypassed or not args[0].is_cpu or not cpu.c_kernel_available():
+        u = args[0]
+        if _bypassed or not (isinstance(u, torch.Tensor) and u.is_cpu):
+            return None
+        if not cpu.c_kernel_available():
             return None
         key = signature(args)
         if key is None:

@@ -184,6 +184,15 @@ def test_what_a_plan_does_not_cover_takes_the_full_path(change):
     assert key in bidirectional._PAIR_PLANS.plans and bidirectional._PAIR_PLANS.plans[key] is None
 
 
+def test_a_first_argument_that_is_no_tensor_gets_the_checks_error():
+    """The kernels' Python functions are called directly too (the token-major op's kernel
+    calls the pair's): a u that is no tensor is named by the checks, not an AttributeError."""
+    args = list(pair_args(make_pair(Case(E=12, L=33, N=5))))
+    args[0] = None
+    with pytest.raises(TypeError, match="u must be a torch.Tensor"):
+        bidirectional.selective_scan_bidirectional_fwd(*args)
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_signatures_tell_layouts_apart():
     # torch reports strides (0, 0) for this sparse tensor, as for a dense expanded one
