@@ -224,22 +224,25 @@ def check_storage(who: str, named) -> None:
     tensor's. Run by the CPU kernels (C and torch) before they read; torch's own ops do not
     check."""
     for name, t in named:
-        if t is None:
+        if t is None or t.numel() == 0:
             continue
-        n = t.numel()
-        if n == 0:
-            continue
-        end = t.storage_offset()  # becomes one past the last element, in elements
-        if t.is_contiguous():
-            end += n
-        else:  # a plain loop: a generator and sum() cost more than the arithmetic (per scan)
-            end += 1
-            for size, stride in zip(t.shape, t.stride()):
-                end += (size - 1) * stride
+        end = storage_end(t)
         nbytes = t.untyped_storage().nbytes()
-        if end * t.element_size() > nbytes:
+        if end > nbytes:
             raise ValueError(
                 f"{who}: {name} reaches past the end of its storage (its last element is "
-                f"byte {end * t.element_size()} of a {nbytes}-byte storage): was the storage "
-                f"resized after the tensor was made?"
+                f"byte {end} of a {nbytes}-byte storage): was the storage resized after the "
+                f"tensor was made?"
             )
+
+
+def storage_end(t: torch.Tensor) -> int:
+    """Bytes of its storage that a nonempty ``t`` reaches: one past its last element."""
+    end = t.storage_offset()  # becomes one past the last element, in elements
+    if t.is_contiguous():
+        end += t.numel()
+    else:  # a plain loop: a generator and sum() cost more than the arithmetic (per scan)
+        end += 1
+        for size, stride in zip(t.shape, t.stride()):
+            end += (size - 1) * stride
+    return end * t.element_size()

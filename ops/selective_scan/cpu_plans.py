@@ -27,7 +27,7 @@ import torch
 
 from . import cpu
 from ._alloc import new_output, new_output_like
-from ._checks import ScanDims
+from ._checks import ScanDims, storage_end
 
 _MAX_PLANS = 256  # signatures kept per op; a process that exceeds it starts over
 _POINTER_WORDS = frozenset(
@@ -90,12 +90,6 @@ def signature(args: tuple) -> tuple | None:
     return (torch.get_num_threads(), *key)
 
 
-def _storage_end(t: torch.Tensor) -> int:
-    """Bytes of t's storage that t reaches (t nonempty)."""
-    end = t.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-    return end * t.element_size()
-
-
 def _template(words: array.array, pointers: dict[int, int | str]) -> _Words:
     """``words`` as packed for a real call with every pointer word set to 0; ``pointers`` maps
     each pointer word the plan fills in to an op argument index (or a name run() knows). A
@@ -156,7 +150,7 @@ def _build(spec: OpSpec, args: tuple) -> _Plan | None:
         if d == 0 and len(directions) == 2:
             pointers[cpu._AT["pair"]] = "pair"
         packed.append(_template(words, pointers))
-    ends = tuple((i, _storage_end(a)) for i, a in enumerate(args)
+    ends = tuple((i, storage_end(a)) for i, a in enumerate(args)
                  if isinstance(a, torch.Tensor) and a.numel() > 0)  # fmt: skip
     scratch = packed[0].words[cpu._AT["scratch_floats"]] * T
     return _Plan(packed[0], packed[1] if len(packed) == 2 else None, last_shape, scratch, ends)
