@@ -90,18 +90,22 @@ def signature(args: tuple) -> tuple | None:
     return (torch.get_num_threads(), *key)
 
 
-def _template(words: array.array, pointers: dict[int, int | str]) -> _Words:
-    """``words`` as packed for a real call with every pointer word set to 0; ``pointers`` maps
-    each pointer word the plan fills in to an op argument index (or a name run() knows). A
-    pointer the packing set and the plan would not refill is refused here, once per
-    signature, rather than left pointing at the first call's tensors."""
-    set_by_pack = {at for at in _POINTER_WORDS if words[at] != 0}
-    if not set_by_pack <= set(pointers):
-        raise AssertionError(f"cpu_plans: pointer words {set_by_pack - set(pointers)} unplanned")
+# pointer words every call fills in itself (_call, _fill), besides the tensor arguments'
+_CALL_POINTERS = frozenset(cpu._AT[n] for n in ("out", "last_state", "scratch", "pair"))
+
+
+def _template(words: array.array, args_at: dict[int, int]) -> _Words:
+    """``words`` as packed for a real call with every pointer word set to 0; ``args_at`` maps
+    the pointer word of each tensor argument to its op argument index. A pointer the packing
+    set that neither it nor _CALL_POINTERS refills is refused here, once per signature,
+    rather than left pointing at the first call's tensors."""
+    unplanned = {at for at in _POINTER_WORDS if words[at] != 0} - set(args_at) - _CALL_POINTERS
+    if unplanned:
+        raise AssertionError(f"cpu_plans: pointer words {unplanned} unplanned")
     template = array.array("q", words)
     for at in _POINTER_WORDS:
         template[at] = 0
-    return _Words(template, tuple((at, i) for at, i in pointers.items() if isinstance(i, int)))
+    return _Words(template, tuple(args_at.items()))
 
 
 def _build(spec: OpSpec, args: tuple) -> _Plan | None:
@@ -121,17 +125,17 @@ def _build(spec: OpSpec, args: tuple) -> _Plan | None:
     # the kernel reads A, D, delta_bias and dt_proj contiguous (cpu._vec would copy them)
     for ins, proj, _ in directions:
         params = [args[i] for i in (ins[2], ins[5], ins[7], proj) if i is not None]
-        params = [p for p in params if p is not None]
-        if not all(p.is_contiguous() for p in params):
+        if not all(p is None or p.is_contiguous() for p in params):
             return None
     T = cpu._threads(cpu._items(dims))
     last_shape = (dims.Bt, dims.E, dims.N)
     # one real packing per direction, on this call's tensors and outputs made as run() makes
     # them (the out strides are packed words)
     out = new_output_like(args[0], torch.float32)
-    lasts = [new_output(last_shape, torch.float32, out.device) for _ in directions]
-    if not spec.last_states:
-        lasts = [None] * len(directions)
+    lasts = [
+        new_output(last_shape, torch.float32, out.device) if spec.last_states else None
+        for _ in directions
+    ]
     packed = []
     for d, (ins, proj, reverse) in enumerate(directions):
         kernel_ins = [None if i is None else args[i] for i in ins]
@@ -139,17 +143,10 @@ def _build(spec: OpSpec, args: tuple) -> _Plan | None:
         if d == 0:
             outs["out"] = out
         words = cpu._pack(dims, kernel_ins, args[spec.softplus], reverse, T, outs)
-        pointers: dict[int, int | str] = {
-            at: i for (at, _), i, t in zip(cpu._IN_SLOTS, ins, kernel_ins) if t is not None
-        }
+        args_at = {at: i for (at, _), i, t in zip(cpu._IN_SLOTS, ins, kernel_ins) if t is not None}
         if proj is not None:
-            pointers[cpu._AT["dt_proj"]] = proj
-        pointers[cpu._AT["scratch"]] = "scratch"
-        pointers[cpu._AT["out"]] = "out"
-        pointers[cpu._AT["last_state"]] = "last_state"
-        if d == 0 and len(directions) == 2:
-            pointers[cpu._AT["pair"]] = "pair"
-        packed.append(_template(words, pointers))
+            args_at[cpu._AT["dt_proj"]] = proj
+        packed.append(_template(words, args_at))
     ends = tuple((i, storage_end(a)) for i, a in enumerate(args)
                  if isinstance(a, torch.Tensor) and a.numel() > 0)  # fmt: skip
     scratch = packed[0].words[cpu._AT["scratch_floats"]] * T

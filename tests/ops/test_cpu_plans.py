@@ -60,7 +60,7 @@ def fresh(args: tuple) -> tuple:
         if isinstance(a, torch.Tensor):
             base = torch.empty(a.untyped_storage().nbytes() // 4).uniform_(-1, 1)
             a = base.as_strided(a.shape, a.stride(), a.storage_offset())
-            if a is args[2] or a.dim() == 2:  # A: negative, as a decay needs
+            if a.dim() == 2:  # A (E, N) negative, as a decay needs (and dt_proj's (E, R))
                 a = -a.abs()
         out.append(a)
     return tuple(out)
@@ -225,3 +225,5 @@ def test_a_pointer_the_plan_would_not_refill_is_refused():
     words[cpu._AT["dout"]] = 1234  # set by a packing, unknown to the plan
     with pytest.raises(AssertionError, match="unplanned"):
         cpu_plans._template(words, {cpu._AT["u"]: 0})
+    words[cpu._AT["dout"]], words[cpu._AT["out"]] = 0, 5678  # out: every call fills it in
+    assert cpu_plans._template(words, {cpu._AT["u"]: 0}).words[cpu._AT["out"]] == 0
