@@ -200,6 +200,12 @@ class BiMambaMixer(nn.Module):
     """Bidirectional Mamba ("v2"): shared in_proj/out_proj, one conv/x_proj/dt_proj/A/D per
     direction, ``out_proj((y_f + y_b) / 2)``. (B, L, D) -> (B, L, D)."""
 
+    # The fast forward multiplies by x_proj's weight with zero rows appended up to a multiple
+    # of this many outputs and slices them off: the same numbers (each output column is its own
+    # dot product), but Vim-Ti's 44 columns (dt_rank 12 + 2 x 16) fall outside MKL's GEMM
+    # blocking, and 48 run much faster (benchmarks/linears.py). 1: no padding.
+    x_proj_align = 16
+
     def __init__(
         self,
         d_model: int,
@@ -292,18 +298,23 @@ class BiMambaMixer(nn.Module):
                 u = conv1d_channel_major(xc, conv.weight, conv.bias, not sfx, silu=True).mT
             else:
                 u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, L, E)
-            x_dbl = F.linear(u, xp.weight)  # (B, L, R + 2N)
+            x_dbl = F.linear(u, self._x_proj_weight(xp.weight))  # (B, L, >= R + 2N)
             args += [
                 u,
                 x_dbl[..., :R],  # dt_proj's input: _scan applies dt_proj (its bias is the scan's)
                 -torch.exp(A_log.float()),
                 x_dbl[..., R : R + N],
-                x_dbl[..., R + N :],
+                x_dbl[..., R + N : R + 2 * N],
                 Dskip.float(),
                 dtp.bias.float(),
             ]
             dt_weights.append(dtp.weight)
         return F.linear(self._scan(args, dt_weights, z), self.out_proj.weight)
+
+    def _x_proj_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """x_proj's (R + 2N, E) weight with zero rows up to a multiple of ``x_proj_align``."""
+        pad = -weight.shape[0] % self.x_proj_align
+        return F.pad(weight, (0, 0, 0, pad)) if pad else weight
 
     def _scan(self, args: list, dt_weights: list, z: torch.Tensor) -> torch.Tensor:
         """(y_f + y_b) / 2, each gated by silu(z), from token-major args (u, dt_proj's input, A,

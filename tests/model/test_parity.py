@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import vimc
+from vimc import layers
 from vimc.layers import (
     CONV_FORMS,
     SCAN_FORMS,
@@ -21,6 +22,7 @@ from ..tolerances import (
     MIXER_FAST_VS_REFERENCE_GRAD,
     MIXER_FORMS,
     VIM_TINY_FAST_VS_REFERENCE,
+    X_PROJ_PADDED_VS_NOT,
 )
 from ._helpers import randomize_
 
@@ -98,6 +100,52 @@ def test_mixer_forms_compute_the_same(dtype):
         mixer.scan_form = "fused"
     with pytest.raises(ValueError, match="conv_form must be one of"):
         mixer.conv_form = "im2col"
+
+
+@pytest.mark.parametrize(
+    "d_model,stored,padded", [(192, 44, 48), (384, 56, 64), (768, 80, 80), (40, 35, 48)]
+)
+def test_x_proj_padded_width(d_model, stored, padded):
+    """Vim-Ti/S/B's x_proj widths (dt_rank + 2 x 16) and an odd one: the weight the fast
+    forward multiplies by has zero rows up to a multiple of x_proj_align; the stored
+    parameter (the official state_dict's shape) is untouched, and 1 turns padding off."""
+    mixer = BiMambaMixer(d_model)
+    w = mixer.x_proj.weight
+    assert w.shape == (stored, 2 * d_model)
+    got = mixer._x_proj_weight(w)
+    assert got.shape == (padded, 2 * d_model)
+    assert torch.equal(got[:stored], w) and not got[stored:].any()
+    mixer.x_proj_align = 1
+    assert mixer._x_proj_weight(w) is w
+
+
+def test_x_proj_padding_changes_no_number(monkeypatch):
+    """The mixer with x_proj padded (the default) against unpadded: output, input gradient and
+    every parameter's gradient (x_proj's keeps its stored shape); the padded run multiplies by
+    the 16-row weight."""
+    mixer = randomize_(BiMambaMixer(40, d_state=6), seed=7)  # 3 + 12 = 15 columns -> 16
+    h, gout = torch.randn(2, 9, 40), torch.randn(2, 9, 40)
+    widths, linear = [], torch.nn.functional.linear
+
+    def spy(x, w, *rest):
+        widths.append(w.shape[0])
+        return linear(x, w, *rest)
+
+    monkeypatch.setattr(layers.F, "linear", spy)
+    runs = []
+    for align, x_proj_width in ((BiMambaMixer.x_proj_align, 16), (1, 15)):
+        mixer.x_proj_align = align
+        mixer.zero_grad()
+        hh = h.clone().requires_grad_(True)
+        widths.clear()
+        out = mixer(hh)
+        assert widths[:3] == [160, x_proj_width, x_proj_width]  # in_proj, x_proj x 2
+        (out * gout).sum().backward()
+        runs.append([out, hh.grad] + [p.grad.clone() for p in mixer.parameters()])
+    names = [n for n, _ in mixer.named_parameters()]
+    assert runs[0][2 + names.index("x_proj.weight")].shape == (15, 80)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, **X_PROJ_PADDED_VS_NOT)
 
 
 def test_mixer_gradients_fast_vs_reference():
