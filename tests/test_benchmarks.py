@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from .tolerances import ORT_CONTRIB_VS_OP
 
@@ -174,6 +175,27 @@ def test_model_bench_tables_the_unplanned_row():
     row["vim_ms"] = row["deit_ms"] = {"median_ms": 30.0, "p20_ms": 29.0, "p80_ms": 31.0}
     md = "\n".join(bench.deit_markdown([row]))
     assert "| 33.0 | 0.909 |" in md
+
+
+def test_linears_bench_reads_each_models_linears():
+    """benchmarks/linears.py times the shapes the two models have: Vim-Ti's x_proj stored and
+    padded as the mixer pads it, DeiT-Ti's four block linears with their bias; and one round of
+    its timing gives a row per shape with the calls of one forward."""
+    import vimc
+    from vimc.deit import deit_tiny
+
+    bench = importlib.import_module("benchmarks.linears")
+    shapes = bench.gemm_shapes(vimc.create_model("vim_tiny"), deit_tiny())
+    got = {(m, name): (K, N, calls, bias) for m, name, K, N, calls, bias in shapes}
+    assert got[("Vim-Ti", "in_proj")] == (192, 768, 24, False)
+    assert got[("Vim-Ti", "x_proj, 44 columns")] == (384, 44, 48, False)
+    assert got[("Vim-Ti", "x_proj, padded to 48")] == (384, 48, 48, False)
+    assert got[("DeiT-Ti", "fc2")] == (768, 192, 12, True)
+    assert len(shapes) == 8
+    with torch.no_grad():
+        rows = bench.gemm_rows([("Vim-Ti", "x_proj", 8, 5, 3, False)], batch=1, rounds=1)
+    assert [(r["M"], r["calls"]) for r in rows] == [(197, 3)]
+    assert rows[0]["per_call_us"] > 0
 
 
 @pytest.mark.parametrize("op", ["GatedDeltaNet", "LinearAttention"])
