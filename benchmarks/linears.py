@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_save:
-        payload = {"machine": head, "argv": argv, "gemm": gemms, "model": models}
+        payload = {"machine": head, "args": vars(args), "gemm": gemms, "model": models}
         save_results(RESULTS / f"linears-{machine_tag()}", payload, text)
     return 0
 
