@@ -3,7 +3,7 @@
     python benchmarks/linears.py                 # batch 1 and 8
     python benchmarks/linears.py --batches 8 --rounds 20 --no-save
 
-Two tables, each timed round robin in one process (2 torch threads, grad off):
+Two tables, each timed round robin in one process (``--threads``, default 2; grad off):
 - ``gemm``: every linear shape of the two models' blocks as compiled Vim-Ti and DeiT-Ti call
   it (M = batch x 197 tokens; DeiT's with their bias), distinct weights per layer as in the
   model, so a weight is not warm in cache from the call before. Median per call, GFLOP/s, and

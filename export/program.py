@@ -17,6 +17,11 @@ duration of one export and restores them after. The scan forms an export asks fo
 - ``"plugin"``: one ``vimc::selective_scan_bidirectional_token_major`` node per layer on the
   mixer's (B, L, .) tensors and ``Conv`` nodes: the ONNX plugin route
   (``to_onnx(scan="plugin")``), whose node vimc's ONNX Runtime plugin runs.
+
+The same forms carry ``BiMambaMixer.x_proj_align``: the x_proj weight padded for MKL's GEMM
+stays in the programs Inductor compiles ("bidirectional", where the pad fuses into the conv
+kernel), while graphs translated node by node ("per_direction", "plugin") take the stored
+weight, so the ONNX files carry no Pad node run on every inference.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from vimc.layers import BiMambaMixer
 
 from ._common import (
     TORCH_EXPORT_LOCK,
@@ -39,12 +46,13 @@ from ._common import (
 
 SCAN_FORMS = ("per_direction", "bidirectional", "plugin")
 _OLD_SCAN_FORMS = {"token_major": "plugin"}  # deprecated spellings, for one release
-# (mixer scan_form, mixer conv_form) per export scan form
+# (mixer scan_form, conv_form, x_proj_align) per export scan form
 _MIXER_FORMS = {
-    "per_direction": ("per_direction", "channel_major"),
-    "bidirectional": ("bidirectional", "shifted"),
-    "plugin": ("token_major", "channel_major"),
+    "per_direction": ("per_direction", "channel_major", 1),
+    "bidirectional": ("bidirectional", "shifted", BiMambaMixer.x_proj_align),
+    "plugin": ("token_major", "channel_major", 1),
 }
+_FORM_ATTRS = ("scan_form", "conv_form", "x_proj_align")
 
 
 def check_scan_form(scan_form: str) -> str:
@@ -68,16 +76,18 @@ def _mixers(model: nn.Module) -> list[nn.Module]:
 def model_forms(model: nn.Module, scan_form: str):
     """Within this block, every mixer of ``model`` runs in the forms export ``scan_form``
     records (module doc); the model's own forms come back afterwards, also on error."""
-    scan, conv = _MIXER_FORMS[check_scan_form(scan_form)]
+    forms = _MIXER_FORMS[check_scan_form(scan_form)]
     with TORCH_EXPORT_LOCK:  # one export at a time: the forms are the model's own state
-        saved = [(m, m.scan_form, m.conv_form) for m in _mixers(model)]
+        saved = [(m, [getattr(m, a) for a in _FORM_ATTRS]) for m in _mixers(model)]
         try:
-            for m, _, _ in saved:
-                m.scan_form, m.conv_form = scan, conv
+            for m, _ in saved:
+                for attr, value in zip(_FORM_ATTRS, forms):
+                    setattr(m, attr, value)
             yield model
         finally:
-            for m, old_scan, old_conv in saved:
-                m.scan_form, m.conv_form = old_scan, old_conv
+            for m, old in saved:
+                for attr, value in zip(_FORM_ATTRS, old):
+                    setattr(m, attr, value)
 
 
 def to_exported_program(

@@ -202,8 +202,9 @@ class BiMambaMixer(nn.Module):
 
     # The fast forward multiplies by x_proj's weight with zero rows appended up to a multiple
     # of this many outputs and slices them off: the same numbers (each output column is its own
-    # dot product), but Vim-Ti's 44 columns (dt_rank 12 + 2 x 16) fall outside MKL's GEMM
-    # blocking, and 48 run much faster (benchmarks/linears.py). 1: no padding.
+    # dot product), but MKL runs Vim-Ti's 44 columns (dt_rank 12 + 2 x 16) slower than 48:
+    # 0.85x the time per call at 48, batch 8 (benchmarks/linears.py). 1: no padding, which the
+    # export routes that translate graphs node by node set (export/program.py).
     x_proj_align = 16
 
     def __init__(

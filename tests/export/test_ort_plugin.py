@@ -48,6 +48,7 @@ def test_small_plugin_route_one_token_major_node_per_layer(small_model, small_pl
     assert {a.name: a.i for a in custom[0].attribute} == {"delta_softplus": 1}
     assert nonstandard_nodes(mp) == [f"vimc::{BIDIR_OP}"] * 2
     assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "plugin"
+    assert not any(n.op_type == "Pad" for n in mp.graph.node)  # x_proj's stored weight
     # the mixer's transposes cancel against the node's: a transpose that feeds it (u, the
     # Conv output made token-major) feeds x_proj's MatMul too, and none reads its output
     producer = {o: n for n in mp.graph.node for o in n.output}

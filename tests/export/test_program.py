@@ -25,19 +25,26 @@ def _forms(model) -> set:
     return {(layer.mixer.scan_form, layer.mixer.conv_form) for layer in model.layers}
 
 
+def _x_proj_aligns(model) -> set:
+    return {layer.mixer.x_proj_align for layer in model.layers}
+
+
 @pytest.mark.parametrize(
-    "scan_form, mixer_forms",
+    "scan_form, mixer_forms, x_proj_align",
     [
-        ("per_direction", ("per_direction", "channel_major")),
-        ("bidirectional", ("bidirectional", "shifted")),
-        ("plugin", ("token_major", "channel_major")),
+        ("per_direction", ("per_direction", "channel_major"), 1),
+        ("bidirectional", ("bidirectional", "shifted"), 16),
+        ("plugin", ("token_major", "channel_major"), 1),
     ],
 )
-def test_model_forms_sets_every_mixer_and_restores(tiny, scan_form, mixer_forms):
-    assert _forms(tiny) == {("bidirectional", "shifted")}
+def test_model_forms_sets_every_mixer_and_restores(tiny, scan_form, mixer_forms, x_proj_align):
+    """Node-by-node routes take x_proj's stored weight (no Pad node per inference), the
+    Inductor-compiled one the padded weight compiled models multiply by."""
+    assert _forms(tiny) == {("bidirectional", "shifted")} and _x_proj_aligns(tiny) == {16}
     with model_forms(tiny, scan_form):
         assert _forms(tiny) == {mixer_forms}
-    assert _forms(tiny) == {("bidirectional", "shifted")}
+        assert _x_proj_aligns(tiny) == {x_proj_align}
+    assert _forms(tiny) == {("bidirectional", "shifted")} and _x_proj_aligns(tiny) == {16}
 
 
 def test_model_forms_restores_on_error_and_keeps_other_instances(tiny):
