@@ -174,7 +174,26 @@ def test_model_bench_tables_the_unplanned_row():
     }
     row["vim_ms"] = row["deit_ms"] = {"median_ms": 30.0, "p20_ms": 29.0, "p80_ms": 31.0}
     md = "\n".join(bench.deit_markdown([row]))
-    assert "| 33.0 | 0.909 |" in md
+    assert "| - | 33.0 | 0.909 |" in md  # a row from before the per-round ratios
+    row["round_ratio"] = {"p20": 1.38, "median": 1.45, "p80": 1.52}
+    md = "\n".join(bench.deit_markdown([row]))
+    assert "| 1.45x (1.38-1.52) | 33.0 | 0.909 |" in md
+
+
+def test_model_bench_round_ratios_pair_each_rounds_calls():
+    from vimc.timing import Timing
+
+    bench = importlib.import_module("benchmarks.model")
+    # rounds 2 and 3 ran in a slow spell for both: per round the ratio stays 1.5, while the
+    # medians (3.0 and 2.0 from different rounds) say so only by luck of the spread
+    vim, deit = Timing([0.030, 0.060, 0.090, 0.036]), Timing([0.020, 0.040, 0.060, 0.024])
+    r = bench.round_ratios(vim, deit)
+    assert r == pytest.approx({"p20": 1.5, "median": 1.5, "p80": 1.5})
+    vim = Timing([0.030, 0.060, 0.020, 0.040])
+    r = bench.round_ratios(vim, deit)  # ratios 1.5, 1.5, 1/3, 1.667
+    assert r["median"] == pytest.approx(1.5) and r["p20"] < 1.5 < r["p80"]
+    with pytest.raises(ValueError):
+        bench.round_ratios(Timing([0.01]), deit)  # rounds must pair up
 
 
 def test_linears_bench_reads_each_models_linears():
