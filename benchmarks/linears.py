@@ -40,7 +40,7 @@ def gemm_shapes(vim, deit) -> list[tuple[str, str, int, int, int, bool]]:
     mixer, depth = vim.layers[0].mixer, len(vim.layers)
     E, D = mixer.d_inner, mixer.d_model
     x_cols = mixer.x_proj.weight.shape[0]
-    padded = mixer._x_proj_weight(mixer.x_proj.weight).shape[0]
+    padded = mixer.x_proj_width
     rows = [
         ("Vim-Ti", "in_proj", D, 2 * E, depth, False),
         ("Vim-Ti", f"x_proj, {x_cols} columns", E, x_cols, 2 * depth, False),

@@ -312,9 +312,15 @@ class BiMambaMixer(nn.Module):
             dt_weights.append(dtp.weight)
         return F.linear(self._scan(args, dt_weights, z), self.out_proj.weight)
 
+    @property
+    def x_proj_width(self) -> int:
+        """How many outputs the fast forward's x_proj computes: R + 2N, padded up to a multiple
+        of ``x_proj_align``."""
+        return -(-(self.dt_rank + 2 * self.d_state) // self.x_proj_align) * self.x_proj_align
+
     def _x_proj_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """x_proj's (R + 2N, E) weight with zero rows up to a multiple of ``x_proj_align``."""
-        pad = -weight.shape[0] % self.x_proj_align
+        """x_proj's (R + 2N, E) weight with zero rows up to ``x_proj_width``."""
+        pad = self.x_proj_width - weight.shape[0]
         return F.pad(weight, (0, 0, 0, pad)) if pad else weight
 
     def _scan(self, args: list, dt_weights: list, z: torch.Tensor) -> torch.Tensor:

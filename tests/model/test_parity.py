@@ -113,10 +113,10 @@ def test_x_proj_padded_width(d_model, stored, padded):
     w = mixer.x_proj.weight
     assert w.shape == (stored, 2 * d_model)
     got = mixer._x_proj_weight(w)
-    assert got.shape == (padded, 2 * d_model)
+    assert got.shape == (padded, 2 * d_model) and mixer.x_proj_width == padded
     assert torch.equal(got[:stored], w) and not got[stored:].any()
     mixer.x_proj_align = 1
-    assert mixer._x_proj_weight(w) is w
+    assert mixer._x_proj_weight(w) is w and mixer.x_proj_width == stored
 
 
 def test_x_proj_padding_changes_no_number(monkeypatch):
