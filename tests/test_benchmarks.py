@@ -184,14 +184,16 @@ def test_model_bench_round_ratios_pair_each_rounds_calls():
     from vimc.timing import Timing
 
     bench = importlib.import_module("benchmarks.model")
-    # rounds 2 and 3 ran in a slow spell for both: per round the ratio stays 1.5, while the
-    # medians (3.0 and 2.0 from different rounds) say so only by luck of the spread
+    # rounds 2 and 3 ran in a slow spell for both: per round the ratio stays 1.5
     vim, deit = Timing([0.030, 0.060, 0.090, 0.036]), Timing([0.020, 0.040, 0.060, 0.024])
     r = bench.round_ratios(vim, deit)
     assert r == pytest.approx({"p20": 1.5, "median": 1.5, "p80": 1.5})
+    # rounds that disagree (ratios 1.5, 1.5, 1/3, 1.67): the per-round median is 1.5, the
+    # ratio of the two medians, taken from different rounds, 0.035 / 0.032 = 1.09
     vim = Timing([0.030, 0.060, 0.020, 0.040])
-    r = bench.round_ratios(vim, deit)  # ratios 1.5, 1.5, 1/3, 1.667
+    r = bench.round_ratios(vim, deit)
     assert r["median"] == pytest.approx(1.5) and r["p20"] < 1.5 < r["p80"]
+    assert vim.median_ms / deit.median_ms == pytest.approx(0.035 / 0.032)
     with pytest.raises(ValueError):
         bench.round_ratios(Timing([0.01]), deit)  # rounds must pair up
 
