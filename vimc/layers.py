@@ -29,6 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vimc.ops import (
+    anticausal_conv1d,
+    causal_conv1d,
+    conv1d_channel_major,
+    conv1d_silu_pair,
     selective_scan,
     selective_scan_bidirectional,
     selective_scan_bidirectional_token_major,
@@ -41,10 +45,14 @@ SCAN_IMPLS = ("fast", "reference")
 # their mean; "token_major", one selective_scan_bidirectional_token_major call on the (B, L, .)
 # activations (no transposes around it). The same numbers each way.
 SCAN_FORMS = ("bidirectional", "per_direction", "token_major")
-# how it runs each direction's depthwise conv: "shifted", K shifted multiply-adds on token-major
-# activations (pointwise ops a compiler fuses into one loop); "channel_major", one F.conv1d per
-# direction on (B, E, L) views (one Conv node for graphs translated node by node).
-CONV_FORMS = ("shifted", "channel_major")
+# how it runs each direction's depthwise conv and silu (vimc.ops' conv functions): "fused", in
+# eager with grad mode off both directions in one conv1d_silu_pair call (the fused C kernel on
+# CPU in float32: 0.86-0.89x the eager forward at batch 1, 0.87-0.93x at batch 8, README),
+# else the shifted form (under torch.compile Inductor fuses it into one loop, and the op call
+# was not faster in the compiled model: 1.02x); "shifted", K shifted multiply-adds on
+# token-major activations (pointwise ops a compiler fuses into one loop); "channel_major", one
+# F.conv1d per direction on (B, E, L) views (one Conv node for graphs translated node by node).
+CONV_FORMS = ("fused", "shifted", "channel_major")
 
 
 class RMSNorm(nn.Module):
@@ -123,70 +131,6 @@ class PatchEmbed(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# the depthwise convolutions of the two directions
-# ---------------------------------------------------------------------------------------------
-
-
-def _shifted_sum(x, weight, bias, taps, pad, silu):
-    """sum_k w[:, k] * xpad[:, off_k : off_k + L] (+ bias, silu) over token-major x (B, L, E),
-    in float32 (float64 for float64 inputs), cast once."""
-    L, ct = x.shape[1], torch.promote_types(x.dtype, torch.float32)  # float64 stays
-    xp = F.pad(x.to(ct), (0, 0, *pad))
-    # (K, E), a real copy: Inductor vectorizes over E only when each tap's weights are
-    # contiguous (with weight[:, 0, k]'s stride of K it emits scalar code); a stack is
-    # realized as its own buffer, a .contiguous() would be inlined away
-    w = torch.stack(weight[:, 0, :].to(ct).unbind(1))
-    out = None
-    for k, off in taps:
-        term = w[k] * xp[:, off : off + L]
-        out = term if out is None else out + term
-    if bias is not None:
-        out = out + bias.to(ct)
-    return (F.silu(out) if silu else out).to(x.dtype)
-
-
-def causal_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool = False
-) -> torch.Tensor:
-    """Depthwise causal conv over time: out[t] = b + sum_k w[k] x[t - (K-1) + k] (left
-    zero-padding K-1), optionally followed by silu; x token-major (B, L, E), weight (E, 1, K)
-    as nn.Conv1d holds it. Written as K shifted multiply-adds, accumulated in float32 and
-    rounded once (as the official fused kernel): pointwise ops that Inductor fuses into one
-    loop, and no conv backend choice that would guard on the batch size."""
-    K = weight.shape[-1]
-    return _shifted_sum(x, weight, bias, [(k, k) for k in range(K)], (K - 1, 0), silu)
-
-
-def anticausal_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool = False
-) -> torch.Tensor:
-    """The backward direction's conv without flipping activations:
-    ``flip(causal_conv1d(flip(x)))`` = right zero-padding K-1 and the kernel taken reversed,
-    out[t] = b + sum_k w[k] x[t + (K-1) - k]; x token-major (B, L, E)."""
-    K = weight.shape[-1]
-    return _shifted_sum(
-        x, weight, bias, [(k, K - 1 - k) for k in range(K - 1, -1, -1)], (0, K - 1), silu
-    )
-
-
-def conv1d_channel_major(
-    xc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, causal: bool, silu: bool
-) -> torch.Tensor:
-    """:func:`causal_conv1d` (or, with ``causal=False``, :func:`anticausal_conv1d`) as one
-    ``F.conv1d`` on channel-major xc (B, E, L) -> (B, E, L) (``conv_form="channel_major"``):
-    the form exports translated node by node (ONNX, TensorRT) ask for, one ``Conv`` node per
-    direction instead of K shifted copies, products and sums (faster in ONNX Runtime:
-    benchmarks/onnx_conv.py, results in benchmarks/results/onnx_conv-*.md)."""
-    K = weight.shape[-1]
-    ct = torch.promote_types(xc.dtype, torch.float32)
-    w = weight.to(ct) if causal else weight.to(ct).flip(-1)
-    pad = (K - 1, 0) if causal else (0, K - 1)
-    b = None if bias is None else bias.to(ct)
-    out = F.conv1d(F.pad(xc.to(ct), pad), w, b, groups=xc.shape[1])
-    return (F.silu(out) if silu else out).to(xc.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
 # the mixer
 # ---------------------------------------------------------------------------------------------
 
@@ -216,7 +160,7 @@ class BiMambaMixer(nn.Module):
         dt_rank: int | None = None,
         scan_impl: str = "fast",
         scan_form: str = "bidirectional",
-        conv_form: str = "shifted",
+        conv_form: str = "fused",
         device=None,
         dtype=None,
     ):
@@ -291,14 +235,10 @@ class BiMambaMixer(nn.Module):
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
         x, z = xz[..., :E], xz[..., E:]
-        xc = x.mT if self._conv_form == "channel_major" else None  # shared by both
+        us = self._convolutions(x)  # (B, L, E) each
         args, dt_weights = [], []
-        for sfx, conv_fn in (("", causal_conv1d), ("_b", anticausal_conv1d)):
+        for sfx, u in zip(("", "_b"), us):
             conv, xp, dtp, A_log, Dskip = self._direction(sfx)
-            if xc is not None:
-                u = conv1d_channel_major(xc, conv.weight, conv.bias, not sfx, silu=True).mT
-            else:
-                u = conv_fn(x, conv.weight, conv.bias, silu=True)  # (B, L, E)
             x_dbl = F.linear(u, self._x_proj_weight(xp.weight))  # (B, L, >= R + 2N)
             args += [
                 u,
@@ -311,6 +251,21 @@ class BiMambaMixer(nn.Module):
             ]
             dt_weights.append(dtp.weight)
         return F.linear(self._scan(args, dt_weights, z), self.out_proj.weight)
+
+    def _convolutions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each direction's conv and silu of token-major x (B, L, E), in the mixer's conv form."""
+        c, cb = self.conv1d, self.conv1d_b
+        if self._conv_form == "fused" and not torch.compiler.is_compiling():
+            return conv1d_silu_pair(x, c.weight, c.bias, cb.weight, cb.bias)
+        if self._conv_form == "channel_major":
+            xc = x.mT  # shared by both
+            return tuple(
+                conv1d_channel_major(xc, m.weight, m.bias, causal, silu=True).mT
+                for m, causal in ((c, True), (cb, False))
+            )
+        return causal_conv1d(x, c.weight, c.bias, silu=True), anticausal_conv1d(
+            x, cb.weight, cb.bias, silu=True
+        )
 
     @property
     def x_proj_width(self) -> int:

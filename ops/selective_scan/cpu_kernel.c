@@ -27,6 +27,7 @@
 // memory.
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -468,7 +469,6 @@ enum {
 // this project. VIMC_SCAN_SCALEF=0/1 overrides it (tests run both forms).
 static int scalef_decays;
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-#include <stdlib.h>
 __attribute__((constructor)) static void choose_decay_form(void) {
     const char *env = getenv("VIMC_SCAN_SCALEF");
     __builtin_cpu_init();
@@ -799,54 +799,72 @@ static void bwd_items(const Work *w) {
 // threads
 // ---------------------------------------------------------------------------------------------
 
-static void *fwd_entry(void *p) { fwd_items((const Work *)p); return NULL; }
-static void *bwd_entry(void *p) { bwd_items((const Work *)p); return NULL; }
-
 int64_t vimc_scan_items(const ScanArgs *a) {
     return a->Bt * a->G * ((a->E / a->G + LANES - 1) / LANES);
 }
 
+// fn(ctx, tid, begin, end) on T threads (at most 64 and at most n), each a contiguous share of
+// [0, n): the calling thread takes share 0
+typedef void (*ShareFn)(const void *ctx, int64_t tid, int64_t begin, int64_t end);
+
 #ifdef _OPENMP
 #include <omp.h>
 // OpenMP build: cpu.py loads this library after torch, so "libgomp.so.1" resolves to the
-// runtime torch already uses, and the scan runs on torch's warm thread pool: starting fresh
+// runtime torch already uses, and the kernels run on torch's warm thread pool: starting fresh
 // threads on every call would cost more than a Vim-sized scan gains from them.
-static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
-    const int64_t items = vimc_scan_items(a);
-    int64_t T = a->nthreads < 1 ? 1 : a->nthreads;
-    if (T > items) T = items > 0 ? items : 1;
+static void run_split(int64_t n, int64_t T, ShareFn fn, const void *ctx) {
+    if (T > 64) T = 64;
+    if (T > n) T = n;
+    if (T < 1) T = 1;
 #pragma omp parallel num_threads((int)T)
     {
-        const int64_t i = omp_get_thread_num(), n = omp_get_num_threads();
-        Work w = {a, i, items * i / n, items * (i + 1) / n};
-        fn(&w);
+        const int64_t i = omp_get_thread_num(), m = omp_get_num_threads();
+        fn(ctx, i, n * i / m, n * (i + 1) / m);
     }
 }
 #else
-static void run_parallel(const ScanArgs *a, void *(*fn)(void *)) {
-    const int64_t items = vimc_scan_items(a);
-    int64_t T = a->nthreads < 1 ? 1 : a->nthreads;
+typedef struct {
+    ShareFn fn;
+    const void *ctx;
+    int64_t tid, begin, end;
+} Share;
+static void *share_entry(void *p) {
+    const Share *s = (const Share *)p;
+    s->fn(s->ctx, s->tid, s->begin, s->end);
+    return NULL;
+}
+static void run_split(int64_t n, int64_t T, ShareFn fn, const void *ctx) {
     if (T > 64) T = 64;
-    if (T > items) T = items > 0 ? items : 1;
-    Work w[64];
+    if (T > n) T = n;
+    if (T < 1) T = 1;
+    Share w[64];
     pthread_t th[64];
     int started[64] = {0};
-    for (int64_t i = 0; i < T; ++i) {
-        w[i].a = a;
-        w[i].tid = i;
-        w[i].item_begin = items * i / T;
-        w[i].item_end = items * (i + 1) / T;
-    }
+    for (int64_t i = 0; i < T; ++i) w[i] = (Share){fn, ctx, i, n * i / T, n * (i + 1) / T};
     for (int64_t i = 1; i < T; ++i)
-        started[i] = pthread_create(&th[i], NULL, fn, &w[i]) == 0;
+        started[i] = pthread_create(&th[i], NULL, share_entry, &w[i]) == 0;
     for (int64_t i = 1; i < T; ++i)
-        if (!started[i]) fn(&w[i]);  // no thread to be had: do its share here
-    fn(&w[0]);
+        if (!started[i]) share_entry(&w[i]);  // no thread to be had: do its share here
+    share_entry(&w[0]);
     for (int64_t i = 1; i < T; ++i)
         if (started[i]) pthread_join(th[i], NULL);
 }
-
 #endif
+
+// a scan's items shared out: thread tid runs fwd_items or bwd_items on its items
+typedef struct {
+    const ScanArgs *a;
+    void (*items)(const Work *);
+} ScanJob;
+static void scan_share(const void *ctx, int64_t tid, int64_t begin, int64_t end) {
+    const ScanJob *j = (const ScanJob *)ctx;
+    const Work w = {j->a, tid, begin, end};
+    j->items(&w);
+}
+static void run_parallel(const ScanArgs *a, void (*items)(const Work *)) {
+    const ScanJob j = {a, items};
+    run_split(vimc_scan_items(a), a->nthreads, scan_share, &j);
+}
 
 #define FWD_SCRATCH_ROWS 5   // (L, LANES) rows per thread that fwd_items uses
 #define BWD_SCRATCH_ROWS 12  // and bwd_items
@@ -866,13 +884,107 @@ int vimc_scan_fwd(const ScanArgs *a) {
     const int same = !p || (p->Bt == a->Bt && p->E == a->E && p->L == a->L && p->N == a->N &&
                             p->G == a->G && (!p->dt_proj || (p->R >= 1 && p->R <= MAX_R)));
     if (!sizes_ok(a, FWD_SCRATCH_ROWS) || !same) return -1;
-    run_parallel(a, fwd_entry);
+    run_parallel(a, fwd_items);
     return 0;
 }
 int vimc_scan_bwd(const ScanArgs *a) {  // dt_proj is forward-only
     if (!sizes_ok(a, BWD_SCRATCH_ROWS) || a->dt_proj) return -1;
-    run_parallel(a, bwd_entry);
+    run_parallel(a, bwd_items);
     return 0;
 }
 int64_t vimc_scan_abi(void) { return (int64_t)sizeof(ScanArgs) * 1000 + LANES; }
 int64_t vimc_scan_lanes(void) { return LANES; }
+
+// ---------------------------------------------------------------------------------------------
+// Vim's two depthwise convolutions over time, each followed by silu, in one pass over x (the
+// mixer's conv before x_proj and the scans; benchmarks/conv.py times it against Inductor's):
+//   out[b, t, e]   = silu(sum_k w[e, k]   x[b, t - (K-1) + k, e] + bias[e])     (causal)
+//   out_b[b, t, e] = silu(sum_k w_b[e, k] x[b, t + (K-1) - k, e] + bias_b[e])   (anti-causal)
+// steps outside [0, L) reading as 0, the terms summed in that order in float32, as
+// layers._shifted_sum does. Work is split by (b, t) rows; a row's channels run LANES at a time,
+// the last block of a row with E % LANES channels through a zero-padded vector.
+// ---------------------------------------------------------------------------------------------
+
+typedef struct {
+    const float *x;            // (B, L, E): element (b, t, e) at b * sb + t * st + e
+    int64_t B, L, E, K, sb, st;
+    const float *taps;         // (2, K, Ep) lane-major: taps[(d * K + k) * Ep + e] = w_d[e, k]
+    const float *bias;         // (2, Ep), zeros where a direction has none
+    float *out, *out_b;        // (B, L, E) contiguous
+    int64_t Ep;                // E rounded up to LANES (the padding lanes hold zeros)
+} ConvJob;
+
+// LANES channels of x at step t from e (n of them real, the rest 0)
+static inline vf conv_load(const float *xb, int64_t t, int64_t st, int64_t e, int64_t n) {
+    if (n == LANES) return vload(xb + t * st + e);
+    vf v = vsplat(0.0f);
+    for (int64_t k = 0; k < n; ++k) v[k] = xb[t * st + e + k];
+    return v;
+}
+static inline void conv_store(float *p, vf v, int64_t n) {
+    if (n == LANES) {
+        vstore(p, v);
+        return;
+    }
+    for (int64_t k = 0; k < n; ++k) p[k] = v[k];
+}
+
+// one block of n <= LANES channels from e of row (b, t): both directions' sums and silu
+static inline __attribute__((always_inline)) void conv_block(
+    const float *xb, int64_t t, int64_t L, int64_t K, int64_t st, const float *tf, const float *tb,
+    const float *bias, int64_t Ep, int64_t e, int64_t n, float *of, float *ob) {
+    vf af = vsplat(0.0f), ab = vsplat(0.0f);
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t sf = t - (K - 1) + k, sbk = t + (K - 1) - k;  // the steps read
+        if (sf >= 0) af += vload(tf + k * Ep + e) * conv_load(xb, sf, st, e, n);
+        if (sbk < L) ab += vload(tb + k * Ep + e) * conv_load(xb, sbk, st, e, n);
+    }
+    vf g[2] = {af + vload(bias + e), ab + vload(bias + Ep + e)};
+    const vf pre[2] = {g[0], g[1]};
+    vsigmoid_n(g, 2);
+    conv_store(of + e, pre[0] * g[0], n);
+    conv_store(ob + e, pre[1] * g[1], n);
+}
+
+static void conv_rows(const void *ctx, int64_t tid, int64_t begin, int64_t end) {
+    (void)tid;
+    const ConvJob *j = (const ConvJob *)ctx;
+    const float *x = j->x, *taps = j->taps, *bias = j->bias;
+    float *out = j->out, *out_b = j->out_b;
+    const int64_t L = j->L, E = j->E, K = j->K, sb = j->sb, st = j->st, Ep = j->Ep;
+    const int64_t full = E / LANES * LANES;  // channels in whole blocks
+    for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / L, t = row % L;
+        const float *xb = x + b * sb;
+        float *of = out + row * E, *ob = out_b + row * E;
+        for (int64_t e = 0; e < full; e += LANES)
+            conv_block(xb, t, L, K, st, taps, taps + K * Ep, bias, Ep, e, LANES, of, ob);
+        if (full < E)
+            conv_block(xb, t, L, K, st, taps, taps + K * Ep, bias, Ep, full, E - full, of, ob);
+    }
+}
+
+// Returns -1 for sizes it cannot take (a last line behind conv.py's checks, which also hold x's
+// storage to its strides: every size >= 1, strides >= 0) or when the lane-major copy of the
+// taps cannot be allocated; 0 when out and out_b are written. w, w_b: (E, K) contiguous; bias,
+// bias_b: (E,) or NULL.
+int vimc_conv_silu_pair(const float *x, int64_t B, int64_t L, int64_t E, int64_t sb,
+                        int64_t st, const float *w, const float *bias, const float *w_b,
+                        const float *bias_b, int64_t K, float *out, float *out_b,
+                        int64_t nthreads) {
+    if (B < 1 || L < 1 || E < 1 || K < 1 || sb < 0 || st < 0 || nthreads < 1) return -1;
+    const int64_t Ep = (E + LANES - 1) / LANES * LANES;
+    float *lanes = calloc((size_t)(2 * (K + 1) * Ep), sizeof(float));
+    if (!lanes) return -1;
+    const float *ws[2] = {w, w_b}, *bs[2] = {bias, bias_b};
+    for (int d = 0; d < 2; ++d) {
+        for (int64_t e = 0; e < E; ++e)
+            for (int64_t k = 0; k < K; ++k) lanes[(d * K + k) * Ep + e] = ws[d][e * K + k];
+        if (bs[d])
+            for (int64_t e = 0; e < E; ++e) lanes[2 * K * Ep + d * Ep + e] = bs[d][e];
+    }
+    const ConvJob j = {x, B, L, E, K, sb, st, lanes, lanes + 2 * K * Ep, out, out_b, Ep};
+    run_split(B * L, nthreads, conv_rows, &j);
+    free(lanes);
+    return 0;
+}

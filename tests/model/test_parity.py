@@ -119,6 +119,30 @@ def test_x_proj_padded_width(d_model, stored, padded):
     assert mixer._x_proj_weight(w) is w and mixer.x_proj_width == stored
 
 
+def test_fused_conv_form_calls_the_pair_op_in_eager_inference_only(monkeypatch):
+    """The default conv form: one conv1d_silu_pair call per mixer in an eager forward (with
+    grad mode on it runs the shifted form, which autograd differentiates); none under
+    torch.compile, where Inductor fuses the shifted form."""
+    mixer = randomize_(BiMambaMixer(24, d_state=5), seed=3)
+    assert mixer.conv_form == "fused"
+    calls, pair = [], layers.conv1d_silu_pair
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return pair(*args)
+
+    monkeypatch.setattr(layers, "conv1d_silu_pair", spy)
+    h = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        eager = mixer(h)
+        assert calls == [(2, 9, 48)]
+        compiled = torch.compile(mixer, fullgraph=True)(h)
+    assert calls == [(2, 9, 48)]
+    assert _rel(compiled, eager) <= MIXER_FORMS[torch.float32]
+    mixer(h).sum().backward()  # grad mode on
+    assert len(calls) == 2 and mixer.conv1d.weight.grad.abs().sum() > 0
+
+
 def test_x_proj_padding_changes_no_number(monkeypatch):
     """The mixer with x_proj padded (the default) against unpadded: output, input gradient and
     every parameter's gradient (x_proj's keeps its stored shape); the padded run multiplies by

@@ -31,6 +31,8 @@ import time
 
 import torch
 from vimc.ops import (
+    anticausal_conv1d,
+    causal_conv1d,
     poison_outputs,
     selective_scan,
     selective_scan_bidirectional,
@@ -38,7 +40,7 @@ from vimc.ops import (
 )
 from vimc.ops.selective_scan._checks import MAX_DT_RANK
 
-from ..tolerances import SCAN_REL_ERR
+from ..tolerances import CONV_SILU_PAIR_REL_ERR, SCAN_REL_ERR
 from .cases import (
     Case,
     check_close,
@@ -61,6 +63,7 @@ ACTIONS = {  # action -> weight
     "token_major_op": 1,
     "projected_op": 1,
     "plugin": 1,
+    "conv_pair": 2,
     "bad_call": 2,
 }
 
@@ -191,6 +194,42 @@ def projected_op(c, rng, g):
         x = f64(ins)
         x["delta"], x["delta_b"] = w[0].double() @ x["delta"], w[1].double() @ x["delta_b"]
         check_close("out", out, pair_reference(x, c), SCAN_REL_ERR[torch.float32][0])
+
+
+def conv_pair(c, rng, g):
+    """The fused conv + silu of a mixer's two directions (``vimc::conv1d_silu_pair_fwd``): x
+    (Bt, L, E) and the taps in any layout, K 1..4, biases or not; a quarter of the calls with one
+    argument spoilt, which must raise ValueError or TypeError."""
+    K = rng.randint(1, 4)
+    ins = {"x": make_tensor("u", (c.Bt, c.L, c.E), c.dtype, c, rng, g)}
+    for sfx in ("", "_b"):
+        ins["weight" + sfx] = make_tensor("A", (c.E, 1, K), c.param_dtype, c, rng, g)
+        ins["bias" + sfx] = make_tensor("D", (c.E,), c.param_dtype, c, rng, g) if c.bias else None
+    args = [ins[k] for k in ("x", "weight", "bias", "weight_b", "bias_b")]
+    op = torch.ops.vimc.conv1d_silu_pair_fwd
+    if rng.random() < 0.25:
+        hows = ["shape", "rank", "dtype", "meta"]
+        c_path = c.dtype == c.param_dtype == torch.float32 and c.Bt * c.E * c.L > 0
+        if c_path:  # the C kernel's path, which checks storage
+            hows.append("shrunk")
+        i = rng.choice([i for i, a in enumerate(args) if a is not None])
+        how = rng.choice(hows[1:] if i == 0 else hows)  # any (B, L) of x is a valid one
+        args[i] = _spoil(args[i], how, c)
+        try:
+            op(*args)
+        except (ValueError, TypeError):
+            return
+        raise AssertionError(f"conv_pair with argument {i} spoilt ({how}) was not refused")
+    out, out_b = op(*args)
+    assert out.shape == out_b.shape == (c.Bt, c.L, c.E)
+    check_written("out", out, c)
+    check_written("out_b", out_b, c)
+    if c.comparable and c.dtype == torch.float32:
+        x = [None if a is None else a.double() for a in args]
+        want = causal_conv1d(x[0], x[1], x[2], silu=True)
+        want_b = anticausal_conv1d(x[0], x[3], x[4], silu=True)
+        check_close("out", out, want, CONV_SILU_PAIR_REL_ERR)
+        check_close("out_b", out_b, want_b, CONV_SILU_PAIR_REL_ERR)
 
 
 _SESSIONS: dict = {}
@@ -335,6 +374,7 @@ RUN = dict(
     token_major_op=token_major_op,
     projected_op=projected_op,
     plugin=plugin_node,
+    conv_pair=conv_pair,
     bad_call=bad_call,
 )
 

@@ -32,13 +32,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# the scan's tests and the plugin's, against the sanitized build (the slow long-sequence cases
-# and the Triton kernels, which never reach the C code, are left out)
+# the scan's tests, the conv pair's and the plugin's, against the sanitized build (the slow
+# long-sequence cases and the Triton kernels, which never reach the C code, are left out)
 TESTS = [
     "tests/ops/test_selective_scan.py",
     "tests/ops/test_bidirectional.py",
     "tests/ops/test_delta_proj.py",
     "tests/ops/test_bad_input.py",
+    "tests/ops/test_conv.py",
     "tests/ops/test_ort_plugin.py",
     "tests/export/test_ort_plugin.py",
 ]
