@@ -47,7 +47,7 @@ SCAN_IMPLS = ("fast", "reference")
 SCAN_FORMS = ("bidirectional", "per_direction", "token_major")
 # how it runs each direction's depthwise conv and silu (vimc.ops' conv functions): "fused", in
 # eager with grad mode off both directions in one conv1d_silu_pair call (the fused C kernel on
-# CPU in float32: 0.86-0.89x the eager forward at batch 1, 0.87-0.93x at batch 8, README),
+# CPU in float32: 0.86-0.89x the eager forward at batch 1, 0.87-0.88x at batch 8, README),
 # else the shifted form (under torch.compile Inductor fuses it into one loop, and the op call
 # was not faster in the compiled model: 1.02x); "shifted", K shifted multiply-adds on
 # token-major activations (pointwise ops a compiler fuses into one loop); "channel_major", one
