@@ -9,8 +9,9 @@
 // flags under test and reads the kernel's own ScanArgs: a field renamed there fails to build
 // here instead of passing garbage through an out-of-date copy of the struct.
 //
-// Cases: every combination of the options (bias, softplus, D, z, reverse, pair = Vim's two
-// directions in one call, proj = dt_proj applied by the kernel, forward only) on each size in
+// Cases (besides the fused conv pair's, see run_conv_case): every combination of the options
+// (bias, softplus, D, z, reverse, pair = Vim's two directions in one call, proj = dt_proj
+// applied by the kernel, forward only) on each size in
 // SIZES (odd L, L = 1, full and partial blocks of LANES channels,
 // groups, N = 1 and N = MAX_D_STATE), in three memory layouts (channel-major, token-major
 // views of (Bt, L, E) memory, non-contiguous padded strides), with 1 and 3 threads. The
@@ -439,9 +440,58 @@ static const int64_t SIZES[][5] = {
 #define DECAY_FORMS_SAID "exp2 decays"
 #endif
 
+// ---------------------------------------------------------------------------------------------
+// the fused conv + silu pair (vimc_conv_silu_pair) against the same sums in double: for each
+// size (B, L, E, K), x as a view of (B, L, 2E) memory (a mixer's in_proj output) or contiguous
+// with a gap between batch rows, biases or none, 1 and 3 threads. Outputs start as NaN.
+// ---------------------------------------------------------------------------------------------
+
+static const int64_t CONV_SIZES[][4] = {{2, 9, 40, 4}, {1, 1, 16, 3}, {3, 2, 17, 4},
+                                        {1, 7, 33, 1}, {2, 30, 24, 2}, {1, 197, 48, 4}};
+
+static int run_conv_case(const int64_t *sz, int strided, int bias, int threads) {
+    const int64_t B = sz[0], L = sz[1], E = sz[2], K = sz[3];
+    const int64_t st = strided ? 2 * E : E, sb = L * st + (strided ? 0 : 5);
+    float *x = random_floats(B * sb, -3, 3), *w = random_floats(2 * E * K, -1, 1);
+    float *bs = random_floats(2 * E, -1, 1);
+    float *out = malloc(sizeof(float) * (size_t)(2 * B * L * E));
+    for (int64_t i = 0; i < 2 * B * L * E; ++i) out[i] = NAN;
+    const int rc = vimc_conv_silu_pair(x, B, L, E, sb, st, w, bias ? bs : NULL, w + E * K,
+                                       bias ? bs + E : NULL, K, out, out + B * L * E, threads);
+    double err = 0, top = 0;
+    for (int d = 0; d < 2 && rc == 0; ++d)
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t t = 0; t < L; ++t)
+                for (int64_t e = 0; e < E; ++e) {
+                    double acc = 0;
+                    for (int64_t k = 0; k < K; ++k) {
+                        const int64_t s = d ? t + (K - 1) - k : t - (K - 1) + k;
+                        if (s >= 0 && s < L)
+                            acc += (double)w[(d * E + e) * K + k] * x[b * sb + s * st + e];
+                    }
+                    if (bias) acc += bs[d * E + e];
+                    const double want = acc * sigmoid(acc);
+                    const double got = out[((d * B + b) * L + t) * E + e];
+                    const double diff = isnan(got) ? INFINITY : fabs(got - want);  // unwritten
+                    err = diff > err ? diff : err;
+                    top = fabs(want) > top ? fabs(want) : top;
+                }
+    const double rel = rc != 0 ? INFINITY : err / (top > 0 ? top : 1);
+    worst = rel > worst ? rel : worst;
+    free(x), free(w), free(bs), free(out);
+    if (rel <= FWD_TOL) return 0;
+    printf("FAIL conv pair B=%lld L=%lld E=%lld K=%lld %s bias=%d threads=%d: error %.3g\n",
+           (long long)B, (long long)L, (long long)E, (long long)K,
+           strided ? "strided" : "contiguous", bias, threads, rel);
+    return 1;
+}
+
 int main(void) {
     printf("ISA: %s, %s\n", ISA, DECAY_FORMS_SAID);
     int cases = 0, failed = 0;
+    for (size_t i = 0; i < sizeof CONV_SIZES / sizeof CONV_SIZES[0]; ++i)
+        for (int opts = 0; opts < 8; ++opts, ++cases)
+            failed += run_conv_case(CONV_SIZES[i], opts & 1, (opts >> 1) & 1, opts & 4 ? 3 : 1);
     const int nsizes = (int)(sizeof SIZES / sizeof SIZES[0]);
     for (int form = 0; form < DECAY_FORMS; ++form)
         for (int si = 0; si < nsizes; ++si)
