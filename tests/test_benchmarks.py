@@ -198,6 +198,18 @@ def test_model_bench_round_ratios_pair_each_rounds_calls():
         bench.round_ratios(Timing([0.01]), deit)  # rounds must pair up
 
 
+def test_conv_bench_times_the_three_forms_and_the_model():
+    """benchmarks/conv.py: one layer's pair through the fused op, the shifted form eager and
+    compiled, all agreeing; and the eager model with either conv form, the same logits."""
+    bench = importlib.import_module("benchmarks.conv")
+    with torch.no_grad():
+        rows = bench.layer_rows(1, rounds=1)
+        model = bench.model_row(1, rounds=1)
+    assert [r["form"] for r in rows] == ["fused op (C)", "shifted, eager", "shifted, compiled"]
+    assert all(r["median_ms"] > 0 and r["max_abs_diff"] < 1e-4 for r in rows)
+    assert model["fused_ms"] > 0 and model["shifted_ms"] > 0 and model["max_abs_diff"] < 1e-4
+
+
 def test_linears_bench_reads_each_models_linears():
     """benchmarks/linears.py times the shapes the two models have: Vim-Ti's x_proj stored and
     padded as the mixer pads it, DeiT-Ti's four block linears with their bias; and one round of

@@ -1,0 +1,126 @@
+"""A Vim mixer's two convolutions with silu: the fused C kernel against the shifted form.
+
+    python benchmarks/conv.py                    # batch 1 and 8
+    python benchmarks/conv.py --batches 8 --rounds 20 --no-save
+
+Two tables, each timed round robin in one process (``--threads``, default 2; grad off):
+- ``layer``: one Vim-Ti layer's pair (x a (B, 197, 384) view of in_proj's (B, 197, 768) output,
+  K = 4) three ways: ``vimc.ops.conv1d_silu_pair`` (the C kernel through its op), the shifted
+  form eager, and the shifted form compiled by Inductor (one fused loop), with each one's
+  largest difference from the op's output.
+- ``model``: Vim-Ti eager with the mixer's ``conv_form="fused"`` (the default) against
+  ``"shifted"``, same weights, and the largest difference of their logits. Under
+  torch.compile the mixer takes the shifted form either way.
+Results: benchmarks/results/conv-<machine>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+from vimc.ops import anticausal_conv1d, causal_conv1d, conv1d_silu_pair
+
+import vimc
+from vimc.cliargs import positive_int
+from vimc.machine import header, machine_tag, save_results
+from vimc.timing import time_round_robin
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOKENS, E, K = 197, 384, 4  # Vim-Ti at 224 px
+
+
+def shifted(x, w, b, wb, bb):
+    return causal_conv1d(x, w, b, silu=True), anticausal_conv1d(x, wb, bb, silu=True)
+
+
+def layer_rows(batch: int, rounds: int) -> list[dict]:
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, TOKENS, 2 * E, generator=g)[..., :E]
+    args = (x, *(torch.randn(s, generator=g) for s in ((E, 1, K), (E,), (E, 1, K), (E,))))
+    fns = {
+        "fused op (C)": lambda: conv1d_silu_pair(*args),
+        "shifted, eager": lambda: shifted(*args),
+        "shifted, compiled": torch.compile(lambda: shifted(*args), fullgraph=True),
+    }
+    outs = {name: fn() for name, fn in fns.items()}  # also compiles
+    t = time_round_robin(fns, rounds=rounds, warmup=3, rotate=True)
+    ref = outs["fused op (C)"]
+    return [
+        {
+            "batch": batch,
+            "form": name,
+            "median_ms": t[name].median_ms,
+            "vs_fused": t[name].median_ms / t["fused op (C)"].median_ms,
+            "max_abs_diff": max((o - r).abs().max().item() for o, r in zip(outs[name], ref)),
+        }
+        for name in fns
+    ]
+
+
+def model_row(batch: int, rounds: int) -> dict:
+    torch.manual_seed(0)
+    fused = vimc.create_model("vim_tiny").eval()
+    plain = copy.deepcopy(fused)
+    for layer in plain.layers:
+        layer.mixer.conv_form = "shifted"
+    x = torch.randn(batch, 3, 224, 224)
+    t = time_round_robin({"fused": lambda: fused(x), "shifted": lambda: plain(x)},
+                         rounds=rounds, warmup=2, rotate=True)  # fmt: skip
+    return {
+        "batch": batch,
+        "fused_ms": t["fused"].median_ms,
+        "shifted_ms": t["shifted"].median_ms,
+        "ratio": t["fused"].median_ms / t["shifted"].median_ms,
+        "max_abs_diff": (fused(x) - plain(x)).abs().max().item(),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
+    ap.add_argument("--rounds", type=positive_int, default=40, help="timed rounds per row")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    head = header()
+    with torch.no_grad():
+        layers = [r for b in args.batches for r in layer_rows(b, args.rounds)]
+        models = [model_row(b, max(4, args.rounds // 4)) for b in args.batches]
+    lines = [
+        "# A Vim mixer's convolutions with silu: fused C kernel against the shifted form\n",
+        head,
+        "",
+        f"Round robin in one process, {args.threads} threads, grad off.",
+        "",
+        "| batch | one layer's pair | median ms | vs the fused op | max abs diff from it |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['batch']} | {r['form']} | {r['median_ms']:.3f} | {r['vs_fused']:.2f}x | "
+            f"{r['max_abs_diff']:.2g} |"
+            for r in layers
+        ),
+        "",
+        "Vim-Ti eager, conv_form fused (default) against shifted:",
+        "",
+        "| batch | fused ms | shifted ms | fused / shifted | max abs diff of logits |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['batch']} | {r['fused_ms']:.1f} | {r['shifted_ms']:.1f} | {r['ratio']:.3f} | "
+            f"{r['max_abs_diff']:.2g} |"
+            for r in models
+        ),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_save:
+        payload = {"header": head, "args": vars(args), "layer": layers, "model": models}
+        save_results(RESULTS / f"conv-{machine_tag()}", payload, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
