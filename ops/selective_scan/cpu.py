@@ -147,10 +147,12 @@ def bind(lib: ctypes.CDLL) -> int:
         fn.argtypes = [ctypes.c_void_p]  # a packed _ScanArgs (see _pack)
         fn.restype = ctypes.c_int  # 0, or -1 where it refused the sizes it was given
     # conv.py's kernel: x, B, L, E, x's batch and step strides, w, bias, w_b, bias_b, K, out,
-    # out_b, threads
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.vimc_conv_silu_pair.argtypes = [ptr, *[i64] * 5, *[ptr] * 4, i64, ptr, ptr, i64]
-    lib.vimc_conv_silu_pair.restype = ctypes.c_int
+    # out_b, threads. Absent only from builds of older revisions, which benchmarks/scan_builds.py
+    # loads to time their scans
+    if hasattr(lib, "vimc_conv_silu_pair"):
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.vimc_conv_silu_pair.argtypes = [ptr, *[i64] * 5, *[ptr] * 4, i64, ptr, ptr, i64]
+        lib.vimc_conv_silu_pair.restype = ctypes.c_int
     return lanes
 
 
