@@ -113,6 +113,13 @@ def _check_pair(x, weight, bias, weight_b, bias_b) -> tuple[int, int, int, int]:
     return B, L, E, weight.shape[2]
 
 
+def _shifted_pair(x, weight, bias, weight_b, bias_b):
+    """Both directions in the shifted form: what the pair is wherever the C kernel is not."""
+    return causal_conv1d(x, weight, bias, silu=True), anticausal_conv1d(
+        x, weight_b, bias_b, silu=True
+    )
+
+
 def _c_ready(*ts) -> bool:
     """Whether the C kernel takes these: CPU float32, and the kernel built or loaded."""
     return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in ts) and (
@@ -133,10 +140,7 @@ def conv1d_silu_pair_fwd(
     :func:`conv1d_silu_pair`)."""
     B, L, E, K = _check_pair(x, weight, bias, weight_b, bias_b)
     if x.numel() == 0 or not _c_ready(x, weight, bias, weight_b, bias_b):
-        return (
-            causal_conv1d(x, weight, bias, silu=True).contiguous(),
-            anticausal_conv1d(x, weight_b, bias_b, silu=True).contiguous(),
-        )
+        return tuple(u.contiguous() for u in _shifted_pair(x, weight, bias, weight_b, bias_b))
     # inside its storage, each, before a copy below reads it
     check_storage(KERNEL, zip(_ARGS, (x, weight, bias, weight_b, bias_b)))
     if x.stride(2) != 1:
@@ -145,7 +149,7 @@ def conv1d_silu_pair_fwd(
     params = [p if p is None or p.is_contiguous() else p.contiguous() for p in params]
     out, out_b = (new_output((B, L, E), torch.float32, x.device) for _ in range(2))
     ptr = [None if p is None else p.data_ptr() for p in params]
-    threads = max(1, min(torch.get_num_threads(), B * L, 64))
+    threads = cpu._threads(B * L)  # the scan's rule: torch's count, at most one per row, 64
     status = cpu._lib.vimc_conv_silu_pair(
         x.data_ptr(), B, L, E, x.stride(0), x.stride(1), ptr[0], ptr[1], ptr[2], ptr[3], K,
         out.data_ptr(), out_b.data_ptr(), threads,
@@ -177,7 +181,5 @@ def conv1d_silu_pair(
     fused C kernel on CPU in float32); with grad mode on the shifted form, which autograd
     differentiates."""
     if torch.is_grad_enabled():
-        return causal_conv1d(x, weight, bias, silu=True), anticausal_conv1d(
-            x, weight_b, bias_b, silu=True
-        )
+        return _shifted_pair(x, weight, bias, weight_b, bias_b)
     return _PAIR(x, weight, bias, weight_b, bias_b)
