@@ -10,6 +10,10 @@ once. :func:`kernel_info` tells which kernel runs and where it came from.
 inputs take. ``VIMC_CPU_LEVEL=<level>`` (read at import; a level _cbuild.LEVELS lists, e.g.
 ``x86-64-v3``) loads or builds the kernel for that instruction-set level instead of the best
 one this CPU runs: to compare the variants on one machine, or to step around one.
+``VIMC_SCAN_DECAY=<form>`` (read when the kernel loads; one of :data:`DECAY_FORMS` that the
+build has) sets how the forward computes its decays where every exponent is in [-126, 0];
+by default the kernel picks the form measured fastest for the CPU's kind (cpu_kernel.c's
+bounded_decay).
 
 The torch path is chunked: within a chunk of ``CHUNK`` steps the state is a masked sum with
 ``exp(segsum)`` weights (every exponent <= 0, so it is stable for any L), and one state per
@@ -153,7 +157,42 @@ def bind(lib: ctypes.CDLL) -> int:
         ptr, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.vimc_conv_silu_pair.argtypes = [ptr, *[i64] * 5, *[ptr] * 4, i64, ptr, ptr, i64]
         lib.vimc_conv_silu_pair.restype = ctypes.c_int
+    if hasattr(lib, "vimc_scan_set_decay"):  # the same: older builds have one form
+        lib.vimc_scan_set_decay.argtypes = [ctypes.c_char_p]
+        lib.vimc_scan_set_decay.restype = ctypes.c_int
+        lib.vimc_scan_decay.restype = ctypes.c_char_p
+        wanted = os.environ.get("VIMC_SCAN_DECAY")
+        if wanted:
+            use_decay_form(lib, wanted)
     return lanes
+
+
+# the forward's decay forms for exponents in [-126, 0] (cpu_kernel.c's vexp2_nonpos*): the
+# integer-add exp2, vscalefps (AVX-512 builds), the table form (AVX2 and AVX-512 builds)
+DECAY_FORMS = ("exp2", "exp2-scalef", "exp2-table")
+
+
+def decay_forms(lib: ctypes.CDLL) -> list[str]:
+    """The decay forms a loaded kernel library has, the one it runs first."""
+    if not hasattr(lib, "vimc_scan_set_decay"):
+        return ["exp2"]
+    current = lib.vimc_scan_decay().decode()
+    built = [f for f in DECAY_FORMS if lib.vimc_scan_set_decay(f.encode()) == 0]
+    lib.vimc_scan_set_decay(current.encode())
+    return [current] + [f for f in built if f != current]
+
+
+def use_decay_form(lib: ctypes.CDLL, form: str) -> None:
+    """Makes a loaded kernel library compute its bounded decays in ``form`` (call it before
+    scans run: the kernel reads the choice without a lock). ValueError where the library lacks
+    it, naming the forms it has."""
+    forms = decay_forms(lib)
+    if form not in forms:
+        raise ValueError(
+            f"VIMC_SCAN_DECAY / decay form must be one of this kernel build's {sorted(forms)}, "
+            f"got {form!r}"
+        )
+    lib.vimc_scan_set_decay(form.encode())
 
 
 def _build() -> ctypes.CDLL:
@@ -195,7 +234,10 @@ def kernel_info() -> dict:
     if _FORCED_TORCH:
         info["scan kernel"] = "torch (VIMC_CPU_KERNEL=torch)"
     elif c_kernel_available():
-        info["scan kernel"] = f"C (fused, {LANES} channels per vector), {_lib_source}"
+        form = decay_forms(_lib)[0]
+        info["scan kernel"] = (
+            f"C (fused, {LANES} channels per vector, {form} decays), {_lib_source}"
+        )
     else:
         info["scan kernel"] = f"torch, because the C kernel is unavailable: {_lib_error}"
     plugin = _cbuild.prebuilt("vimc_ort_plugin")

@@ -211,10 +211,63 @@ static inline vf vexp2_nonpos(vf x) {  // -126 <= x <= 0
 // the same value (r and k are the same numbers, 2^k exact either way) in two instructions
 // fewer: vreduceps gives r = x - round(x), vscalefps applies 2^round(x) (x - r is that
 // integer, exactly). Faster where every vector instruction competes for the same two ports
-// (Intel's 512-bit execution); see scalef_decays.
+// (Intel's 512-bit execution); see bounded_decay.
 static inline vf vexp2_nonpos_scalef(vf x) {  // -126 <= x <= 0
     const vf r = (vf)_mm512_reduce_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return (vf)_mm512_scalef_ps((__m512)vexp2_poly(r), (__m512)(x - r));
+}
+#endif
+
+// The same 2^x with one FMA-pipe instruction fewer, for the builds whose vpermps picks a lane
+// of a register by index (AVX2, AVX-512). x arrives as LANES x (LANES folded into A with
+// log2(e), exactly: a power of 2), and k = round(LANES x) splits into j = k mod LANES and
+// e = floor(k / LANES): 2^x = 2^e 2^(j / LANES) 2^(s / LANES), s = LANES x - k in [-1/2, 1/2].
+// - 2^(s / LANES) spans a range LANES times narrower than vexp2_poly's, so degree 3 does what
+//   degree 5 does there (fitted by this project as EXP2_P was, q(0) = 1 exactly: 8.6e-8
+//   relative evaluated in float32 for 8 lanes, 6.1e-8 for 16): two FMAs fewer.
+// - 2^(j / LANES) comes from one register by vpermps, which reads only an index's low bits
+//   (j = k's low bits in the rounded value: no mask), on a shuffle port rather than an FMA pipe.
+// - The table holds each 2^(j / LANES)'s bits less j << TABLE_SHIFT (23 - log2 LANES), so
+//   adding k << TABLE_SHIFT (j's share and e's at once) leaves the bits of 2^(j / LANES) 2^e:
+//   one shift and one integer add, as vexp2_nonpos's 2^k. Its product with q is the one
+//   multiply added.
+// Worst relative error over every float x in [-126, 0]: 1.60e-7 (8 lanes), 1.62e-7 (16),
+// against vexp2_nonpos's 1.59e-7 (q and the table value are each rounded; near x = 0,
+// j = e = 0 and the table value is 1).
+// x >= -126 keeps 2^(j / LANES) 2^e a normal number, as in vexp2_nonpos. Which form runs is
+// chosen at load (bounded_decay).
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define HAVE_EXP2_TABLE 1
+#if LANES == 16
+#define TABLE_SHIFT 19
+static const float EXP2_Q[4] = {1.355032600e-05f, 9.384151781e-04f, 4.332169890e-02f, 1.0f};
+static const int32_t EXP2_TABLE[16] = {  // bits of 2^(j / 16), less j << 19
+    0x3f800000 - (0 << 19),  0x3f85aac3 - (1 << 19),  0x3f8b95c2 - (2 << 19),
+    0x3f91c3d3 - (3 << 19),  0x3f9837f0 - (4 << 19),  0x3f9ef532 - (5 << 19),
+    0x3fa5fed7 - (6 << 19),  0x3fad583f - (7 << 19),  0x3fb504f3 - (8 << 19),
+    0x3fbd08a4 - (9 << 19),  0x3fc5672a - (10 << 19), 0x3fce248c - (11 << 19),
+    0x3fd744fd - (12 << 19), 0x3fe0ccdf - (13 << 19), 0x3feac0c7 - (14 << 19),
+    0x3ff5257d - (15 << 19)};
+#else
+#define TABLE_SHIFT 20
+static const float EXP2_Q[4] = {1.083910611e-04f, 3.754025558e-03f, 8.664340526e-02f, 1.0f};
+static const int32_t EXP2_TABLE[8] = {  // bits of 2^(j / 8), less j << 20
+    0x3f800000 - (0 << 20), 0x3f8b95c2 - (1 << 20), 0x3f9837f0 - (2 << 20),
+    0x3fa5fed7 - (3 << 20), 0x3fb504f3 - (4 << 20), 0x3fc5672a - (5 << 20),
+    0x3fd744fd - (6 << 20), 0x3feac0c7 - (7 << 20)};
+#endif
+// tbl: EXP2_TABLE in a register (vload once per loop: the compiler keeps it there)
+static inline vf vexp2_nonpos_table(vf x, vf tbl) {  // -126 LANES <= x <= 0
+    const vf t = x + vsplat(ROUND_MAGIC);  // k in the low mantissa bits, as in vexp2_nonpos
+    const vf s = x - (t - vsplat(ROUND_MAGIC));
+    vf q;
+    horner_n(&q, &s, EXP2_Q, 4, 1);
+#if LANES == 16
+    const vi pick = (vi)_mm512_permutexvar_ps((__m512i)t, (__m512)tbl);
+#else
+    const vi pick = (vi)_mm256_permutevar8x32_ps((__m256)tbl, (__m256i)t);
+#endif
+    return q * (vf)(pick + ((vi)t << TABLE_SHIFT));  // the magic's bits shift out past bit 31
 }
 #endif
 
@@ -459,22 +512,43 @@ enum {
     DECAY_EXP,          // vexp: any exponent (NaN or infinite A, a negative or NaN raw delta)
     DECAY_EXP2_CLAMP,   // vexp2_nonpos after a clamp at -126: every exponent <= 0
     DECAY_EXP2,         // vexp2_nonpos: every exponent in [-126, 0] (Vim's usual case)
-    DECAY_EXP2_SCALEF,  // vexp2_nonpos_scalef, the same values, where scalef_decays says
+    DECAY_EXP2_SCALEF,  // vexp2_nonpos_scalef: the same values (AVX-512 builds)
+    DECAY_EXP2_TABLE,   // vexp2_nonpos_table: the same exponents (AVX2 and AVX-512 builds)
 };
+static const char *const DECAY_NAMES[] = {"exp", "exp2-clamp", "exp2", "exp2-scalef",
+                                          "exp2-table"};
 
-// whether DECAY_EXP2 uses vscalefps: set once at load. Intel cores run all 512-bit vector
-// instructions on two ports, so the two instructions it saves are two of 14 there (measured
-// by benchmarks/scan_floor.py). Elsewhere the integer-add form stays: on AMD's Zen 4 the FMA
-// pipes bound the loop and the ports vscalefps and vreduceps take there are not measured by
-// this project. VIMC_SCAN_SCALEF=0/1 overrides it (tests run both forms).
-static int scalef_decays;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// the form of the bounded case (every exponent in [-126, 0]): set once at load, or by
+// vimc_scan_set_decay before any scan runs (cpu.py, from VIMC_SCAN_DECAY; the harness runs
+// every form). Intel's AVX-512 cores run every 512-bit vector instruction on two ports, so
+// there the form with the fewest instructions wins: scalef's 12 per update against 14. Where
+// two FMA pipes bound the loop (AMD's cores, AVX2 builds), the table form's 8 instructions
+// on them against 9 win: the state loop took 12% less than exp2's in the AVX2 build and 13%
+// less in the AVX-512 one (5% less than scalef's) on Zen 5 (benchmarks/scan_floor.py).
+static int bounded_decay = DECAY_EXP2;
+#ifdef HAVE_EXP2_TABLE
 __attribute__((constructor)) static void choose_decay_form(void) {
-    const char *env = getenv("VIMC_SCAN_SCALEF");
     __builtin_cpu_init();
-    scalef_decays = env && *env ? env[0] == '1' : __builtin_cpu_is("intel");
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (__builtin_cpu_is("intel")) {
+        bounded_decay = DECAY_EXP2_SCALEF;
+        return;
+    }
+#endif
+    bounded_decay = DECAY_EXP2_TABLE;
 }
 #endif
+
+// whether this build has decay form f for the bounded case
+static int bounded_form_built(int f) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (f == DECAY_EXP2_SCALEF) return 1;
+#endif
+#ifdef HAVE_EXP2_TABLE
+    if (f == DECAY_EXP2_TABLE) return 1;
+#endif
+    return f == DECAY_EXP2;
+}
 
 // what decay_form needs of an item's d, gathered while its rows are staged (a pass reading them
 // back took 4% of a batch-8 call on an Ice Lake worker, ad hoc): the largest d per lane and
@@ -509,18 +583,27 @@ static int decay_form(const ScanArgs *a, const Item *m, const DStats *s) {
     for (int k = 0; k < LANES; ++k) all_ok &= ok[k] != 0, all_bounded &= bounded[k] != 0;
     if (!all_ok) return DECAY_EXP;
     if (!all_bounded) return DECAY_EXP2_CLAMP;
-    return scalef_decays ? DECAY_EXP2_SCALEF : DECAY_EXP2;
+    return bounded_decay;
 }
 
-// one decay in the given form (a constant after inlining); Ak carries log2(e) for the exp2 forms
-static inline __attribute__((always_inline)) vf decay_of(vf x, const int form) {
+// one decay in the given form (a constant after inlining); Ak carries log2(e) for the exp2
+// forms, and LANES too for the table form, whose table tbl holds
+static inline __attribute__((always_inline)) vf decay_of(vf x, const int form, vf tbl) {
+    (void)tbl;
     if (form == DECAY_EXP) return vexp(x);
+#ifdef HAVE_EXP2_TABLE
+    if (form == DECAY_EXP2_TABLE) return vexp2_nonpos_table(x, tbl);
+#endif
     if (form == DECAY_EXP2_CLAMP) return vexp2_nonpos(vmax(vsplat(-126.0f), x));
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
     if (form == DECAY_EXP2_SCALEF) return vexp2_nonpos_scalef(x);
 #endif
     return vexp2_nonpos(x);
 }
+
+// what A is multiplied by for a decay form's exponent
+#define AK_SCALE(form) \
+    ((form) == DECAY_EXP ? 1.0f : (form) == DECAY_EXP2_TABLE ? LOG2E * (float)LANES : LOG2E)
 
 // nb (<= NB) state components n.. of one item over all steps, y accumulated in sy. Inlined
 // with constant nb and decay form, so each caller gets its own unrolled loop.
@@ -532,14 +615,18 @@ static inline __attribute__((always_inline)) void fwd_states(
     const int64_t t0 = a->reverse ? L - 1 : 0, dt = a->reverse ? -1 : 1;
     vf Ak[NB], h[NB] = {0};  // all of h set: GCC cannot see that only [0, nb) is read
     for (int j = 0; j < nb; ++j)
-        Ak[j] = gather_chan(a->A + n + j, m, N) * vsplat(form == DECAY_EXP ? 1.0f : LOG2E);
+        Ak[j] = gather_chan(a->A + n + j, m, N) * vsplat(AK_SCALE(form));
+    vf tbl = vsplat(0.0f);
+#ifdef HAVE_EXP2_TABLE
+    if (form == DECAY_EXP2_TABLE) tbl = vload((const float *)EXP2_TABLE);
+#endif
     const float *Bn = Bp + n * Bsn, *Cn = Cp + n * Csn;
     for (int64_t s = 0, t = t0; s < L; ++s, t += dt) {
         const vf d = vload(sd + t * LANES), du = vload(sdu + t * LANES);
         const float *Bt = Bn + t * Bst, *Ct = Cn + t * Cst;
         vf y = vload(sy + t * LANES);
         for (int j = 0; j < nb; ++j) {
-            const vf decay = decay_of(d * Ak[j], form);
+            const vf decay = decay_of(d * Ak[j], form, tbl);
             h[j] = decay * h[j] + du * vsplat(Bt[j * Bsn]);
             y += h[j] * vsplat(Ct[j * Csn]);
         }
@@ -559,6 +646,9 @@ static inline __attribute__((always_inline)) void fwd_pass(
     case DECAY_EXP2_CLAMP: fwd_states(a, m, n, nb, DECAY_EXP2_CLAMP, sd, sdu, sy, Bp, Cp); break;
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
     case DECAY_EXP2_SCALEF: fwd_states(a, m, n, nb, DECAY_EXP2_SCALEF, sd, sdu, sy, Bp, Cp); break;
+#endif
+#ifdef HAVE_EXP2_TABLE
+    case DECAY_EXP2_TABLE: fwd_states(a, m, n, nb, DECAY_EXP2_TABLE, sd, sdu, sy, Bp, Cp); break;
 #endif
     default: fwd_states(a, m, n, nb, DECAY_EXP2, sd, sdu, sy, Bp, Cp);
     }
@@ -894,6 +984,17 @@ int vimc_scan_bwd(const ScanArgs *a) {  // dt_proj is forward-only
 }
 int64_t vimc_scan_abi(void) { return (int64_t)sizeof(ScanArgs) * 1000 + LANES; }
 int64_t vimc_scan_lanes(void) { return LANES; }
+// the bounded case's decay form by name ("exp2", "exp2-scalef", "exp2-table"): 0, or -1 where
+// this build lacks it. Call before any scan runs (it is read without a lock).
+int vimc_scan_set_decay(const char *name) {
+    for (int f = DECAY_EXP2; f <= DECAY_EXP2_TABLE; ++f)
+        if (bounded_form_built(f) && strcmp(name, DECAY_NAMES[f]) == 0) {
+            bounded_decay = f;
+            return 0;
+        }
+    return -1;
+}
+const char *vimc_scan_decay(void) { return DECAY_NAMES[bounded_decay]; }
 
 // ---------------------------------------------------------------------------------------------
 // Vim's two depthwise convolutions over time, each followed by silu, in one pass over x (the

@@ -429,16 +429,18 @@ static const int64_t SIZES[][5] = {
     {1, 40, 13, 5, 1},
 };
 
-// the forward's unclamped decays in both forms where the build has two (cpu_kernel.c's
-// scalef_decays: the integer-add form and, on AVX-512, the vscalefps form), whatever this
-// CPU's vendor would choose
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-#define DECAY_FORMS 2
-#define DECAY_FORMS_SAID "exp2 and exp2-scalef decays"
-#else
-#define DECAY_FORMS 1
-#define DECAY_FORMS_SAID "exp2 decays"
+// the forward's unclamped decays in every form the build has (cpu_kernel.c's bounded_decay:
+// the integer-add form; the table form with AVX2 or AVX-512; the vscalefps form with
+// AVX-512), whatever this CPU's kind would choose
+static const int DECAY_FORM_LIST[] = {DECAY_EXP2,
+#ifdef HAVE_EXP2_TABLE
+                                      DECAY_EXP2_TABLE,
 #endif
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+                                      DECAY_EXP2_SCALEF,
+#endif
+};
+#define DECAY_FORMS ((int)(sizeof DECAY_FORM_LIST / sizeof DECAY_FORM_LIST[0]))
 
 // ---------------------------------------------------------------------------------------------
 // the fused conv + silu pair (vimc_conv_silu_pair) against the same sums in double: for each
@@ -487,7 +489,9 @@ static int run_conv_case(const int64_t *sz, int strided, int bias, int threads) 
 }
 
 int main(void) {
-    printf("ISA: %s, %s\n", ISA, DECAY_FORMS_SAID);
+    printf("ISA: %s, decay forms:", ISA);
+    for (int f = 0; f < DECAY_FORMS; ++f) printf(" %s", DECAY_NAMES[DECAY_FORM_LIST[f]]);
+    printf("\n");
     int cases = 0, failed = 0;
     for (size_t i = 0; i < sizeof CONV_SIZES / sizeof CONV_SIZES[0]; ++i)
         for (int opts = 0; opts < 8; ++opts, ++cases)
@@ -501,7 +505,7 @@ int main(void) {
                     Case c = {s[0], s[1], s[2], s[3], s[4], opts & 1, (opts >> 1) & 1,
                               (opts >> 2) & 1, (opts >> 3) & 1, (opts >> 4) & 1, (opts >> 5) & 1,
                               layout, (opts + layout) % 2 ? 3 : 1, (opts >> 6) & 1, si % 3 == 2};
-                    scalef_decays = form;
+                    bounded_decay = DECAY_FORM_LIST[form];
                     ++cases;
                     failed += run_case(&c) != 0;
                 }

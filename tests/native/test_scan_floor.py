@@ -27,6 +27,10 @@ def test_floor_benchmark_runs_each_level(capsys):
     assert list(dict.fromkeys(r[0] for r in rows)) == levels
     for level in levels:
         forms = [r[3] for r in rows if r[0] == level]
-        want = ["exp2-clamp", "exp2"] + (["exp2-scalef"] if level == "x86-64-v4" else [])
+        want = ["exp2-clamp", "exp2"] + {
+            "x86-64-v4": ["exp2-scalef", "exp2-table"],
+            "x86-64-v3": ["exp2-table"],
+        }.get(level, [])
         assert forms == want, level
     assert all(float(r[4]) > 0 for r in rows)
+    assert all(r[6] == ("8" if r[3] == "exp2-table" else "9") for r in rows)
