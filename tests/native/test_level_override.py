@@ -13,6 +13,8 @@ import sys
 import pytest
 from vimc.ops.selective_scan import _cbuild
 
+from ..tolerances import OTHER_DECAY_FORM
+
 PROBE = """
 import json, torch
 from vimc.ops import selective_scan
@@ -25,17 +27,24 @@ print(json.dumps({"info": cpu.kernel_info(), "lanes": cpu.LANES, "out": out.flat
 """
 
 
-def _probe(level: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIMC_CPU_LEVEL", "VIMC_CPU_KERNEL")}
+def _run(level: str | None, decay: str | None = None) -> subprocess.CompletedProcess:
+    drop = ("VIMC_CPU_LEVEL", "VIMC_CPU_KERNEL", "VIMC_SCAN_DECAY")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     if level is not None:
         env["VIMC_CPU_LEVEL"] = level
-    proc = subprocess.run(
+    if decay is not None:
+        env["VIMC_SCAN_DECAY"] = decay
+    return subprocess.run(
         [sys.executable, "-W", "always", "-c", PROBE],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
+
+
+def _probe(level: str | None, decay: str | None = None) -> dict:
+    proc = _run(level, decay)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["stderr"] = proc.stderr
@@ -76,3 +85,22 @@ def test_a_level_this_machine_cannot_use_is_refused_in_plain_words(level, messag
     r = _probe(level)
     assert r["info"]["scan kernel"].startswith("torch, because the C kernel is unavailable")
     assert message in r["info"]["scan kernel"] and f"VIMC_CPU_LEVEL='{level}'" in r["stderr"]
+
+
+def test_scan_decay_variable_picks_a_form_or_is_refused_by_name():
+    """``VIMC_SCAN_DECAY`` (read when the kernel loads) sets the bounded decays' form, which
+    kernel_info names, with the same results within float32 rounding; a form the build lacks
+    stops the first scan with a ValueError naming the variable and the build's forms."""
+    try:
+        _cbuild.compiler()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    import torch
+
+    plain, exp2 = _probe(None), _probe(None, "exp2")
+    assert "exp2 decays" in exp2["info"]["scan kernel"]
+    got, want = torch.tensor(exp2["out"]), torch.tensor(plain["out"])
+    torch.testing.assert_close(got, want, **OTHER_DECAY_FORM)
+    proc = _run(None, "exp3")
+    assert proc.returncode != 0
+    assert "ValueError: VIMC_SCAN_DECAY" in proc.stderr and "got 'exp3'" in proc.stderr

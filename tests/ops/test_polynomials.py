@@ -57,3 +57,50 @@ def test_polynomial_relative_error(function, x, f, want):
     ref = f(x32.astype(np.float64))
     rel = np.abs(got - ref) / np.abs(ref)
     assert rel.max() <= bound, f"{function}: max relative error {rel.max():.2e} > {bound:.1e}"
+
+
+def table_form(lanes: int) -> tuple[list[np.float32], np.ndarray, int]:
+    """vexp2_nonpos_table's EXP2_Q coefficients, EXP2_TABLE entries and TABLE_SHIFT for the
+    build with ``lanes`` lanes (cpu_kernel.c defines the 16-lane set first)."""
+    text = SOURCE.read_text()
+    qs = re.findall(r"static const float EXP2_Q\[4\] = \{(.*?)\};", text, re.S)
+    tables = re.findall(r"static const int32_t EXP2_TABLE\[(\d+)\] = \{(.*?)\};", text, re.S)
+    shifts = re.findall(r"#define TABLE_SHIFT (\d+)", text)
+    assert len(qs) == len(tables) == len(shifts) == 2, "expected a 16-lane and an 8-lane set"
+    i = 0 if lanes == 16 else 1
+    assert int(tables[i][0]) == lanes
+    entries = re.findall(r"(0x[0-9a-f]+) - \((\d+) << (\d+)\)", tables[i][1])
+    assert [int(j) for _, j, _ in entries] == list(range(lanes))
+    assert all(int(sh) == int(shifts[i]) for _, _, sh in entries)
+    table = np.array([int(b, 16) - (int(j) << int(sh)) for b, j, sh in entries], np.int64)
+    return [np.float32(c) for c in re.findall(r"([-+0-9.e]+)f", qs[i])], table, int(shifts[i])
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_exp2_table_form(lanes):
+    """The table form of the bounded decays, step by step as the kernel computes it (rounding
+    by the magic constant, Horner in float32, vpermps's low-bit index, the shifted integer
+    add), over [-126, 0] and densely near 0: within its bound of 2^x, the table's values are
+    2^(j / lanes), and a decay near 1 carries no constant error (exactly 1 at x = 0)."""
+    qs, table, shift = table_form(lanes)
+    assert len(qs) == 4 and qs[-1] == 1.0
+    want_bits = np.exp2(np.arange(lanes) / lanes).astype(np.float32).view(np.int32)
+    assert np.array_equal(table + (np.arange(lanes) << shift), want_bits)
+    x = np.concatenate([np.linspace(-126.0, 0.0, 2_000_001), -np.geomspace(1e-30, 1.0, 200_001)])
+    x = x.astype(np.float32)
+    xs = (x * np.float32(lanes)).astype(np.float32)  # the kernel folds lanes into A: exact
+    magic = np.float32(12582912.0)
+    t = (xs + magic).astype(np.float32)
+    s = (xs - (t - magic)).astype(np.float32)
+    q = horner(qs, s)
+    tbits = t.view(np.int32).astype(np.int64)
+    scale = (table[tbits & (lanes - 1)] + ((tbits << shift) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    scale = scale.astype(np.uint32).view(np.float32)
+    got = (q * scale).astype(np.float32).astype(np.float64)
+    rel = np.abs(got / np.exp2(x.astype(np.float64)) - 1)
+    bound = POLYNOMIAL_MAX_REL["vexp2_nonpos_table"]
+    assert rel.max() <= bound, f"max relative error {rel.max():.3g} > {bound:.3g}"
+    assert got[np.argmax(x)] == 1.0  # x = 0
+    near = np.abs(x) < 1e-3
+    # no constant error near 1: the error shrinks with x there, as the memory length grows
+    assert (rel[near] <= 4 * np.abs(x[near]) + 6e-8).all()

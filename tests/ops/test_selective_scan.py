@@ -209,6 +209,37 @@ def test_softplus_of_delta_accurate_over_its_whole_range(impl):
 def test_decay_exp_accurate_down_to_float32s_range(impl):
     """exp(delta * A) for every exponent in [-87, 0] (and a clamp below it): step 0 puts h = 1,
     step 1 has u = 0, so out[:, 1] = exp(delta_1 * A) exactly."""
+    _check_decays()
+
+
+def test_every_decay_form_of_the_build_is_as_accurate():
+    """Each form the C kernel build has for exponents in [-126, 0] (exp2, exp2-table, and
+    exp2-scalef on AVX-512; cpu.decay_forms) meets the decay bounds and the forward's float32
+    tolerance, whichever the CPU's kind would choose at load; a form the build lacks is refused
+    by name."""
+    if not cpu.c_kernel_available():
+        pytest.skip(f"C kernel unavailable: {cpu.c_kernel_error()}")
+    lib = cpu._lib
+    forms = cpu.decay_forms(lib)
+    assert forms[0] in cpu.DECAY_FORMS and "exp2" in forms
+    assert f"{forms[0]} decays" in cpu.kernel_info()["scan kernel"]
+    with pytest.raises(ValueError, match="got 'exp3'"):
+        cpu.use_decay_form(lib, "exp3")
+    try:
+        for form in forms:
+            cpu.use_decay_form(lib, form)
+            assert cpu.decay_forms(lib)[0] == form
+            _check_decays()
+            for c in CASES:
+                ins = make_inputs(c, torch.float32)
+                out, ref = run(ins, c), reference64(ins, c)
+                why = describe_mismatch(out, ref, F32_OUT)
+                assert rel_err(out, ref) <= F32_OUT, f"{form}: {why}"
+    finally:
+        cpu.use_decay_form(lib, forms[0])
+
+
+def _check_decays():
     e = torch.cat([-torch.logspace(-8, math.log10(87.0), 3000), torch.tensor([0.0])])
     ins = _one_channel(e.numel(), 2)
     ins["u"][..., 1] = 0.0
