@@ -210,6 +210,24 @@ def test_conv_bench_times_the_three_forms_and_the_model():
     assert model["fused_ms"] > 0 and model["shifted_ms"] > 0 and model["max_abs_diff"] < 1e-4
 
 
+def test_decay_forms_bench_times_every_form_of_the_build(capsys):
+    """benchmarks/decay_forms.py: the captured layer call in each decay form the loaded kernel
+    has, exp2 the 1.000x row, every form within float32 rounding of it, the default restored."""
+    from vimc.ops.selective_scan import cpu
+
+    if not cpu.c_kernel_available():
+        pytest.skip(f"C kernel unavailable: {cpu.c_kernel_error()}")
+    bench = importlib.import_module("benchmarks.decay_forms")
+    forms = cpu.decay_forms(cpu._lib)
+    argv = ["--batches", "1", "--rounds", "1", "--no-model", "--no-save"]
+    assert bench.main(argv) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| op")]
+    assert [r.split("|")[3].strip().removesuffix(" (default)") for r in rows] == forms
+    assert "(default)" in rows[0] and " 1.000x " in rows[forms.index("exp2")]
+    assert all(float(r.split("|")[6]) < 1e-5 for r in rows)
+    assert cpu.decay_forms(cpu._lib) == forms
+
+
 def test_linears_bench_reads_each_models_linears():
     """benchmarks/linears.py times the shapes the two models have: Vim-Ti's x_proj stored and
     padded as the mixer pads it, DeiT-Ti's four block linears with their bias; and one round of
