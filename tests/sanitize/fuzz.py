@@ -15,7 +15,8 @@ them), gaps between elements, stride 0 (broadcast), overlapping windows, huge st
 dims, an offset into the storage. Every tensor is a view of a storage of exactly its extent, so
 a read one element too far lands in ASan's redzone. A case then runs one action: a forward, a
 forward and backward, an op called directly, the bidirectional or token-major op, a plugin
-node, or a deliberately bad call, which must raise ValueError or TypeError. Small well-scaled
+node, or a deliberately bad call, which must raise ValueError or TypeError, with the C kernel
+computing its bounded decays in a form drawn from those its build has. Small well-scaled
 cases are compared with the float64 reference, and outputs are NaN-poisoned, so a kernel that
 reads the wrong memory or skips a write fails even where no sanitizer would notice.
 """
@@ -38,6 +39,7 @@ from vimc.ops import (
     selective_scan_bidirectional,
     selective_scan_reference,
 )
+from vimc.ops.selective_scan import cpu
 from vimc.ops.selective_scan._checks import MAX_DT_RANK
 
 from ..tolerances import CONV_SILU_PAIR_REL_ERR, SCAN_REL_ERR
@@ -386,20 +388,29 @@ def run(seconds: float, seed: int, max_cases: int | None = None) -> collections.
     counts: collections.Counter = collections.Counter()
     deadline = time.monotonic() + seconds
     actions, weights = list(ACTIONS), list(ACTIONS.values())
-    with poison_outputs(True):
-        i = 0
-        while time.monotonic() < deadline and (max_cases is None or i < max_cases):
-            c = draw_case(rng)
-            action = rng.choices(actions, weights)[0]
-            g = torch.Generator().manual_seed(rng.randrange(2**31))
-            try:
-                RUN[action](c, rng, g)
-            except Exception as exc:
-                raise AssertionError(
-                    f"fuzz case {i} (seed {seed}), {action} on {c}: {exc!r}"
-                ) from exc
-            counts[action] += 1
-            i += 1
+    lib = cpu._lib if cpu.c_kernel_available() else None
+    forms = cpu.decay_forms(lib) if lib is not None else [None]
+    try:
+        with poison_outputs(True):
+            i = 0
+            while time.monotonic() < deadline and (max_cases is None or i < max_cases):
+                c = draw_case(rng)
+                action = rng.choices(actions, weights)[0]
+                form = rng.choice(forms)
+                if form is not None:
+                    cpu.use_decay_form(lib, form)
+                g = torch.Generator().manual_seed(rng.randrange(2**31))
+                try:
+                    RUN[action](c, rng, g)
+                except Exception as exc:
+                    raise AssertionError(
+                        f"fuzz case {i} (seed {seed}), {action} on {c}, {form} decays: {exc!r}"
+                    ) from exc
+                counts[action] += 1
+                i += 1
+    finally:
+        if lib is not None:
+            cpu.use_decay_form(lib, forms[0])
     return counts
 
 
