@@ -183,9 +183,9 @@ def decay_forms(lib: ctypes.CDLL) -> list[str]:
 
 
 def use_decay_form(lib: ctypes.CDLL, form: str) -> None:
-    """Makes a loaded kernel library compute its bounded decays in ``form`` (call it before
-    scans run: the kernel reads the choice without a lock). ValueError where the library lacks
-    it, naming the forms it has."""
+    """Makes a loaded kernel library compute its bounded decays in ``form`` from the next work
+    item on (process-wide; each direction of an item is computed in one form). ValueError where
+    the library lacks it, naming the forms it has."""
     forms = decay_forms(lib)
     if form not in forms:
         raise ValueError(

@@ -26,6 +26,7 @@
 // dD, dbias) go to per-thread partials that cpu.py adds up, so no two threads write the same
 // memory.
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -519,23 +520,25 @@ static const char *const DECAY_NAMES[] = {"exp", "exp2-clamp", "exp2", "exp2-sca
                                           "exp2-table"};
 
 // the form of the bounded case (every exponent in [-126, 0]): set once at load, or by
-// vimc_scan_set_decay before any scan runs (cpu.py, from VIMC_SCAN_DECAY; the harness runs
-// every form). Intel's AVX-512 cores run every 512-bit vector instruction on two ports, so
-// there the form with the fewest instructions wins: scalef's 12 per update against 14. Where
-// two FMA pipes bound the loop (AMD's cores, AVX2 builds), the table form's 8 instructions
-// on them against 9 win: the state loop took 12% less than exp2's in the AVX2 build and 13%
-// less in the AVX-512 one (5% less than scalef's) on Zen 5 (benchmarks/scan_floor.py).
-static int bounded_decay = DECAY_EXP2;
+// vimc_scan_set_decay (cpu.py, from VIMC_SCAN_DECAY; benchmarks switch it between calls; the
+// harness runs every form). Atomic, read relaxed once per item and direction: a switch while
+// scans run changes the form of the work after it, each direction of an item in one form.
+// Intel's AVX-512 cores run every 512-bit vector instruction on two ports, so there the form
+// with the fewest instructions wins: scalef's 12 per update against 14. Where two FMA pipes
+// bound the loop (AMD's cores, AVX2 builds), the table form's 8 instructions on them against
+// 9 win: the state loop took 11% less than exp2's in both builds on Zen 5, 5% less than
+// scalef's in the AVX-512 one (benchmarks/scan_floor.py, benchmarks/decay_forms.py).
+static _Atomic int bounded_decay = DECAY_EXP2;
 #ifdef HAVE_EXP2_TABLE
 __attribute__((constructor)) static void choose_decay_form(void) {
     __builtin_cpu_init();
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
     if (__builtin_cpu_is("intel")) {
-        bounded_decay = DECAY_EXP2_SCALEF;
+        atomic_store_explicit(&bounded_decay, DECAY_EXP2_SCALEF, memory_order_relaxed);
         return;
     }
 #endif
-    bounded_decay = DECAY_EXP2_TABLE;
+    atomic_store_explicit(&bounded_decay, DECAY_EXP2_TABLE, memory_order_relaxed);
 }
 #endif
 
@@ -583,7 +586,7 @@ static int decay_form(const ScanArgs *a, const Item *m, const DStats *s) {
     for (int k = 0; k < LANES; ++k) all_ok &= ok[k] != 0, all_bounded &= bounded[k] != 0;
     if (!all_ok) return DECAY_EXP;
     if (!all_bounded) return DECAY_EXP2_CLAMP;
-    return bounded_decay;
+    return atomic_load_explicit(&bounded_decay, memory_order_relaxed);
 }
 
 // one decay in the given form (a constant after inlining); Ak carries log2(e) for the exp2
@@ -985,16 +988,18 @@ int vimc_scan_bwd(const ScanArgs *a) {  // dt_proj is forward-only
 int64_t vimc_scan_abi(void) { return (int64_t)sizeof(ScanArgs) * 1000 + LANES; }
 int64_t vimc_scan_lanes(void) { return LANES; }
 // the bounded case's decay form by name ("exp2", "exp2-scalef", "exp2-table"): 0, or -1 where
-// this build lacks it. Call before any scan runs (it is read without a lock).
+// this build lacks it (see bounded_decay).
 int vimc_scan_set_decay(const char *name) {
     for (int f = DECAY_EXP2; f <= DECAY_EXP2_TABLE; ++f)
         if (bounded_form_built(f) && strcmp(name, DECAY_NAMES[f]) == 0) {
-            bounded_decay = f;
+            atomic_store_explicit(&bounded_decay, f, memory_order_relaxed);
             return 0;
         }
     return -1;
 }
-const char *vimc_scan_decay(void) { return DECAY_NAMES[bounded_decay]; }
+const char *vimc_scan_decay(void) {
+    return DECAY_NAMES[atomic_load_explicit(&bounded_decay, memory_order_relaxed)];
+}
 
 // ---------------------------------------------------------------------------------------------
 // Vim's two depthwise convolutions over time, each followed by silu, in one pass over x (the

@@ -505,7 +505,7 @@ int main(void) {
                     Case c = {s[0], s[1], s[2], s[3], s[4], opts & 1, (opts >> 1) & 1,
                               (opts >> 2) & 1, (opts >> 3) & 1, (opts >> 4) & 1, (opts >> 5) & 1,
                               layout, (opts + layout) % 2 ? 3 : 1, (opts >> 6) & 1, si % 3 == 2};
-                    bounded_decay = DECAY_FORM_LIST[form];
+                    atomic_store(&bounded_decay, DECAY_FORM_LIST[form]);
                     ++cases;
                     failed += run_case(&c) != 0;
                 }
