@@ -12,8 +12,8 @@ inputs take. ``VIMC_CPU_LEVEL=<level>`` (read at import; a level _cbuild.LEVELS 
 one this CPU runs: to compare the variants on one machine, or to step around one.
 ``VIMC_SCAN_DECAY=<form>`` (read when the kernel loads; one of :data:`DECAY_FORMS` that the
 build has) sets how the forward computes its decays where every exponent is in [-126, 0];
-by default the kernel picks the form measured fastest for the CPU's kind (cpu_kernel.c's
-bounded_decay).
+by default the kernel picks one by the CPU's kind (cpu_kernel.c's bounded_decay says why). The
+ONNX Runtime plugin, which compiles the same kernel in, always takes that default.
 
 The torch path is chunked: within a chunk of ``CHUNK`` steps the state is a masked sum with
 ``exp(segsum)`` weights (every exponent <= 0, so it is stable for any L), and one state per

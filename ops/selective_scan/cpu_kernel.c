@@ -990,6 +990,7 @@ int64_t vimc_scan_lanes(void) { return LANES; }
 // the bounded case's decay form by name ("exp2", "exp2-scalef", "exp2-table"): 0, or -1 where
 // this build lacks it (see bounded_decay).
 int vimc_scan_set_decay(const char *name) {
+    if (!name) return -1;
     for (int f = DECAY_EXP2; f <= DECAY_EXP2_TABLE; ++f)
         if (bounded_form_built(f) && strcmp(name, DECAY_NAMES[f]) == 0) {
             atomic_store_explicit(&bounded_decay, f, memory_order_relaxed);
