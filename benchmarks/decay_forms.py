@@ -1,6 +1,7 @@
 """The CPU scan kernel's decay forms side by side: which one a CPU should run by default.
 
     python benchmarks/decay_forms.py                        # batch 1 and 8, the best level
+    python benchmarks/decay_forms.py --cpu-levels x86-64-v4 x86-64-v3   # a process per level
     VIMC_CPU_LEVEL=x86-64-v3 python benchmarks/decay_forms.py --batches 8 --no-save
 
 The kernel computes its decays exp(delta * A) in one of several forms where every exponent is
@@ -20,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -93,7 +97,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--no-model", action="store_true", help="the op rows only (no compile)")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument(
+        "--cpu-levels",
+        nargs="+",
+        metavar="LEVEL",
+        help="run once per scan-kernel instruction-set level, each in its own process "
+        "(VIMC_CPU_LEVEL; default: this process's kernel)",
+    )
     args = ap.parse_args(argv)
+    if args.cpu_levels:
+        rest = list(argv if argv is not None else sys.argv[1:])
+        at = rest.index("--cpu-levels")
+        rest = rest[:at] + rest[at + 1 + len(args.cpu_levels) :]
+        for level in args.cpu_levels:
+            env = {**os.environ, "VIMC_CPU_LEVEL": level}
+            proc = subprocess.run([sys.executable, __file__, *rest], env=env, check=False)
+            if proc.returncode != 0:
+                return proc.returncode
+        return 0
     torch.set_num_threads(args.threads)
     if not cpu.c_kernel_available():
         print(f"the C scan kernel is unavailable: {cpu.c_kernel_error()}")

@@ -228,6 +228,23 @@ def test_decay_forms_bench_times_every_form_of_the_build(capsys):
     assert cpu.decay_forms(cpu._lib) == forms
 
 
+def test_decay_forms_bench_runs_a_process_per_level(capfd):
+    """benchmarks/decay_forms.py --cpu-levels: one child process per level, each naming its
+    kernel's level and lane count."""
+    from vimc.ops.selective_scan import _cbuild, cpu
+
+    if not cpu.c_kernel_available():
+        pytest.skip(f"C kernel unavailable: {cpu.c_kernel_error()}")
+    levels = _cbuild.runnable_levels()[:2]
+    if not levels:
+        pytest.skip(f"no instruction-set level listed for {_cbuild.arch()}")
+    bench = importlib.import_module("benchmarks.decay_forms")
+    argv = ["--batches", "1", "--rounds", "1", "--no-model", "--no-save", "--cpu-levels", *levels]
+    assert bench.main(argv) == 0
+    said = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("scan kernel: ")]
+    assert [ln.split(",")[0].removeprefix("scan kernel: ") for ln in said] == levels
+
+
 def test_linears_bench_reads_each_models_linears():
     """benchmarks/linears.py times the shapes the two models have: Vim-Ti's x_proj stored and
     padded as the mixer pads it, DeiT-Ti's four block linears with their bias; and one round of
