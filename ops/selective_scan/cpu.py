@@ -158,8 +158,8 @@ def bind(lib: ctypes.CDLL) -> int:
         lib.vimc_conv_silu_pair.argtypes = [ptr, *[i64] * 5, *[ptr] * 4, i64, ptr, ptr, i64]
         lib.vimc_conv_silu_pair.restype = ctypes.c_int
     if hasattr(lib, "vimc_scan_set_decay"):  # the same: older builds have one form
-        lib.vimc_scan_set_decay.argtypes = [ctypes.c_char_p]
-        lib.vimc_scan_set_decay.restype = ctypes.c_int
+        for fn in (lib.vimc_scan_set_decay, lib.vimc_scan_has_decay):
+            fn.argtypes, fn.restype = [ctypes.c_char_p], ctypes.c_int
         lib.vimc_scan_decay.restype = ctypes.c_char_p
         wanted = os.environ.get("VIMC_SCAN_DECAY")
         if wanted:
@@ -177,9 +177,8 @@ def decay_forms(lib: ctypes.CDLL) -> list[str]:
     if not hasattr(lib, "vimc_scan_set_decay"):
         return ["exp2"]
     current = lib.vimc_scan_decay().decode()
-    built = [f for f in DECAY_FORMS if lib.vimc_scan_set_decay(f.encode()) == 0]
-    lib.vimc_scan_set_decay(current.encode())
-    return [current] + [f for f in built if f != current]
+    others = [f for f in DECAY_FORMS if f != current]
+    return [current] + [f for f in others if lib.vimc_scan_has_decay(f.encode())]
 
 
 def use_decay_form(lib: ctypes.CDLL, form: str) -> None:
