@@ -84,6 +84,10 @@ def test_exp2_table_form(lanes):
     2^(j / lanes), and a decay near 1 carries no constant error (exactly 1 at x = 0)."""
     qs, table, shift = table_form(lanes)
     assert len(qs) == 4 and qs[-1] == 1.0
+    # the polynomial alone on its reduced range, as its comment states
+    s = np.linspace(-0.5, 0.5, 200001).astype(np.float32)
+    poly = horner(qs, s).astype(np.float64) / np.exp2(s.astype(np.float64) / lanes) - 1
+    assert np.abs(poly).max() <= POLYNOMIAL_MAX_REL[f"exp2_q{lanes}"]
     want_bits = np.exp2(np.arange(lanes) / lanes).astype(np.float32).view(np.int32)
     assert np.array_equal(table + (np.arange(lanes) << shift), want_bits)
     x = np.concatenate([np.linspace(-126.0, 0.0, 2_000_001), -np.geomspace(1e-30, 1.0, 200_001)])
