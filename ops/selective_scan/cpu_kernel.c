@@ -529,8 +529,8 @@ static const char *const DECAY_NAMES[] = {"exp", "exp2-clamp", "exp2", "exp2-sca
 // bound the loop (AMD's cores, AVX2 builds), the table form's 8 instructions on them against
 // 9 win: the state loop took 11% less than exp2's in both builds on Zen 5, 5% less than
 // scalef's in the AVX-512 one (benchmarks/scan_floor.py, benchmarks/decay_forms.py). On
-// Zen 3, whose 256-bit vpermps issues on an FMA pipe (LLVM's Zen 3 model), they may tie: not
-// measured.
+// Zen 3 and Zen 4, which issue vpermps on an FMA pipe (LLVM's scheduling models), they may
+// tie: not measured.
 static _Atomic int bounded_decay = DECAY_EXP2;
 #ifdef HAVE_EXP2_TABLE
 __attribute__((constructor)) static void choose_decay_form(void) {
