@@ -9,8 +9,8 @@ in [-126, 0] (``cpu.DECAY_FORMS``: exp2, exp2-table, and exp2-scalef in AVX-512 
 one a build runs is chosen at load from the CPU's kind (cpu_kernel.c's ``bounded_decay``), or
 by ``VIMC_SCAN_DECAY``. This script switches the loaded kernel between every form it has
 (``cpu.use_decay_form``) and times, round robin in one process (``--threads``, default 2):
-- ``op``: one Vim-Ti layer's scan call (both directions, dt_proj in the kernel, the gate) on
-  the arguments a mixer passes it, captured from a forward;
+- ``op``: one Vim-Ti layer's scan call (both directions, dt_proj in the kernel, the gate) as
+  the mixer makes it (scan_builds.py's ``layer_call``);
 - ``model``: Vim-Ti compiled (``torch.compile(fullgraph=True)``), whose graph calls the same op.
 Each row gives the median, the ratio to the exp2 form's, and the largest difference of its
 output from the exp2 form's. The state loop alone is benchmarks/scan_floor.py's.
@@ -30,29 +30,18 @@ import torch
 from vimc.ops.selective_scan import _cbuild, cpu
 
 import vimc
-import vimc.layers
 from vimc.cliargs import positive_int
 from vimc.machine import header, machine_tag, save_results
 from vimc.timing import time_round_robin
 
+# one layer's scan call is scan_builds.py's. Imported as benchmarks.decay_forms (the tests) it
+# reads its sibling through the package; run as a script, its folder is on sys.path.
+if __package__:
+    from .scan_builds import layer_call
+else:
+    from scan_builds import layer_call
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def captured_scan_call(model: torch.nn.Module, x: torch.Tensor):
-    """The (args, kwargs) of the first layer's scan call in an eager forward of ``model``."""
-    real = vimc.layers.selective_scan_bidirectional
-    seen = []
-
-    def spy(*args, **kwargs):
-        seen.append((args, kwargs))
-        return real(*args, **kwargs)
-
-    vimc.layers.selective_scan_bidirectional = spy
-    try:
-        model(x)
-    finally:
-        vimc.layers.selective_scan_bidirectional = real
-    return real, seen[0]
 
 
 def rows_for(kind: str, fns: dict, rounds: int, batch: int) -> list[dict]:
@@ -123,16 +112,16 @@ def main(argv=None) -> int:
         print(f"the C scan kernel is unavailable: {cpu.c_kernel_error()}")
         return 1
     forms = cpu.decay_forms(cpu._lib)
-    level = _cbuild.cpu_level() if cpu._FORCED_LEVEL is None else cpu._FORCED_LEVEL
+    level = cpu._FORCED_LEVEL or _cbuild.cpu_level()
     model = vimc.create_model("vim_tiny").eval()
     compiled = None if args.no_model else torch.compile(model, fullgraph=True)
     rows = []
     with torch.no_grad():
         for batch in args.batches:
-            x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
-            op, (op_args, op_kwargs) = captured_scan_call(model, x)
-            fns = dict.fromkeys(forms, functools.partial(op, *op_args, **op_kwargs))
-            rows += rows_for("op (one layer)", fns, args.rounds, batch)
+            g = torch.Generator().manual_seed(batch)
+            call = layer_call(model.layers[0].mixer, batch, model.layers[0].mixer.d_state, g)
+            rows += rows_for("op (one layer)", dict.fromkeys(forms, call), args.rounds, batch)
+            x = torch.randn(batch, 3, 224, 224, generator=g)
             if compiled is not None:
                 fns = dict.fromkeys(forms, functools.partial(compiled, x))
                 rows += rows_for("model, compiled", fns, max(3, args.rounds // 3), batch)
