@@ -899,49 +899,73 @@ int64_t vimc_scan_items(const ScanArgs *a) {
     return a->Bt * a->G * ((a->E / a->G + LANES - 1) / LANES);
 }
 
-// fn(ctx, tid, begin, end) on T threads (at most 64 and at most n), each a contiguous share of
-// [0, n): the calling thread takes share 0
+// fn(ctx, tid, begin, end) over [0, n) on up to T threads (at most 64, and no more than there
+// are pieces), the calling thread as tid 0:
+// - chunk 0: thread i of m does the contiguous share [n i / m, n (i + 1) / m) in one call, so
+//   which thread computes what is fixed: the backward's per-thread partial sums then add up in
+//   the same order on every run;
+// - chunk > 0: the threads take chunks of that many from a shared counter until none is left,
+//   so a thread whose core is slowed by something else (a shared VM's neighbour, another
+//   process) takes fewer. The forward scan's items: on the Zen 4 worker, whose two cores took
+//   turns running 25% slow, 0.92-0.94x the static shares' median time per call at batch 1 and
+//   8 (benchmarks/scan_builds.py), with the same best times.
 typedef void (*ShareFn)(const void *ctx, int64_t tid, int64_t begin, int64_t end);
+typedef struct {
+    ShareFn fn;
+    const void *ctx;
+    int64_t n, chunk;
+    _Atomic int64_t next;  // the first item no thread has taken yet (chunk > 0)
+} Split;
+static void split_run(Split *s, int64_t tid, int64_t m) {
+    if (!s->chunk) {
+        s->fn(s->ctx, tid, s->n * tid / m, s->n * (tid + 1) / m);
+        return;
+    }
+    for (;;) {
+        const int64_t b = atomic_fetch_add_explicit(&s->next, s->chunk, memory_order_relaxed);
+        if (b >= s->n) return;
+        s->fn(s->ctx, tid, b, b + s->chunk < s->n ? b + s->chunk : s->n);
+    }
+}
+static int64_t split_threads(int64_t n, int64_t T, int64_t chunk) {
+    const int64_t pieces = chunk ? (n + chunk - 1) / chunk : n;
+    if (T > 64) T = 64;
+    if (T > pieces) T = pieces;
+    return T < 1 ? 1 : T;
+}
 
 #ifdef _OPENMP
 #include <omp.h>
 // OpenMP build: cpu.py loads this library after torch, so "libgomp.so.1" resolves to the
 // runtime torch already uses, and the kernels run on torch's warm thread pool: starting fresh
 // threads on every call would cost more than a Vim-sized scan gains from them.
-static void run_split(int64_t n, int64_t T, ShareFn fn, const void *ctx) {
-    if (T > 64) T = 64;
-    if (T > n) T = n;
-    if (T < 1) T = 1;
-#pragma omp parallel num_threads((int)T)
-    {
-        const int64_t i = omp_get_thread_num(), m = omp_get_num_threads();
-        fn(ctx, i, n * i / m, n * (i + 1) / m);
-    }
+static void run_split(int64_t n, int64_t T, int64_t chunk, ShareFn fn, const void *ctx) {
+    Split s = {fn, ctx, n, chunk, 0};
+#pragma omp parallel num_threads((int)split_threads(n, T, chunk))
+    split_run(&s, omp_get_thread_num(), omp_get_num_threads());
 }
 #else
 typedef struct {
-    ShareFn fn;
-    const void *ctx;
-    int64_t tid, begin, end;
-} Share;
-static void *share_entry(void *p) {
-    const Share *s = (const Share *)p;
-    s->fn(s->ctx, s->tid, s->begin, s->end);
+    Split *s;
+    int64_t tid, m;
+} SplitThread;
+static void *split_entry(void *p) {
+    const SplitThread *t = (const SplitThread *)p;
+    split_run(t->s, t->tid, t->m);
     return NULL;
 }
-static void run_split(int64_t n, int64_t T, ShareFn fn, const void *ctx) {
-    if (T > 64) T = 64;
-    if (T > n) T = n;
-    if (T < 1) T = 1;
-    Share w[64];
+static void run_split(int64_t n, int64_t T, int64_t chunk, ShareFn fn, const void *ctx) {
+    Split s = {fn, ctx, n, chunk, 0};
+    T = split_threads(n, T, chunk);
+    SplitThread w[64];
     pthread_t th[64];
     int started[64] = {0};
-    for (int64_t i = 0; i < T; ++i) w[i] = (Share){fn, ctx, i, n * i / T, n * (i + 1) / T};
+    for (int64_t i = 0; i < T; ++i) w[i] = (SplitThread){&s, i, T};
     for (int64_t i = 1; i < T; ++i)
-        started[i] = pthread_create(&th[i], NULL, share_entry, &w[i]) == 0;
+        started[i] = pthread_create(&th[i], NULL, split_entry, &w[i]) == 0;
     for (int64_t i = 1; i < T; ++i)
-        if (!started[i]) share_entry(&w[i]);  // no thread to be had: do its share here
-    share_entry(&w[0]);
+        if (!started[i]) split_entry(&w[i]);  // no thread to be had: do its share here
+    split_entry(&w[0]);
     for (int64_t i = 1; i < T; ++i)
         if (started[i]) pthread_join(th[i], NULL);
 }
@@ -957,9 +981,20 @@ static void scan_share(const void *ctx, int64_t tid, int64_t begin, int64_t end)
     const Work w = {j->a, tid, begin, end};
     j->items(&w);
 }
-static void run_parallel(const ScanArgs *a, void (*items)(const Work *)) {
+// The forward's items in chunks (each item's outputs are its own, so the result does not depend
+// on which thread runs it): about 8 per thread, in whole 64-byte lines of a token-major row
+// (two 8-lane items share one; threads writing the same line would take it from each other).
+#define CHUNKS_PER_THREAD 8
+#define ITEMS_PER_LINE (LANES >= 16 ? 1 : 16 / LANES)
+static void run_parallel(const ScanArgs *a, void (*items)(const Work *), int dynamic) {
     const ScanJob j = {a, items};
-    run_split(vimc_scan_items(a), a->nthreads, scan_share, &j);
+    const int64_t n = vimc_scan_items(a), T = a->nthreads < 1 ? 1 : a->nthreads;
+    int64_t chunk = 0;
+    if (dynamic) {
+        chunk = n / (T * CHUNKS_PER_THREAD) / ITEMS_PER_LINE * ITEMS_PER_LINE;
+        if (chunk < ITEMS_PER_LINE) chunk = ITEMS_PER_LINE;
+    }
+    run_split(n, a->nthreads, chunk, scan_share, &j);
 }
 
 #define FWD_SCRATCH_ROWS 5   // (L, LANES) rows per thread that fwd_items uses
@@ -980,12 +1015,12 @@ int vimc_scan_fwd(const ScanArgs *a) {
     const int same = !p || (p->Bt == a->Bt && p->E == a->E && p->L == a->L && p->N == a->N &&
                             p->G == a->G && (!p->dt_proj || (p->R >= 1 && p->R <= MAX_R)));
     if (!sizes_ok(a, FWD_SCRATCH_ROWS) || !same) return -1;
-    run_parallel(a, fwd_items);
+    run_parallel(a, fwd_items, 1);
     return 0;
 }
 int vimc_scan_bwd(const ScanArgs *a) {  // dt_proj is forward-only
     if (!sizes_ok(a, BWD_SCRATCH_ROWS) || a->dt_proj) return -1;
-    run_parallel(a, bwd_items);
+    run_parallel(a, bwd_items, 0);  // static: the partial sums' order fixed
     return 0;
 }
 int64_t vimc_scan_abi(void) { return (int64_t)sizeof(ScanArgs) * 1000 + LANES; }
@@ -1098,7 +1133,7 @@ int vimc_conv_silu_pair(const float *x, int64_t B, int64_t L, int64_t E, int64_t
             for (int64_t e = 0; e < E; ++e) lanes[2 * K * Ep + d * Ep + e] = bs[d][e];
     }
     const ConvJob j = {x, B, L, E, K, sb, st, lanes, lanes + 2 * K * Ep, out, out_b, Ep};
-    run_split(B * L, nthreads, conv_rows, &j);
+    run_split(B * L, nthreads, 0, conv_rows, &j);
     free(lanes);
     return 0;
 }

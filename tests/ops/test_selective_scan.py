@@ -114,6 +114,27 @@ def test_reverse_equals_flipped_forward():
     torch.testing.assert_close(rev, fwd, **REVERSE_VS_FLIPPED)
 
 
+@pytest.mark.skipif(not cpu.c_kernel_available(), reason="the C kernel is not built here")
+def test_forward_is_the_same_on_any_number_of_threads():
+    """The C forward hands its work items out in chunks to whichever thread is free: the
+    output, bit for bit, must not depend on the thread count or on who ran what. 294 items of
+    8 channels (150 of 16): more chunks than threads at every count here, odd sizes, a last
+    partial block per batch row."""
+    c = Case(Bt=6, E=389, L=37, N=5)
+    ins = make_inputs(c)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = run(ins, c, return_last_state=True)
+        for t in (2, 3, 5, 7):
+            torch.set_num_threads(t)
+            for _ in range(3):
+                for got, ref in zip(run(ins, c, return_last_state=True), want, strict=True):
+                    torch.testing.assert_close(got, ref, **EXACT, msg=f"{t} threads")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_non_contiguous_inputs():
     c = Case(E=12, L=21, N=4)
     ins = make_inputs(c)
