@@ -525,12 +525,13 @@ static const char *const DECAY_NAMES[] = {"exp", "exp2-clamp", "exp2", "exp2-sca
 // harness runs every form). Atomic, read relaxed once per item and direction: a switch while
 // scans run changes the form of the work after it, each direction of an item in one form.
 // Intel's AVX-512 cores run every 512-bit vector instruction on two ports, so there the form
-// with the fewest instructions wins: scalef's 12 per update against 14. Where two FMA pipes
-// bound the loop (AMD's cores, AVX2 builds), the table form's 8 instructions on them against
-// 9 win: the state loop took 11% less than exp2's in both builds on Zen 5, 5% less than
-// scalef's in the AVX-512 one (benchmarks/scan_floor.py, benchmarks/decay_forms.py). On
-// Zen 3 and Zen 4, which issue vpermps on an FMA pipe (LLVM's scheduling models), they may
-// tie: not measured.
+// with the fewest instructions wins: scalef's 12 per update against 13 (as GCC compiles them:
+// benchmarks/scan_floor.py counts them). Where two FMA pipes bound the loop (AMD's cores,
+// AVX2 builds), the table form's 9 instructions on them against exp2's 10 win: the state loop
+// took 11% less than exp2's in both builds on Zen 5, 5% less than scalef's in the AVX-512 one,
+// and 11% less than exp2's on a Zen 4 with AVX-512 hidden (AVX2 build), although LLVM's
+// scheduling models put vpermps on an FMA pipe there (benchmarks/scan_floor.py,
+// benchmarks/decay_forms.py). Zen 3: not measured.
 static _Atomic int bounded_decay = DECAY_EXP2;
 #ifdef HAVE_EXP2_TABLE
 __attribute__((constructor)) static void choose_decay_form(void) {

@@ -33,4 +33,4 @@ def test_floor_benchmark_runs_each_level(capsys):
         }.get(level, [])
         assert forms == want, level
     assert all(float(r[4]) > 0 for r in rows)
-    assert all(r[6] == ("8" if r[3] == "exp2-table" else "9") for r in rows)
+    assert all(r[6] == ("10" if r[3] == "exp2" else "9") for r in rows)
