@@ -6,8 +6,9 @@
 
 Prints a machine header and one row per (shape, direction, mode, implementation): median time
 with p20/p80, exp throughput (Gexp/s: Bt*E*L*N exps), memory traffic (GB/s: u, delta, z, B, C
-read once, out written once) and the speedup over the reference loop measured in the same
-run. Also measures the forward's peak extra memory at the longest shape in a subprocess.
+read once, out written once) and the speedup over the reference loop, timed round robin with
+it (the ratio of the medians, and the median of the per-round ratios). Also measures the
+forward's peak extra memory at the longest shape in a subprocess.
 The header names the scan kernel (its instruction-set level and vector width). Results go to
 benchmarks/results/scan-<machine>.{json,md}, or scan-<machine>-<level>.* under VIMC_CPU_LEVEL.
 """
@@ -25,7 +26,7 @@ from vimc.ops import selective_scan, selective_scan_reference
 from vimc.ops.selective_scan import cpu
 
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import time_fn
+from vimc.timing import Timing, quantile, time_round_robin
 
 SHAPES = [(1, 384, 197, 16), (8, 384, 197, 16), (1, 384, 6085, 16)]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,13 +68,19 @@ def implementations(device):
 
 
 def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
+    """One row per (shape, direction, mode, implementation). The implementations of a (shape,
+    direction, mode) are timed round robin, each timed call right after an untimed one of the
+    same implementation (warm, as the rows of one implementation timed back to back were), so
+    a slow spell of a shared machine falls on all of them alike; ``vs loop`` is the ratio of
+    the medians, ``per round`` the median of the ratios within each round (the loop's time over
+    the implementation's, the same round)."""
     rows = []
     for Bt, E, L, N in shapes:
+        long = L > 1000
         for reverse in (False, True):
             for mode in ("fwd", "fwd+bwd"):
-                base = None
+                steps = {}
                 for name, fn in implementations(device).items():
-                    long = L > 1000
                     if name == "vimc torch chunked" and (long or Bt > 1):
                         continue  # the fallback is a correctness path: timed at Vim-Ti's shape only
                     if name == "reference loop" and long and mode == "fwd+bwd":
@@ -82,8 +89,6 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                             f"through {L} Python steps takes minutes per call) |"
                         )
                         continue
-                    slow_ref = name == "reference loop" and (long or mode == "fwd+bwd")
-                    reps = 3 if slow_ref or quick else 15
                     x = inputs(Bt, E, L, N, device, requires_grad=mode == "fwd+bwd")
                     g = torch.randn(Bt, E, L, device=device)
 
@@ -94,9 +99,15 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                         if mode == "fwd+bwd":
                             out.backward(g)
 
-                    t = time_fn(step, warmup=1 if long else 2, repeats=reps, device=device)
-                    med = t.median_ms / 1e3
-                    base = base or (med if name == "reference loop" else None)
+                    steps[name] = step
+                slow_ref = "reference loop" in steps and (long or mode == "fwd+bwd")
+                t = time_round_robin(
+                    steps, rounds=3 if slow_ref or quick else 15, warmup=1 if long else 2,
+                    device=device, rotate=True, settle=1,
+                )  # fmt: skip
+                loop = t.get("reference loop")
+                for name, tn in t.items():
+                    med = tn.median_ms / 1e3
                     exps = Bt * E * L * N * (3 if mode == "fwd+bwd" else 1)
                     nbytes = 4 * (4 * Bt * E * L + 2 * Bt * N * L)
                     rows.append(
@@ -105,16 +116,22 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                             direction="reverse" if reverse else "forward",
                             mode=mode,
                             impl=name,
-                            median_ms=t.median_ms,
-                            p20_ms=t.p20_ms,
-                            p80_ms=t.p80_ms,
+                            median_ms=tn.median_ms,
+                            p20_ms=tn.p20_ms,
+                            p80_ms=tn.p80_ms,
                             gexp_s=exps / med / 1e9,
                             gb_s=nbytes / med / 1e9 if mode == "fwd" else None,
-                            speedup_vs_loop=base / med if base else None,
+                            speedup_vs_loop=loop.median_ms / tn.median_ms if loop else None,
+                            speedup_per_round=per_round(loop, tn) if loop else None,
                         )
                     )
                     print(format_row(rows[-1]), flush=True)
     return rows
+
+
+def per_round(base: Timing, other: Timing) -> float:
+    """The median over rounds of base's time over other's in the same round."""
+    return quantile([b / o for b, o in zip(base.times_s, other.times_s, strict=True)], 0.5)
 
 
 _MEM_PROBE = r"""
@@ -162,16 +179,19 @@ def memory(Bt, E, L, N) -> dict | None:
 def format_row(r: dict) -> str:
     gb = f"{r['gb_s']:7.2f}" if r["gb_s"] is not None else "      -"
     sp = f"{r['speedup_vs_loop']:8.1f}x" if r["speedup_vs_loop"] else "        -"
+    rr = r.get("speedup_per_round")
+    pr = f"{rr:8.1f}x" if rr else "        -"
     return (
         f"| {r['shape']:<19} | {r['direction']:<7} | {r['mode']:<7} | {r['impl']:<19} | "
         f"{r['median_ms']:9.3f} | {r['p20_ms']:9.3f} | {r['p80_ms']:9.3f} | {r['gexp_s']:6.3f} | "
-        f"{gb} | {sp} |"
+        f"{gb} | {sp} | {pr} |"
     )
 
 
 TABLE_HEAD = (
     "| shape (Bt,E,L,N)    | dir     | mode    | implementation      | median ms |   p20 ms  |"
-    "   p80 ms  | Gexp/s |  GB/s   | vs loop   |\n|---|---|---|---|---|---|---|---|---|---|"
+    "   p80 ms  | Gexp/s |  GB/s   | vs loop   | per round |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

@@ -51,3 +51,13 @@ def test_round_robin_interleaves_and_rotates():
     assert set(timings) == set("abc") and all(t.n == 4 for t in timings.values())
     with pytest.raises(ValueError, match="rounds"):
         time_round_robin(fns, rounds=0)
+
+
+def test_round_robin_settles_each_function_before_its_timed_call():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    timings = time_round_robin(fns, rounds=2, warmup=0, settle=2)
+    assert calls == list("aaabbb") * 2  # two untimed calls, then the timed one, per turn
+    assert all(t.n == 2 for t in timings.values())  # only the timed calls are kept
+    with pytest.raises(ValueError, match="settle"):
+        time_round_robin(fns, settle=-1)

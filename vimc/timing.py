@@ -119,14 +119,22 @@ def time_round_robin(
     device=None,
     pause_s: float = 0.0,
     rotate: bool = False,
+    settle: int = 0,
 ) -> dict[str, Timing]:
     """Time several functions side by side: ``warmup`` untimed calls each, then ``rounds``
     rounds that call each function once, in turn. ``pause_s``: an untimed sleep after every
     timed call (lets a runtime's spinning threads go idle before the next one is timed).
     ``rotate``: round r starts at the (r mod n)-th function, so that no function always runs
-    right after the same other one (and inherits its cache state)."""
+    right after the same other one (and inherits its cache state). ``settle``: that many
+    untimed calls of a function right before each of its timed ones, so each is timed as its
+    own repeated calls leave the caches and the thread pool (a steady state), while a slow
+    spell still falls on every function of a round alike. Without it a fast kernel timed
+    right after a slow Python loop pays for the loop: on a 2-core VM, a scan call that took
+    0.36 ms back to back took 0.46 ms after the per-step loop (benchmarks/scan.py's shapes)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if settle < 0:
+        raise ValueError(f"settle must be >= 0, got {settle}")
     sync = _syncer(device)
     results = {name: Timing() for name in fns}
     for name, fn in fns.items():
@@ -138,6 +146,8 @@ def time_round_robin(
     for r in range(rounds):
         k = r % len(names) if rotate and names else 0
         for name in names[k:] + names[:k]:
+            for _ in range(settle):
+                _timed(fns[name], sync)
             results[name].times_s.append(_timed(fns[name], sync))
             if pause_s:
                 time.sleep(pause_s)
