@@ -51,7 +51,7 @@ import vimc
 from vimc.cliargs import positive_int
 from vimc.deit import deit_tiny
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import Timing, quantile, time_fn, time_round_robin
+from vimc.timing import round_ratios, time_fn, time_round_robin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MS = 43.0  # the issue's target for compiled Vim-Ti, batch 1, on this CPU
@@ -144,14 +144,6 @@ def breakdown(fn, calls: int) -> dict:
     out["total"] = wall_ms / calls
     out["other"] = max(0.0, out["total"] - out["scan"] - out["matmul"])
     return out
-
-
-def round_ratios(vim: Timing, deit: Timing) -> dict:
-    """p20, median and p80 of Vim/DeiT within each round of a round robin (the i-th timed call
-    of each): a spell that slows both models for a round cancels in its ratio, where the ratio
-    of the two medians takes each model's median from different rounds."""
-    paired = [v / d for v, d in zip(vim.times_s, deit.times_s, strict=True)]
-    return {k: quantile(paired, q) for k, q in (("p20", 0.2), ("median", 0.5), ("p80", 0.8))}
 
 
 def worker_vs_deit(cfg: dict) -> dict:

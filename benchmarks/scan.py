@@ -26,7 +26,7 @@ from vimc.ops import selective_scan, selective_scan_reference
 from vimc.ops.selective_scan import cpu
 
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import Timing, quantile, time_round_robin
+from vimc.timing import round_ratios, time_round_robin
 
 SHAPES = [(1, 384, 197, 16), (8, 384, 197, 16), (1, 384, 6085, 16)]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -122,16 +122,11 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                             gexp_s=exps / med / 1e9,
                             gb_s=nbytes / med / 1e9 if mode == "fwd" else None,
                             speedup_vs_loop=loop.median_ms / tn.median_ms if loop else None,
-                            speedup_per_round=per_round(loop, tn) if loop else None,
+                            speedup_per_round=round_ratios(loop, tn)["median"] if loop else None,
                         )
                     )
                     print(format_row(rows[-1]), flush=True)
     return rows
-
-
-def per_round(base: Timing, other: Timing) -> float:
-    """The median over rounds of base's time over other's in the same round."""
-    return quantile([b / o for b, o in zip(base.times_s, other.times_s, strict=True)], 0.5)
 
 
 _MEM_PROBE = r"""

@@ -180,24 +180,6 @@ def test_model_bench_tables_the_unplanned_row():
     assert "| 1.45x (1.38-1.52) | 33.0 | 0.909 |" in md
 
 
-def test_model_bench_round_ratios_pair_each_rounds_calls():
-    from vimc.timing import Timing
-
-    bench = importlib.import_module("benchmarks.model")
-    # rounds 2 and 3 ran in a slow spell for both: per round the ratio stays 1.5
-    vim, deit = Timing([0.030, 0.060, 0.090, 0.036]), Timing([0.020, 0.040, 0.060, 0.024])
-    r = bench.round_ratios(vim, deit)
-    assert r == pytest.approx({"p20": 1.5, "median": 1.5, "p80": 1.5})
-    # rounds that disagree (ratios 1.5, 1.5, 1/3, 1.67): the per-round median is 1.5, the
-    # ratio of the two medians, taken from different rounds, 0.035 / 0.032 = 1.09
-    vim = Timing([0.030, 0.060, 0.020, 0.040])
-    r = bench.round_ratios(vim, deit)
-    assert r["median"] == pytest.approx(1.5) and r["p20"] < 1.5 < r["p80"]
-    assert vim.median_ms / deit.median_ms == pytest.approx(0.035 / 0.032)
-    with pytest.raises(ValueError):
-        bench.round_ratios(Timing([0.01]), deit)  # rounds must pair up
-
-
 def test_conv_bench_times_the_three_forms_and_the_model():
     """benchmarks/conv.py: one layer's pair through the fused op, the shifted form eager and
     compiled, all agreeing; and the eager model with either conv form, the same logits."""
@@ -373,3 +355,21 @@ def test_scan_builds_takes_one_march_per_build(scan_builds, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert any(r.startswith(f"| {kernel} (native) |") for r in rows)
     assert any(r.startswith(f"| {kernel} ({level}) |") for r in rows)
+
+
+def test_scan_bench_times_each_group_round_robin():
+    """benchmarks/scan.py on a tiny shape: every implementation of a (direction, mode) timed,
+    each with its speedup over the loop as a ratio of medians and per round (the loop's own
+    rows at 1)."""
+    bench = importlib.import_module("benchmarks.scan")
+    rows = bench.bench("cpu", quick=True, shapes=[(1, 8, 5, 2)])
+    groups = {(r["direction"], r["mode"]) for r in rows}
+    assert groups == {(d, m) for d in ("forward", "reverse") for m in ("fwd", "fwd+bwd")}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["speedup_vs_loop"] > 0 and r["speedup_per_round"] > 0
+        if r["impl"] == "reference loop":
+            assert r["speedup_vs_loop"] == r["speedup_per_round"] == 1.0
+    impls = {r["impl"] for r in rows}
+    assert {"reference loop", "vimc torch chunked"} <= impls
+    # the table's header and its rows have the same number of columns
+    assert bench.TABLE_HEAD.count("|---") == bench.format_row(rows[0]).count(" | ") + 1

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from vimc.timing import Timing, quantile, time_fn, time_round_robin
+from vimc.timing import Timing, quantile, round_ratios, time_fn, time_round_robin
 
 
 def test_quantile_interpolates_like_numpy():
@@ -61,3 +61,18 @@ def test_round_robin_settles_each_function_before_its_timed_call():
     assert all(t.n == 2 for t in timings.values())  # only the timed calls are kept
     with pytest.raises(ValueError, match="settle"):
         time_round_robin(fns, settle=-1)
+
+
+def test_round_ratios_pair_each_rounds_calls():
+    # rounds 2 and 3 ran in a slow spell for both: per round the ratio stays 1.5
+    vim, deit = Timing([0.030, 0.060, 0.090, 0.036]), Timing([0.020, 0.040, 0.060, 0.024])
+    r = round_ratios(vim, deit)
+    assert r == pytest.approx({"p20": 1.5, "median": 1.5, "p80": 1.5})
+    # rounds that disagree (ratios 1.5, 1.5, 1/3, 1.67): the per-round median is 1.5, the
+    # ratio of the two medians, taken from different rounds, 0.035 / 0.032 = 1.09
+    vim = Timing([0.030, 0.060, 0.020, 0.040])
+    r = round_ratios(vim, deit)
+    assert r["median"] == pytest.approx(1.5) and r["p20"] < 1.5 < r["p80"]
+    assert vim.median_ms / deit.median_ms == pytest.approx(0.035 / 0.032)
+    with pytest.raises(ValueError):
+        round_ratios(Timing([0.01]), deit)  # rounds must pair up

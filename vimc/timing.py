@@ -152,3 +152,12 @@ def time_round_robin(
             if pause_s:
                 time.sleep(pause_s)
     return results
+
+
+def round_ratios(a: Timing, b: Timing) -> dict[str, float]:
+    """p20, median and p80 of a's time over b's within each round of a round robin (the i-th
+    timed call of each): a spell that slows both for a round cancels in its ratio, where the
+    ratio of the two medians takes each median from different rounds. ValueError unless both
+    have the same number of timed calls."""
+    paired = [x / y for x, y in zip(a.times_s, b.times_s, strict=True)]
+    return {k: quantile(paired, q) for k, q in (("p20", 0.2), ("median", 0.5), ("p80", 0.8))}

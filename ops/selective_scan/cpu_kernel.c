@@ -907,9 +907,9 @@ int64_t vimc_scan_items(const ScanArgs *a) {
 //   the same order on every run;
 // - chunk > 0: the threads take chunks of that many from a shared counter until none is left,
 //   so a thread whose core is slowed by something else (a shared VM's neighbour, another
-//   process) takes fewer. The forward scan's items: on the Zen 4 worker, whose two cores took
-//   turns running 25% slow, 0.92-0.94x the static shares' median time per call at batch 1 and
-//   8 (benchmarks/scan_builds.py), with the same best times.
+//   process) takes fewer. The forward scan's items: on a Zen 4 worker whose two cores took
+//   turns running 25% slow, less median time per call than the static shares at batch 1 and
+//   8, the same best times (benchmarks/results/scan_builds-amd-epyc-family-25-model-17-2c-*).
 typedef void (*ShareFn)(const void *ctx, int64_t tid, int64_t begin, int64_t end);
 typedef struct {
     ShareFn fn;
@@ -989,10 +989,10 @@ static void scan_share(const void *ctx, int64_t tid, int64_t begin, int64_t end)
 #define ITEMS_PER_LINE (LANES >= 16 ? 1 : 16 / LANES)
 static void run_parallel(const ScanArgs *a, void (*items)(const Work *), int dynamic) {
     const ScanJob j = {a, items};
-    const int64_t n = vimc_scan_items(a), T = a->nthreads < 1 ? 1 : a->nthreads;
+    const int64_t n = vimc_scan_items(a);  // a->nthreads >= 1 (sizes_ok)
     int64_t chunk = 0;
     if (dynamic) {
-        chunk = n / (T * CHUNKS_PER_THREAD) / ITEMS_PER_LINE * ITEMS_PER_LINE;
+        chunk = n / (a->nthreads * CHUNKS_PER_THREAD) / ITEMS_PER_LINE * ITEMS_PER_LINE;
         if (chunk < ITEMS_PER_LINE) chunk = ITEMS_PER_LINE;
     }
     run_split(n, a->nthreads, chunk, scan_share, &j);
