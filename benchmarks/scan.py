@@ -106,10 +106,10 @@ def bench(device: str, quick: bool, shapes=SHAPES) -> list[dict]:
                     device=device, rotate=True, settle=1,
                 )  # fmt: skip
                 loop = t.get("reference loop")
+                exps = Bt * E * L * N * (3 if mode == "fwd+bwd" else 1)
+                nbytes = 4 * (4 * Bt * E * L + 2 * Bt * N * L)
                 for name, tn in t.items():
                     med = tn.median_ms / 1e3
-                    exps = Bt * E * L * N * (3 if mode == "fwd+bwd" else 1)
-                    nbytes = 4 * (4 * Bt * E * L + 2 * Bt * N * L)
                     rows.append(
                         dict(
                             shape=f"({Bt}, {E}, {L}, {N})",

@@ -129,8 +129,8 @@ def time_round_robin(
     untimed calls of a function right before each of its timed ones, so each is timed as its
     own repeated calls leave the caches and the thread pool (a steady state), while a slow
     spell still falls on every function of a round alike. Without it a fast kernel timed
-    right after a slow Python loop pays for the loop: on a 2-core VM, a scan call that took
-    0.36 ms back to back took 0.46 ms after the per-step loop (benchmarks/scan.py's shapes)."""
+    right after a slow Python loop pays for the loop's effect on caches and idle cores (the
+    README's scan.py section has the numbers)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if settle < 0:
