@@ -6,6 +6,10 @@ BIN    := $(VENV)/bin
 # torch 2.13.0: a CPU build from this machine's local disk; elsewhere pip picks the usual wheel
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# test processes (pytest-xdist): the suite spends most of its time in one-core work (Inductor
+# and C compiles, subprocesses starting Python), so two share a 2-core machine well. worksteal:
+# each process starts on one half of the suite in order and takes from the other's when done
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench lint format
 
@@ -20,10 +24,10 @@ demo: install
 	$(BIN)/vimc demo
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/scan.py
