@@ -88,6 +88,8 @@ POLYNOMIAL_MAX_REL = {
     # 2^x on [-126, 0] by vexp2_nonpos_table: the degree-3 polynomial on its reduced range, the
     # table value and their product, each rounded to float32
     "vexp2_nonpos_table": 1.62e-7,
+    # exp(-a) on [0, 87] by vexp_neg_table (softplus's exp), the same table and polynomial
+    "vexp_neg_table": 1.62e-7,
     # its degree-3 polynomials for 2^(s / lanes) on |s| <= 1/2 (cpu_kernel.c's EXP2_Q)
     "exp2_q8": 8.7e-8,
     "exp2_q16": 6.2e-8,

@@ -76,6 +76,25 @@ def table_form(lanes: int) -> tuple[list[np.float32], np.ndarray, int]:
     return [np.float32(c) for c in re.findall(r"([-+0-9.e]+)f", qs[i])], table, int(shifts[i])
 
 
+MAGIC = np.float32(12582912.0)  # cpu_kernel.c's ROUND_MAGIC
+
+
+def table_pow2(t: np.ndarray, s: np.ndarray, lanes: int) -> np.ndarray:
+    """cpu_kernel.c's table_pow2 in float32: 2^((k + s) / lanes), k in t's low mantissa bits
+    (vpermps's low-bit index, the shifted integer add) -> float64 of the float32 result."""
+    qs, table, shift = table_form(lanes)
+    tbits = t.view(np.int32).astype(np.int64)
+    scale = (table[tbits & (lanes - 1)] + ((tbits << shift) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    scale = scale.astype(np.uint32).view(np.float32)
+    return (horner(qs, s) * scale).astype(np.float32).astype(np.float64)
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """a * b + c rounded once to float32, as an FMA does (the float32 product is exact in
+    float64; rounding the float64 sum again is off by one float32 ulp at most, rarely)."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_exp2_table_form(lanes):
     """The table form of the bounded decays, step by step as the kernel computes it (rounding
@@ -93,14 +112,8 @@ def test_exp2_table_form(lanes):
     x = np.concatenate([np.linspace(-126.0, 0.0, 2_000_001), -np.geomspace(1e-30, 1.0, 200_001)])
     x = x.astype(np.float32)
     xs = (x * np.float32(lanes)).astype(np.float32)  # the kernel folds lanes into A: exact
-    magic = np.float32(12582912.0)
-    t = (xs + magic).astype(np.float32)
-    s = (xs - (t - magic)).astype(np.float32)
-    q = horner(qs, s)
-    tbits = t.view(np.int32).astype(np.int64)
-    scale = (table[tbits & (lanes - 1)] + ((tbits << shift) & 0xFFFFFFFF)) & 0xFFFFFFFF
-    scale = scale.astype(np.uint32).view(np.float32)
-    got = (q * scale).astype(np.float32).astype(np.float64)
+    t = (xs + MAGIC).astype(np.float32)
+    got = table_pow2(t, (xs - (t - MAGIC)).astype(np.float32), lanes)
     rel = np.abs(got / np.exp2(x.astype(np.float64)) - 1)
     bound = POLYNOMIAL_MAX_REL["vexp2_nonpos_table"]
     assert rel.max() <= bound, f"max relative error {rel.max():.3g} > {bound:.3g}"
@@ -108,3 +121,24 @@ def test_exp2_table_form(lanes):
     near = np.abs(x) < 1e-3
     # no constant error near 1: the error shrinks with x there, as the memory length grows
     assert (rel[near] <= 4 * np.abs(x[near]) + 6e-8).all()
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_softplus_exp_table_form(lanes):
+    """vexp_neg_table, softplus's exp(-a) for a >= 0, step by step as GCC compiles it (the
+    product fused into the rounding's add and subtract, log2(e)'s second part added by one more
+    FMA) over [0, 87], the clamp: within the table form's bound of exp(-a) everywhere. Without
+    log2(e)'s second part the error grows with a, to 1.3e-6 at 87."""
+    text = SOURCE.read_text()
+    lo = re.search(r"#define LOG2E_LO ([-+0-9.e]+)f", text)
+    assert lo, "LOG2E_LO not found"
+    a = np.concatenate([np.linspace(0.0, 87.0, 2_000_001), np.geomspace(1e-30, 1.0, 200_001)])
+    a = a.astype(np.float32)
+    hi = np.full_like(a, np.float32(-1.44269504088896341) * np.float32(lanes))
+    t = fma32(a, hi, np.full_like(a, MAGIC))
+    s = fma32(a, hi, -(t - MAGIC))
+    s = fma32(a, np.full_like(a, -np.float32(lo.group(1)) * np.float32(lanes)), s)
+    got = table_pow2(t, s, lanes)
+    rel = np.abs(got / np.exp(-a.astype(np.float64)) - 1)
+    bound = POLYNOMIAL_MAX_REL["vexp_neg_table"]
+    assert rel.max() <= bound, f"max relative error {rel.max():.3g} > {bound:.3g}"
