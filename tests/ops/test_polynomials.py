@@ -130,14 +130,21 @@ def test_softplus_exp_table_form(lanes):
     FMA) over [0, 87], the clamp: within the table form's bound of exp(-a) everywhere. Without
     log2(e)'s second part the error grows with a, to 1.3e-6 at 87."""
     text = SOURCE.read_text()
-    lo = re.search(r"#define LOG2E_LO ([-+0-9.e]+)f", text)
-    assert lo, "LOG2E_LO not found"
+    log2e = {}  # LOG2E and LOG2E_LO as the kernel defines them
+    for name in ("LOG2E", "LOG2E_LO"):
+        found = re.search(rf"#define {name} ([-+0-9.e]+)f", text)
+        assert found, f"{name} not found in {SOURCE.name}"
+        log2e[name] = np.float32(found.group(1)) * np.float32(lanes)  # a power of 2: exact
+    clamp = re.search(
+        r"vexp_neg_table\(vf a, vf tbl\) \{\n.*?vmin\(vsplat\(([0-9.]+)f\), a\)", text
+    )
+    assert clamp and float(clamp.group(1)) == 87.0, "vexp_neg_table's clamp is not at 87"
     a = np.concatenate([np.linspace(0.0, 87.0, 2_000_001), np.geomspace(1e-30, 1.0, 200_001)])
     a = a.astype(np.float32)
-    hi = np.full_like(a, np.float32(-1.44269504088896341) * np.float32(lanes))
+    hi = np.full_like(a, -log2e["LOG2E"])
     t = fma32(a, hi, np.full_like(a, MAGIC))
     s = fma32(a, hi, -(t - MAGIC))
-    s = fma32(a, np.full_like(a, -np.float32(lo.group(1)) * np.float32(lanes)), s)
+    s = fma32(a, np.full_like(a, -log2e["LOG2E_LO"]), s)
     got = table_pow2(t, s, lanes)
     rel = np.abs(got / np.exp(-a.astype(np.float64)) - 1)
     bound = POLYNOMIAL_MAX_REL["vexp_neg_table"]
