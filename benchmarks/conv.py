@@ -8,9 +8,9 @@ Two tables, each timed round robin in one process (``--threads``, default 2; gra
   K = 4) three ways: ``vimc.ops.conv1d_silu_pair`` (the C kernel through its op), the shifted
   form eager, and the shifted form compiled by Inductor (one fused loop), with each one's
   largest difference from the op's output.
-- ``model``: Vim-Ti eager with the mixer's ``conv_form="fused"`` (the default) against
-  ``"shifted"``, same weights, and the largest difference of their logits. Under
-  torch.compile the mixer takes the shifted form either way.
+- ``model``: Vim-Ti with the mixer's ``conv_form="fused"`` (the default) against
+  ``"shifted"``, same weights, eager and both compiled (the fused op in the graph against
+  Inductor's fused loop), and the largest difference of their logits.
 Results: benchmarks/results/conv-<machine>.{json,md}.
 """
 
@@ -26,7 +26,7 @@ from vimc.ops import anticausal_conv1d, causal_conv1d, conv1d_silu_pair
 import vimc
 from vimc.cliargs import positive_int
 from vimc.machine import header, machine_tag, save_results
-from vimc.timing import time_round_robin
+from vimc.timing import round_ratios, time_round_robin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS, E, K = 197, 384, 4  # Vim-Ti at 224 px
@@ -60,21 +60,29 @@ def layer_rows(batch: int, rounds: int) -> list[dict]:
     ]
 
 
-def model_row(batch: int, rounds: int) -> dict:
+def model_row(batch: int, rounds: int, compiled: bool = False) -> dict:
+    """Vim-Ti with conv_form "fused" against "shifted", round robin, eager or both compiled
+    (fullgraph: the fused op in the graph against Inductor's fused loop)."""
     torch.manual_seed(0)
     fused = vimc.create_model("vim_tiny").eval()
     plain = copy.deepcopy(fused)
     for layer in plain.layers:
         layer.mixer.conv_form = "shifted"
     x = torch.randn(batch, 3, 224, 224)
-    t = time_round_robin({"fused": lambda: fused(x), "shifted": lambda: plain(x)},
+    fns = {"fused": fused, "shifted": plain}
+    if compiled:
+        fns = {name: torch.compile(m, fullgraph=True) for name, m in fns.items()}
+    outs = {name: fn(x) for name, fn in fns.items()}  # also compiles
+    t = time_round_robin({name: (lambda fn=fn: fn(x)) for name, fn in fns.items()},
                          rounds=rounds, warmup=2, rotate=True)  # fmt: skip
     return {
         "batch": batch,
+        "mode": "compiled" if compiled else "eager",
         "fused_ms": t["fused"].median_ms,
         "shifted_ms": t["shifted"].median_ms,
         "ratio": t["fused"].median_ms / t["shifted"].median_ms,
-        "max_abs_diff": (fused(x) - plain(x)).abs().max().item(),
+        "round_ratio": round_ratios(t["fused"], t["shifted"]),
+        "max_abs_diff": (outs["fused"] - outs["shifted"]).abs().max().item(),
     }
 
 
@@ -89,7 +97,11 @@ def main(argv=None) -> int:
     head = header()
     with torch.no_grad():
         layers = [r for b in args.batches for r in layer_rows(b, args.rounds)]
-        models = [model_row(b, max(4, args.rounds // 4)) for b in args.batches]
+        models = [
+            model_row(b, max(4, args.rounds // 4), compiled)
+            for compiled in (False, True)
+            for b in args.batches
+        ]
     lines = [
         "# A Vim mixer's convolutions with silu: fused C kernel against the shifted form\n",
         head,
@@ -104,12 +116,16 @@ def main(argv=None) -> int:
             for r in layers
         ),
         "",
-        "Vim-Ti eager, conv_form fused (default) against shifted:",
+        "Vim-Ti, conv_form fused (default) against shifted, eager and compiled (fullgraph: the",
+        "fused op in the graph against Inductor's fused loop):",
         "",
-        "| batch | fused ms | shifted ms | fused / shifted | max abs diff of logits |",
-        "|---|---|---|---|---|",
+        "| batch | mode | fused ms | shifted ms | fused / shifted | per round (p20-p80) | "
+        "max abs diff of logits |",
+        "|---|---|---|---|---|---|---|",
         *(
-            f"| {r['batch']} | {r['fused_ms']:.1f} | {r['shifted_ms']:.1f} | {r['ratio']:.3f} | "
+            f"| {r['batch']} | {r['mode']} | {r['fused_ms']:.1f} | {r['shifted_ms']:.1f} | "
+            f"{r['ratio']:.3f} | {r['round_ratio']['median']:.3f} "
+            f"({r['round_ratio']['p20']:.3f}-{r['round_ratio']['p80']:.3f}) | "
             f"{r['max_abs_diff']:.2g} |"
             for r in models
         ),

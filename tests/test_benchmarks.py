@@ -182,14 +182,17 @@ def test_model_bench_tables_the_unplanned_row():
 
 def test_conv_bench_times_the_three_forms_and_the_model():
     """benchmarks/conv.py: one layer's pair through the fused op, the shifted form eager and
-    compiled, all agreeing; and the eager model with either conv form, the same logits."""
+    compiled, all agreeing; and the model with either conv form, eager and compiled, the same
+    logits."""
     bench = importlib.import_module("benchmarks.conv")
     with torch.no_grad():
         rows = bench.layer_rows(1, rounds=1)
-        model = bench.model_row(1, rounds=1)
+        models = [bench.model_row(1, rounds=1, compiled=c) for c in (False, True)]
     assert [r["form"] for r in rows] == ["fused op (C)", "shifted, eager", "shifted, compiled"]
     assert all(r["median_ms"] > 0 and r["max_abs_diff"] < 1e-4 for r in rows)
-    assert model["fused_ms"] > 0 and model["shifted_ms"] > 0 and model["max_abs_diff"] < 1e-4
+    assert [m["mode"] for m in models] == ["eager", "compiled"]
+    for m in models:
+        assert m["fused_ms"] > 0 and m["shifted_ms"] > 0 and m["max_abs_diff"] < 1e-4
 
 
 def test_decay_forms_bench_times_every_form_of_the_build(capsys):

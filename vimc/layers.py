@@ -45,13 +45,14 @@ SCAN_IMPLS = ("fast", "reference")
 # their mean; "token_major", one selective_scan_bidirectional_token_major call on the (B, L, .)
 # activations (no transposes around it). The same numbers each way.
 SCAN_FORMS = ("bidirectional", "per_direction", "token_major")
-# how it runs each direction's depthwise conv and silu (vimc.ops' conv functions): "fused", in
-# eager with grad mode off both directions in one conv1d_silu_pair call (the fused C kernel on
-# CPU in float32: 0.86-0.89x the eager forward at batch 1, 0.87-0.88x at batch 8, README),
-# else the shifted form (under torch.compile Inductor fuses it into one loop, and the op call
-# was not faster in the compiled model: 1.02x); "shifted", K shifted multiply-adds on
-# token-major activations (pointwise ops a compiler fuses into one loop); "channel_major", one
-# F.conv1d per direction on (B, E, L) views (one Conv node for graphs translated node by node).
+# how it runs each direction's depthwise conv and silu (vimc.ops' conv functions): "fused", with
+# grad mode off both directions in one conv1d_silu_pair call (the fused C kernel on CPU in
+# float32: 0.86-0.89x the eager forward at batch 1, 0.87-0.88x at batch 8; compiled, where the
+# op stands in the graph for Inductor's fused loop, 0.90-0.92x at batch 8 and 0.98-0.99x at
+# batch 1 on an AVX2-only Zen 4, README), else the shifted form; "shifted", K shifted
+# multiply-adds on token-major activations (pointwise ops a compiler fuses into one loop);
+# "channel_major", one F.conv1d per direction on (B, E, L) views (one Conv node for graphs
+# translated node by node).
 CONV_FORMS = ("fused", "shifted", "channel_major")
 
 
@@ -255,7 +256,7 @@ class BiMambaMixer(nn.Module):
     def _convolutions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each direction's conv and silu of token-major x (B, L, E), in the mixer's conv form."""
         c, cb = self.conv1d, self.conv1d_b
-        if self._conv_form == "fused" and not torch.compiler.is_compiling():
+        if self._conv_form == "fused":
             return conv1d_silu_pair(x, c.weight, c.bias, cb.weight, cb.bias)
         if self._conv_form == "channel_major":
             xc = x.mT  # shared by both

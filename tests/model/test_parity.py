@@ -3,6 +3,7 @@ against the reference path (vim.md's flip formulation with the python-loop scan)
 
 import pytest
 import torch
+from vimc.ops.selective_scan import cpu
 
 import vimc
 from vimc import layers
@@ -119,10 +120,26 @@ def test_x_proj_padded_width(d_model, stored, padded):
     assert mixer._x_proj_weight(w) is w and mixer.x_proj_width == stored
 
 
-def test_fused_conv_form_calls_the_pair_op_in_eager_inference_only(monkeypatch):
-    """The default conv form: one conv1d_silu_pair call per mixer in an eager forward (with
-    grad mode on it runs the shifted form, which autograd differentiates); none under
-    torch.compile, where Inductor fuses the shifted form."""
+def _graph_ops(fn, *args) -> list:
+    """The call targets of the FX graph torch.compile traces for ``fn(*args)``."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()  # the function may have been traced before, under other conditions
+    fn = torch.compile(fn, fullgraph=True, backend=backend)
+    out = fn(*args)
+    assert len(graphs) == 1
+    return out, [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
+
+
+def test_fused_conv_form_calls_the_pair_op_in_inference_only(monkeypatch):
+    """The default conv form: one conv1d_silu_pair call per mixer in an eager forward with
+    grad mode off, and one ``vimc::conv1d_silu_pair_fwd`` node in the compiled graph where its
+    C kernel runs (CPU, float32); with grad mode on the shifted form, which autograd
+    differentiates."""
     mixer = randomize_(BiMambaMixer(24, d_state=5), seed=3)
     assert mixer.conv_form == "fused"
     calls, pair = [], layers.conv1d_silu_pair
@@ -136,11 +153,28 @@ def test_fused_conv_form_calls_the_pair_op_in_eager_inference_only(monkeypatch):
     with torch.no_grad():
         eager = mixer(h)
         assert calls == [(2, 9, 48)]
-        compiled = torch.compile(mixer, fullgraph=True)(h)
-    assert calls == [(2, 9, 48)]
+        compiled, targets = _graph_ops(mixer, h)
+    op = torch.ops.vimc.conv1d_silu_pair_fwd.default
+    want = 1 if cpu.c_kernel_available() else 0
+    assert sum(t in (op, op.overloadpacket) for t in targets) == want
     assert _rel(compiled, eager) <= MIXER_FORMS[torch.float32]
     mixer(h).sum().backward()  # grad mode on
-    assert len(calls) == 2 and mixer.conv1d.weight.grad.abs().sum() > 0
+    assert mixer.conv1d.weight.grad.abs().sum() > 0
+
+
+def test_compiled_fused_conv_form_is_shifted_without_the_c_kernel(monkeypatch):
+    """Where the C kernel does not run, the compiled graph holds the shifted form (one loop
+    for Inductor) rather than the op, whose fallback would run it unfused."""
+    monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
+    mixer = randomize_(BiMambaMixer(24, d_state=5), seed=3)
+    h = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        eager = mixer(h)
+        compiled, targets = _graph_ops(mixer, h)
+    names = {str(t) for t in targets}
+    assert not any("conv1d_silu_pair" in n for n in names), names
+    assert _rel(compiled, eager) <= MIXER_FORMS[torch.float32]
+    torch._dynamo.reset()
 
 
 def test_x_proj_padding_changes_no_number(monkeypatch):

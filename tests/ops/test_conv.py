@@ -110,3 +110,44 @@ def test_compiles_whole_and_the_fake_kernel_agrees():
         got = torch.compile(lambda *a: OP(*a), fullgraph=True)(*args)
     for g, h in zip(got, want):
         torch.testing.assert_close(g, h, rtol=0, atol=0)
+
+
+@needs_c
+def test_a_checked_layout_skips_the_checks_after_its_first_call(monkeypatch):
+    """The second call with one layout goes straight to the kernel (no _check_pair) and gives
+    the first call's numbers; another layout, or a bypassed() block, takes the full path."""
+    from vimc.ops.selective_scan import conv, cpu_plans
+
+    checks, check = [], conv._check_pair
+
+    def spy(*args):
+        checks.append(args[0].shape)
+        return check(*args)
+
+    monkeypatch.setattr(conv, "_check_pair", spy)
+    monkeypatch.setattr(conv, "_CHECKED", {})
+    args = _args(2, 9, 40, 4, seed=5)
+    with torch.no_grad(), poison_outputs():
+        first = OP(*args)
+        assert len(checks) == 1
+        second = OP(*args)
+        assert len(checks) == 1
+        for a, b in zip(first, second):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        OP(args[0].contiguous(), *args[1:])  # other strides: checked anew
+        assert len(checks) == 2
+        with cpu_plans.bypassed():
+            OP(*args)
+        assert len(checks) == 3
+
+
+@needs_c
+def test_a_checked_layout_still_checks_the_storage():
+    """A storage shrunk under a view of a checked layout is refused, named, not read past."""
+    x, w, b, wb, bb = _args(2, 9, 40, 4, seed=6)
+    x = x.clone()  # its own storage
+    with torch.no_grad():
+        OP(x, w, b, wb, bb)
+        x.untyped_storage().resize_(16)
+        with pytest.raises(ValueError, match="x reaches past the end of its storage"):
+            OP(x, w, b, wb, bb)
