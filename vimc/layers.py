@@ -48,8 +48,8 @@ SCAN_FORMS = ("bidirectional", "per_direction", "token_major")
 # how it runs each direction's depthwise conv and silu (vimc.ops' conv functions): "fused", with
 # grad mode off both directions in one conv1d_silu_pair call (the fused C kernel on CPU in
 # float32: 0.86-0.89x the eager forward at batch 1, 0.87-0.88x at batch 8; compiled, where the
-# op stands in the graph for Inductor's fused loop, 0.90-0.92x at batch 8 and 0.98-0.99x at
-# batch 1 on an AVX2-only Zen 4, README), else the shifted form; "shifted", K shifted
+# op stands in the graph for Inductor's fused loop, 0.92-0.97x at batch 8 and 0.96-0.99x at
+# batch 1 per round on an AVX2-only Zen 4, README), else the shifted form; "shifted", K shifted
 # multiply-adds on token-major activations (pointwise ops a compiler fuses into one loop);
 # "channel_major", one F.conv1d per direction on (B, E, L) views (one Conv node for graphs
 # translated node by node).
