@@ -2,13 +2,13 @@
 
 Where it runs:
 
-- CPU packages: Inductor compiles everything but the scan to C++; the scans stay calls to the
-  registered vimc ops (opaque ops with a C kernel behind ctypes), one
+- CPU packages: Inductor compiles everything but the scan and the convolutions to C++; those
+  stay calls to the registered vimc ops (opaque ops with a C kernel behind ctypes), one
   ``vimc::selective_scan_bidirectional_proj_fwd`` call per layer for both directions and their
   dt_proj linears (``scan_form="bidirectional"``, the default; an export traced with grad mode
-  on records ``vimc::selective_scan_bidirectional_fwd`` and the linears instead), so the
-  process that loads the package must
-  ``import vimc`` first (``load_aoti`` does).
+  on records ``vimc::selective_scan_bidirectional_fwd`` and the linears instead) and one
+  ``vimc::conv1d_silu_pair_fwd`` for both directions' conv and silu, so the process that loads
+  the package must ``import vimc`` first (``load_aoti`` does).
 - CUDA packages: on CUDA the model calls the ``triton_op`` twin of the scan, which Inductor
   sees into, so its Triton kernels are compiled into the package and the package needs no
   vimc Python registration at load time (untested on this project's CPU CI).
@@ -64,7 +64,7 @@ def to_aoti(
 def load_aoti(path, *, device_index: int = -1):
     """Load a package written by :func:`to_aoti`; returns a callable ``runner(x) -> logits``.
     Imports vimc first so the scan op a CPU package calls back into is registered."""
-    import vimc.ops  # noqa: F401  (registers the vimc::selective_scan* ops)
+    import vimc.ops  # noqa: F401  (registers the vimc ops a CPU package calls)
 
     if not Path(path).is_file():
         raise ValueError(f"path: no AOTInductor package at {str(path)!r}")

@@ -11,17 +11,19 @@ duration of one export and restores them after. The scan forms an export asks fo
   and TensorRT translate node by node;
 - ``"bidirectional"``: one ``vimc::selective_scan_bidirectional_proj_fwd`` node per layer (both
   directions and their dt_proj; ``..._fwd`` and the linears when traced with grad mode on)
-  and the convs as shifted multiply-adds, for programs that compile the graph and call vimc's
-  kernels back (AOTInductor CPU packages): one kernel call for both directions, as eager and
-  compiled models make on CPU;
+  and the convs in the mixer's default form (one ``vimc::conv1d_silu_pair_fwd`` node per layer
+  for CPU float32 inputs, where vimc's C kernel runs; shifted multiply-adds elsewhere and with
+  grad mode on), for programs that compile the graph and call vimc's kernels back
+  (AOTInductor CPU packages): one kernel call for both directions, as eager and compiled
+  models make on CPU;
 - ``"plugin"``: one ``vimc::selective_scan_bidirectional_token_major`` node per layer on the
   mixer's (B, L, .) tensors and ``Conv`` nodes: the ONNX plugin route
   (``to_onnx(scan="plugin")``), whose node vimc's ONNX Runtime plugin runs.
 
 The same forms carry ``BiMambaMixer.x_proj_align``: the x_proj weight padded for MKL's GEMM
-stays in the programs Inductor compiles ("bidirectional", where the pad fuses into the conv
-kernel), while graphs translated node by node ("per_direction", "plugin") take the stored
-weight, so the ONNX files carry no Pad node run on every inference.
+stays in the programs Inductor compiles ("bidirectional"), while graphs translated node by node
+("per_direction", "plugin") take the stored weight, so the ONNX files carry no Pad node run on
+every inference.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ _OLD_SCAN_FORMS = {"token_major": "plugin"}  # deprecated spellings, for one rel
 # (mixer scan_form, conv_form, x_proj_align) per export scan form
 _MIXER_FORMS = {
     "per_direction": ("per_direction", "channel_major", 1),
-    "bidirectional": ("bidirectional", "shifted", BiMambaMixer.x_proj_align),
+    "bidirectional": ("bidirectional", "fused", BiMambaMixer.x_proj_align),
     "plugin": ("token_major", "channel_major", 1),
 }
 _FORM_ATTRS = ("scan_form", "conv_form", "x_proj_align")
@@ -120,10 +122,16 @@ def to_exported_program(
         )
 
 
-def scan_nodes(ep: torch.export.ExportedProgram) -> list:
-    """The graph's ``vimc`` op nodes (the scans)."""
+def vimc_nodes(ep: torch.export.ExportedProgram) -> list:
+    """The graph's ``vimc`` op nodes (the scans, and the fused convs of the "bidirectional"
+    form)."""
     return [
         n
         for n in ep.graph.nodes
         if n.op == "call_function" and getattr(n.target, "namespace", None) == "vimc"
     ]
+
+
+def scan_nodes(ep: torch.export.ExportedProgram) -> list:
+    """The graph's scan nodes (``vimc::selective_scan*``)."""
+    return [n for n in vimc_nodes(ep) if "selective_scan" in str(n.target)]

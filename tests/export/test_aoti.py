@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from vimc.export import load_aoti, to_aoti, to_exported_program
-from vimc.export.program import scan_nodes
+from vimc.export.program import scan_nodes, vimc_nodes
+from vimc.ops.selective_scan import cpu
 
 from ..tolerances import AOTI_VS_EAGER, EXPORTED_PROGRAM_VS_EAGER
 
@@ -55,13 +56,17 @@ def test_aoti_bad_arguments(small_model, tmp_path):
 
 def test_bidirectional_scan_program_has_one_scan_node_per_layer(small_model, images):
     """The form to_aoti exports on CPU: one call of vimc's bidirectional kernel per layer, which
-    applies both directions' dt_proj too (no dt_proj matmul left in the program)."""
+    applies both directions' dt_proj too (no dt_proj matmul left in the program), and one call
+    of the fused conv pair per layer where its C kernel runs (else the shifted form, which
+    Inductor fuses: no aten conv either way)."""
     ep = to_exported_program(small_model, images[64][:1], scan_form="bidirectional")
     targets = [str(n.target) for n in scan_nodes(ep)]
     assert targets == ["vimc.selective_scan_bidirectional_proj_fwd.default"] * 2  # 2 layers
+    convs = [str(n.target) for n in vimc_nodes(ep) if n not in scan_nodes(ep)]
+    fused = cpu.c_kernel_available()
+    assert convs == ["vimc.conv1d_silu_pair_fwd.default"] * (2 if fused else 0)
     mms = [n for n in ep.graph.nodes if "mm" in str(n.target) or "linear" in str(n.target)]
     assert len(mms) == 2 * (1 + 2 + 1) + 2  # in_proj, 2 x_proj, out_proj per layer; embed, head
-    # Inductor compiles the convs' shifted multiply-adds into its own loop: no conv op here
     assert not any("convolution" in str(n.target) for n in ep.graph.nodes)
     with torch.no_grad():
         torch.testing.assert_close(

@@ -33,7 +33,7 @@ def _x_proj_aligns(model) -> set:
     "scan_form, mixer_forms, x_proj_align",
     [
         ("per_direction", ("per_direction", "channel_major"), 1),
-        ("bidirectional", ("bidirectional", "shifted"), 16),
+        ("bidirectional", ("bidirectional", "fused"), 16),
         ("plugin", ("token_major", "channel_major"), 1),
     ],
 )
