@@ -176,8 +176,10 @@ def _run(x, dims, params) -> tuple[torch.Tensor, torch.Tensor]:
 # device and layout of each argument, and the thread count). A compiled Vim graph calls the
 # op 24 times per forward with one layout; on an AVX2-only Zen 4 a batch-1 op call took
 # 93-95 us this way against 111 us with every check (ad hoc). A storage can shrink under a
-# view of equal layout, so each call still checks that every argument lies inside its storage.
-_CHECKED: dict[tuple, tuple[int, int, int, int]] = {}
+# view of equal layout, so each call still checks that every argument lies inside its storage
+# (the bytes each reaches depend on its layout only, so they are kept with it, as the scan's
+# call plans keep theirs).
+_CHECKED: dict[tuple, tuple[tuple[int, int, int, int], tuple]] = {}
 _MAX_CHECKED = 256
 
 
@@ -187,7 +189,8 @@ def _remember(args: tuple) -> None:
         if len(_CHECKED) >= _MAX_CHECKED:
             _CHECKED.clear()
         x, weight = args[0], args[1]
-        _CHECKED[key] = (*x.shape, weight.shape[2])
+        ends = tuple((i, storage_end(t)) for i, t in enumerate(args) if t is not None and t.numel())
+        _CHECKED[key] = ((*x.shape, weight.shape[2]), ends)
 
 
 def _planned_call(args: tuple):
@@ -196,11 +199,12 @@ def _planned_call(args: tuple):
     if not _CHECKED or not cpu.c_kernel_available() or cpu_plans.is_bypassed():
         return None
     key = cpu_plans.signature(args)
-    dims = _CHECKED.get(key) if key is not None else None
-    if dims is None:
+    checked = _CHECKED.get(key) if key is not None else None
+    if checked is None:
         return None
-    for t in args:
-        if t is not None and t.untyped_storage().nbytes() < storage_end(t):
+    dims, ends = checked
+    for i, end in ends:
+        if args[i].untyped_storage().nbytes() < end:
             return None  # the full path's check_storage names it
     x, weight, bias, weight_b, bias_b = args
     E, K = dims[2], dims[3]

@@ -128,9 +128,12 @@ def _graph_ops(fn, *args) -> list:
         graphs.append(gm)
         return gm.forward
 
-    torch._dynamo.reset()  # the function may have been traced before, under other conditions
-    fn = torch.compile(fn, fullgraph=True, backend=backend)
-    out = fn(*args)
+    # traced afresh, and forgotten after: whether the C kernel runs is a constant of the trace
+    torch._dynamo.reset()
+    try:
+        out = torch.compile(fn, fullgraph=True, backend=backend)(*args)
+    finally:
+        torch._dynamo.reset()
     assert len(graphs) == 1
     return out, [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
 
@@ -174,7 +177,6 @@ def test_compiled_fused_conv_form_is_shifted_without_the_c_kernel(monkeypatch):
     names = {str(t) for t in targets}
     assert not any("conv1d_silu_pair" in n for n in names), names
     assert _rel(compiled, eager) <= MIXER_FORMS[torch.float32]
-    torch._dynamo.reset()
 
 
 def test_x_proj_padding_changes_no_number(monkeypatch):
