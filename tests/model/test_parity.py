@@ -3,6 +3,7 @@ against the reference path (vim.md's flip formulation with the python-loop scan)
 
 import pytest
 import torch
+from vimc.ops.selective_scan import conv as conv_ops
 from vimc.ops.selective_scan import cpu
 
 import vimc
@@ -161,7 +162,10 @@ def test_fused_conv_form_calls_the_pair_op_in_inference_only(monkeypatch):
     want = 1 if cpu.c_kernel_available() else 0
     assert sum(t in (op, op.overloadpacket) for t in targets) == want
     assert _rel(compiled, eager) <= MIXER_FORMS[torch.float32]
-    mixer(h).sum().backward()  # grad mode on
+    seen, op_calls, pair_op = len(calls), [], conv_ops._PAIR
+    monkeypatch.setattr(conv_ops, "_PAIR", lambda *a: op_calls.append(1) or pair_op(*a))
+    mixer(h).sum().backward()  # grad mode on: the shifted form, not the op
+    assert len(calls) == seen + 1 and op_calls == []
     assert mixer.conv1d.weight.grad.abs().sum() > 0
 
 
