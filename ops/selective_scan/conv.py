@@ -120,11 +120,14 @@ def _shifted_pair(x, weight, bias, weight_b, bias_b):
     )
 
 
+def _c_dtypes(*ts) -> bool:
+    """Whether these are what the C kernel takes: CPU float32 (None for an absent bias)."""
+    return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in ts)
+
+
 def _c_ready(*ts) -> bool:
     """Whether the C kernel takes these: CPU float32, and the kernel built or loaded."""
-    return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in ts) and (
-        cpu.c_kernel_available()
-    )
+    return _c_dtypes(*ts) and cpu.c_kernel_available()
 
 
 def conv1d_silu_pair_fwd(
@@ -196,7 +199,11 @@ def _remember(args: tuple) -> None:
 def _planned_call(args: tuple):
     """The kernel's outputs for ``args`` if their layout passed the full checks before and
     every tensor lies inside its storage; else None (the caller runs the full path)."""
-    if not _CHECKED or not cpu.c_kernel_available() or cpu_plans.is_bypassed():
+    # a CUDA call is never served: one attribute read, not a whole signature, says so
+    x = args[0]
+    if not (_CHECKED and isinstance(x, torch.Tensor) and x.is_cpu):
+        return None
+    if not cpu.c_kernel_available() or cpu_plans.is_bypassed():
         return None
     key = cpu_plans.signature(args)
     checked = _CHECKED.get(key) if key is not None else None
@@ -232,12 +239,13 @@ def conv1d_silu_pair(
     as nn.Conv1d holds them. With grad mode off one ``vimc::conv1d_silu_pair_fwd`` call (the
     fused C kernel on CPU in float32); with grad mode on the shifted form, which autograd
     differentiates. Under torch.compile the op goes into the graph only where its C kernel
-    runs (CPU float32 x, kernel available); elsewhere the shifted form, which Inductor fuses
-    into one loop (on GPUs too), is better than the op's eager fallback."""
+    runs (every tensor CPU float32, kernel available); elsewhere the shifted form, which
+    Inductor fuses into one loop (on GPUs too), is better than the op's eager fallback."""
     if torch.is_grad_enabled():
         return _shifted_pair(x, weight, bias, weight_b, bias_b)
+    # _c_ready's test, with the kernel's availability read once per trace (not traceable)
     if torch.compiler.is_compiling() and not (
-        x.is_cpu and x.dtype == torch.float32 and _kernel_ready()
+        _c_dtypes(x, weight, bias, weight_b, bias_b) and _kernel_ready()
     ):
         return _shifted_pair(x, weight, bias, weight_b, bias_b)
     return _PAIR(x, weight, bias, weight_b, bias_b)

@@ -183,6 +183,23 @@ def test_compiled_fused_conv_form_is_shifted_without_the_c_kernel(monkeypatch):
     assert _rel(compiled, eager) <= MIXER_FORMS[torch.float32]
 
 
+def test_compiled_pair_takes_the_op_only_for_all_float32_cpu_tensors():
+    """The compile-time test is the op's own: a float64 weight beside float32 x (which the op
+    would run in its eager fallback) gives the shifted form in the graph."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 9, 16, generator=g)
+    w, wb = (torch.randn(16, 1, 4, generator=g) for _ in range(2))
+    b, bb = (torch.randn(16, generator=g) for _ in range(2))
+    with torch.no_grad():
+        for weight, want in ((w, int(cpu.c_kernel_available())), (w.double(), 0)):
+            out, targets = _graph_ops(layers.conv1d_silu_pair, x, weight, b, wb, bb)
+            n = sum("conv1d_silu_pair" in str(t) for t in targets)
+            assert n == want, (weight.dtype, targets)
+            ref = layers.conv1d_silu_pair(x, weight, b, wb, bb)
+            for o, r in zip(out, ref):
+                torch.testing.assert_close(o, r.to(o.dtype), rtol=1e-5, atol=1e-6)
+
+
 def test_x_proj_padding_changes_no_number(monkeypatch):
     """The mixer with x_proj padded (the default) against unpadded: output, input gradient and
     every parameter's gradient (x_proj's keeps its stored shape); the padded run multiplies by
