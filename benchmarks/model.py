@@ -27,6 +27,10 @@ torch.profiler trace of the compiled model, each top-level op put in one bucket 
 mm/addmm/bmm/linear and oneDNN linears), "other"
 being the rest of the profiled wall time (Inductor's fused elementwise kernels, the conv,
 layer norms, Python and dispatch).
+
+Every worker keeps the memory it frees for its next forward (``vimc.heap``, glibc's trim and
+mmap thresholds raised; ``--heap default`` leaves them), both models alike; the tables say
+which, and the vs-DeiT rows count the minor page faults per forward over their timed rounds.
 Results: benchmarks/results/model-<machine>.{json,md}.
 """
 
@@ -50,6 +54,7 @@ from vimc.ops.selective_scan import cpu_plans
 import vimc
 from vimc.cliargs import positive_int
 from vimc.deit import deit_tiny
+from vimc.heap import heap_policy, keep_freed_memory
 from vimc.machine import header, machine_tag, save_results
 from vimc.timing import round_ratios, time_fn, time_round_robin
 
@@ -62,8 +67,18 @@ def _rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _set_heap(cfg: dict) -> None:
+    if cfg.get("heap", "kept") == "kept":
+        keep_freed_memory()
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def worker(cfg: dict) -> dict:
     """One configuration, in this process: build, (compile), warm up, time."""
+    _set_heap(cfg)
     torch.manual_seed(0)
     model = vimc.create_model(cfg["model"], scan_impl=cfg["scan"]).eval()
     dtype = getattr(torch, cfg["dtype"])
@@ -92,6 +107,7 @@ def worker(cfg: dict) -> dict:
         "peak_rss_mib": maxrss / 1024,
         "run_delta_mib": max(0, maxrss - rss0) / 1024,
         "threads": torch.get_num_threads(),
+        "heap": heap_policy(),
     }
 
 
@@ -150,6 +166,7 @@ def worker_vs_deit(cfg: dict) -> dict:
     """Vim-Ti and DeiT-Ti compiled in this process, timed round robin, then Vim-Ti profiled.
     A third row runs the same compiled Vim-Ti with every scan call on its op's full path
     (checks and packing per call, ``cpu_plans.bypassed()``): what the plans save."""
+    _set_heap(cfg)
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
     x = torch.randn(cfg["batch"], 3, 224, 224)
@@ -164,8 +181,12 @@ def worker_vs_deit(cfg: dict) -> dict:
 
         fns = {"vim_tiny": lambda: vim_c(x), "deit_tiny": lambda: deit_c(x)}
         fns["vim_tiny_unplanned"] = vim_unplanned
-        # warmup 2: the first call compiles, the second runs what later calls run
-        t = time_round_robin(fns, rounds=cfg["rounds"], warmup=2, rotate=True)
+        for fn in fns.values():  # the first call compiles: its page faults are not a forward's
+            fn()
+        faults = _minor_faults()
+        # one more warm-up call each: it runs what later calls run
+        t = time_round_robin(fns, rounds=cfg["rounds"], warmup=1, rotate=True)
+        faults = (_minor_faults() - faults) / (len(fns) * (cfg["rounds"] + 1))
         prof = breakdown(fns["vim_tiny"], cfg["profile_calls"])
     ratio = t["vim_tiny"].median_ms / t["deit_tiny"].median_ms
     return {
@@ -179,6 +200,8 @@ def worker_vs_deit(cfg: dict) -> dict:
         "round_ratio": round_ratios(t["vim_tiny"], t["deit_tiny"]),
         "vim_breakdown_ms": prof,
         "threads_used": torch.get_num_threads(),
+        "heap": heap_policy(),
+        "minor_faults_per_forward": faults,
         "scan_kernel": cpu_scan.kernel_info()["scan kernel"],
         "scan_lanes": cpu_scan.LANES if cpu_scan.c_kernel_available() else None,
     }
@@ -239,6 +262,15 @@ def deit_markdown(vs_deit: list[dict]) -> list[str]:
             f" {_round_ratio(r)} | {r['vim_unplanned_median_ms']:.1f} | "
             f"{r['vim_median_ms'] / r['vim_unplanned_median_ms']:.3f} |"
         )
+    if all("minor_faults_per_forward" in r for r in vs_deit):
+        faults = ", ".join(
+            f"{r['minor_faults_per_forward']:.0f} at batch {r['batch']}" for r in vs_deit
+        )
+        md += [
+            "",
+            "Minor page faults per forward over the timed rounds (the three models' together): "
+            f"{faults}.",
+        ]
     md += [
         "",
         "Where compiled Vim-Ti's time goes (torch.profiler over the compiled model, ms per "
@@ -292,6 +324,13 @@ def main() -> None:
         help="run the Vim-Ti vs DeiT-Ti rows once per scan-kernel instruction-set level "
         "(VIMC_CPU_LEVEL, e.g. x86-64-v4 x86-64-v3; default: the best this CPU runs)",
     )
+    ap.add_argument(
+        "--heap",
+        choices=["kept", "default"],
+        default="kept",
+        help="kept: every worker keeps freed memory for its next forward (vimc.heap); "
+        "default: glibc's own thresholds",
+    )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     if args.worker:
@@ -311,6 +350,7 @@ def main() -> None:
             "dtype": args.dtype,
             "reps": reps.get(batch, 5),
             "warmup": 2,
+            "heap": args.heap,
         }
         ref = None
         if not args.no_reference:
@@ -344,6 +384,7 @@ def main() -> None:
                 "rounds": (10 if args.quick else 30) if batch == 1 else (4 if args.quick else 20),
                 "profile_calls": 3 if args.quick else 10,
                 "cpu_level": level or "best",
+                "heap": args.heap,
             }
             r = run_config(cfg, {**env, "VIMC_CPU_LEVEL": level} if level else env)
             vs_deit.append(r)
@@ -354,9 +395,12 @@ def main() -> None:
                 flush=True,
             )
 
+    heaps = sorted({r["heap"] for r in rows + vs_deit})
     md = [
         "# Vim-Ti whole-model CPU benchmark\n",
         header(),
+        "",
+        f"Heap of every worker: {'; '.join(heaps)} (`vimc.heap`).",
         "",
         "Memory: getrusage ru_maxrss of a fresh subprocess per row (whole process, incl. "
         "weights and, for compiled rows, loading the compiled graph from a warm cache); "

@@ -175,9 +175,12 @@ def test_model_bench_tables_the_unplanned_row():
     row["vim_ms"] = row["deit_ms"] = {"median_ms": 30.0, "p20_ms": 29.0, "p80_ms": 31.0}
     md = "\n".join(bench.deit_markdown([row]))
     assert "| - | 33.0 | 0.909 |" in md  # a row from before the per-round ratios
+    assert "page faults" not in md  # a row from before they were counted
     row["round_ratio"] = {"p20": 1.38, "median": 1.45, "p80": 1.52}
+    row["minor_faults_per_forward"] = 41.6
     md = "\n".join(bench.deit_markdown([row]))
     assert "| 1.45x (1.38-1.52) | 33.0 | 0.909 |" in md
+    assert "(the three models' together): 42 at batch 1." in md
 
 
 def test_conv_bench_times_the_three_forms_and_the_model():

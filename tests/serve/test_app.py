@@ -63,6 +63,7 @@ def test_metadata(server):
     assert meta["weights"] == "built-in weights"
     assert (meta["max_batch_size"], meta["batch_wait_ms"]) == (8, 50)
     assert meta["torch_threads"] == 1
+    assert meta["heap"].startswith("kept (glibc")  # the replica keeps freed memory (vimc.heap)
     assert {"torch", "onnxruntime", "python"} <= set(meta["versions"])
 
 

@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from vimc.data import ImageError
+from vimc.heap import heap_policy
 from vimc.machine import versions
 from vimc.serve.predictor import DEFAULT_TOPK, Bundle, Predictor
 from vimc.version import __version__
@@ -91,6 +92,7 @@ class VimClassifier:
             **self.settings,
             "replica_pid": os.getpid(),
             "torch_threads": torch.get_num_threads(),
+            "heap": heap_policy(),
             "requests": self.requests,
             "batches": self.batches,
             "vimc": __version__,

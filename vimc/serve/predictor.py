@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vimc.data import decode_image, preprocess
+from vimc.heap import keep_freed_memory
 from vimc.imagenet_classes import class_names
 from vimc.model import get_variant
 from vimc.resolve import DEFAULT_MODEL, check_model_name, load_model
@@ -131,6 +132,7 @@ class Predictor:
         self.cfg = bundle.pretrained_cfg
         self.labels = bundle.labels
         self._tmp = None  # the exported file's folder, alive as long as the runtime reading it
+        keep_freed_memory()  # a worker of vimc's own: freed memory stays for the next batch
         if threads:
             torch.set_num_threads(threads)
         self._run = self._make_runner(bundle, threads)
