@@ -41,6 +41,10 @@ LONG_SCAN_REL_ERR = 1e-4
 # the fused conv + silu (vimc.ops.conv1d_silu_pair's C kernel, float32: FMA sums, a polynomial
 # exp and a refined reciprocal in silu) against the shifted form on float64 copies
 CONV_SILU_PAIR_REL_ERR = 1e-6
+# the mixer core in one call (vimc.ops.mixer_core's C kernel, float32: the conv, x_proj as FMA
+# sums, dt_proj, softplus, both scans, the gate) against its composition on float64 copies
+# (vimc.ops.selective_scan.mixer.mixer_core_composed)
+MIXER_CORE_REL_ERR = 2e-5
 # float32 last state of a short scan without D or z (E = 6, L = 9, N = 3): nothing but the
 # recurrence itself contributes, so it holds to a tighter bound than SCAN_REL_ERR
 SHORT_STATE_REL_ERR = 1e-6

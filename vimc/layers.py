@@ -33,6 +33,8 @@ from vimc.ops import (
     causal_conv1d,
     conv1d_channel_major,
     conv1d_silu_pair,
+    mixer_core,
+    mixer_core_available,
     selective_scan,
     selective_scan_bidirectional,
     selective_scan_bidirectional_token_major,
@@ -40,11 +42,15 @@ from vimc.ops import (
 )
 
 SCAN_IMPLS = ("fast", "reference")
-# how the fast mixer calls the scan: "bidirectional", one selective_scan_bidirectional call for
-# both directions (one fused kernel call on CPU); "per_direction", two selective_scan calls and
-# their mean; "token_major", one selective_scan_bidirectional_token_major call on the (B, L, .)
-# activations (no transposes around it). The same numbers each way.
-SCAN_FORMS = ("bidirectional", "per_direction", "token_major")
+# how the fast mixer calls the scan: "core", with the "fused" conv form one mixer_core call
+# from in_proj's output to out_proj's input (conv, x_proj, dt_proj, both scans and the gate)
+# wherever its fused C kernel runs (CPU, float32, grad mode off: compiled Vim-Ti 0.94-0.95x of
+# "bidirectional" on an AVX2-only Zen 4, README), else "bidirectional"; "bidirectional", one
+# selective_scan_bidirectional call for both directions (one fused kernel call on CPU);
+# "per_direction", two selective_scan calls and their mean; "token_major", one
+# selective_scan_bidirectional_token_major call on the (B, L, .) activations (no transposes
+# around it). The same numbers each way.
+SCAN_FORMS = ("core", "bidirectional", "per_direction", "token_major")
 # how it runs each direction's depthwise conv and silu (vimc.ops' conv functions): "fused", with
 # grad mode off both directions in one conv1d_silu_pair call (the fused C kernel on CPU in
 # float32: 0.86-0.89x the eager forward at batch 1, 0.87-0.88x at batch 8; compiled, where the
@@ -160,7 +166,7 @@ class BiMambaMixer(nn.Module):
         expand: int = 2,
         dt_rank: int | None = None,
         scan_impl: str = "fast",
-        scan_form: str = "bidirectional",
+        scan_form: str = "core",
         conv_form: str = "fused",
         device=None,
         dtype=None,
@@ -235,6 +241,8 @@ class BiMambaMixer(nn.Module):
         # (B, E, L) views (.mT) in place, so neither eager nor Inductor copies a transpose
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
+        if self._scan_form == "core" and self._conv_form == "fused" and self._core_runs(xz):
+            return F.linear(self._core(xz), self.out_proj.weight)
         x, z = xz[..., :E], xz[..., E:]
         us = self._convolutions(x)  # (B, L, E) each
         args, dt_weights = [], []
@@ -252,6 +260,26 @@ class BiMambaMixer(nn.Module):
             ]
             dt_weights.append(dtp.weight)
         return F.linear(self._scan(args, dt_weights, z), self.out_proj.weight)
+
+    def _core_runs(self, xz: torch.Tensor) -> bool:
+        """Whether mixer_core runs its fused kernel on xz and these parameters (elsewhere the
+        "bidirectional" path, x_proj's padding and the fused conv form included)."""
+        c, cb, dtp, dtp_b = self.conv1d, self.conv1d_b, self.dt_proj, self.dt_proj_b
+        return mixer_core_available(
+            xz, (c.weight, c.bias, cb.weight, cb.bias, self.x_proj.weight, self.x_proj_b.weight,
+                 dtp.weight, dtp.bias, dtp_b.weight, dtp_b.bias, self.A_log, self.A_b_log,
+                 self.D, self.D_b),
+        )  # fmt: skip
+
+    def _core(self, xz: torch.Tensor) -> torch.Tensor:
+        """The out_proj input from in_proj's output xz (B, L, 2E), one mixer_core call."""
+        c, cb, xp, xpb = self.conv1d, self.conv1d_b, self.x_proj, self.x_proj_b
+        return mixer_core(
+            xz, c.weight, c.bias, cb.weight, cb.bias, xp.weight, xpb.weight,
+            self.dt_proj.weight, self.dt_proj.bias.float(), self.dt_proj_b.weight,
+            self.dt_proj_b.bias.float(), -torch.exp(self.A_log.float()),
+            -torch.exp(self.A_b_log.float()), self.D.float(), self.D_b.float(),
+        )  # fmt: skip
 
     def _convolutions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each direction's conv and silu of token-major x (B, L, E), in the mixer's conv form."""
@@ -283,7 +311,7 @@ class BiMambaMixer(nn.Module):
         """(y_f + y_b) / 2, each gated by silu(z), from token-major args (u, dt_proj's input, A,
         B, C, D, delta_bias per direction) and each direction's dt_proj weight -> (B, L, E), in
         the mixer's scan form."""
-        if self._scan_form == "bidirectional":
+        if self._scan_form in ("core", "bidirectional"):  # core: with another conv form
             # dt_proj goes to the scan, whose CPU inference kernel applies it per step; the
             # channel-major scans read (B, E, L) / (B, N, L) views of the token-major tensors
             y = selective_scan_bidirectional(

@@ -4,6 +4,7 @@ and ``vimc::selective_scan_bwd``, with a float64-capable reference beside it."""
 from ._alloc import poison_outputs
 from .bidirectional import selective_scan_bidirectional, selective_scan_bidirectional_token_major
 from .conv import anticausal_conv1d, causal_conv1d, conv1d_channel_major, conv1d_silu_pair
+from .mixer import mixer_core, mixer_core_available
 from .op import MAX_D_STATE, selective_scan
 from .reference import selective_scan_reference
 
@@ -13,6 +14,8 @@ __all__ = [
     "causal_conv1d",
     "conv1d_channel_major",
     "conv1d_silu_pair",
+    "mixer_core",
+    "mixer_core_available",
     "poison_outputs",
     "selective_scan",
     "selective_scan_bidirectional",

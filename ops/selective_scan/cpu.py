@@ -139,6 +139,9 @@ def _load() -> tuple[ctypes.CDLL, str]:
     return ctypes.CDLL(str(path)), f"built at first use {where} ({path})"
 
 
+MIXER_WORDS = 26  # cpu_kernel.c's MixerArgs: 8-byte fields (mixer.py packs them)
+
+
 def bind(lib: ctypes.CDLL) -> int:
     """Declares a loaded kernel library's entry points and checks that it packs the argument
     struct as this file does (any other build of cpu_kernel.c would read garbage) -> its
@@ -157,6 +160,16 @@ def bind(lib: ctypes.CDLL) -> int:
         ptr, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.vimc_conv_silu_pair.argtypes = [ptr, *[i64] * 5, *[ptr] * 4, i64, ptr, ptr, i64]
         lib.vimc_conv_silu_pair.restype = ctypes.c_int
+    # mixer.py's kernel: a packed MixerArgs of MIXER_WORDS int64 words; absent from older builds
+    if hasattr(lib, "vimc_mixer_fwd"):
+        lib.vimc_mixer_words.restype = ctypes.c_int64
+        if lib.vimc_mixer_words() != MIXER_WORDS:
+            raise RuntimeError("cpu_kernel.c and mixer.py disagree on the mixer's argument struct")
+        lib.vimc_mixer_scratch.argtypes = [ctypes.c_int64] * 5
+        lib.vimc_mixer_shared.argtypes = [ctypes.c_int64] * 4
+        lib.vimc_mixer_scratch.restype = lib.vimc_mixer_shared.restype = ctypes.c_int64
+        lib.vimc_mixer_fwd.argtypes = [ctypes.c_void_p]
+        lib.vimc_mixer_fwd.restype = ctypes.c_int
     if hasattr(lib, "vimc_scan_set_decay"):  # the same: older builds have one form
         for fn in (lib.vimc_scan_set_decay, lib.vimc_scan_has_decay):
             fn.argtypes, fn.restype = [ctypes.c_char_p], ctypes.c_int

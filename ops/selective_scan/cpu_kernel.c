@@ -1163,3 +1163,319 @@ int vimc_conv_silu_pair(const float *x, int64_t B, int64_t L, int64_t E, int64_t
     free(lanes);
     return 0;
 }
+
+// ---------------------------------------------------------------------------------------------
+// a Vim mixer's core in one call: both directions' conv + silu, x_proj, dt_proj + softplus,
+// scan (+ D u), and the gated mean, from the in_proj output xz to the out_proj input. The
+// separate ops write u (both directions) and x_proj's output to memory and read them back;
+// here each (batch row, direction) walks its tokens in chunks of MIXER_CHUNK, and a chunk's u
+// and x_proj rows stay in this thread's scratch (L1/L2) for its scan. The state of all E
+// channels carries from chunk to chunk, so a direction's chunks run in its time order.
+// Work: with at least as many batch rows as threads, a task is one batch row, the forward
+// direction's y kept in the thread's (L, E) buffer and the reverse one gated straight into
+// out; with fewer (batch 1 on two threads), a task is one (row, direction), y to memory,
+// then a gate pass over all rows.
+// ---------------------------------------------------------------------------------------------
+
+#define MIXER_CHUNK 16  // tokens per chunk: u (16, E) and x_proj rows (16, W) stay in cache
+#define XPROJ_VECS 6    // x_proj output vectors per pass: 2 rows x 6 accumulators + 6 weights
+
+typedef struct {                // every field 8 bytes: mixer.py packs them as int64 words
+    const float *xz;            // (B, L, 2E) contiguous: x = [..., :E], z = [..., E:]
+    int64_t B, L, E, N, R, K, nthreads;
+    const float *conv_w[2];     // (E, K) contiguous, per direction (forward, reverse)
+    const float *conv_b[2];     // (E,) contiguous
+    const float *x_proj[2];     // (R + 2N, E) contiguous: rows dt (R), B (N), C (N)
+    const float *dt_w[2];       // (E, R) contiguous
+    const float *dt_b[2];       // (E,) contiguous
+    const float *A[2];          // (E, N) contiguous
+    const float *D[2];          // (E,) contiguous
+    float *out;                 // (B, L, E) contiguous
+    float *y;                   // (2, B, L, E) contiguous, used when B < nthreads
+    float *scratch;             // (nthreads, scratch_floats)
+    int64_t scratch_floats;     // per thread: vimc_mixer_scratch(...)
+} MixerArgs;
+
+static inline int64_t mixer_width(int64_t R, int64_t N) {  // x_proj rows padded to LANES
+    return (R + 2 * N + LANES - 1) / LANES * LANES;
+}
+
+// per-thread scratch, in this order: u (T, E), x_proj rows (T, W), states (E, N), d, d*u and y
+// (T, LANES) each, and the forward direction's y (L, E) for row tasks
+int64_t vimc_mixer_scratch(int64_t L, int64_t E, int64_t N, int64_t R, int64_t K) {
+    (void)K;
+    const int64_t T = MIXER_CHUNK, W = mixer_width(R, N);
+    return T * E + T * W + E * N + 3 * T * LANES + L * E;
+}
+// after the threads' scratch, each direction's parameters laid out for the loops, made once per
+// call: x_proj^T (E, W) with zero padding columns, dt_proj lane-major (E / LANES, R, LANES), A
+// lane-major (E / LANES, N, LANES), the conv taps (K, E)
+static inline int64_t mixer_params(int64_t E, int64_t N, int64_t R, int64_t K) {
+    return E * mixer_width(R, N) + E * R + E * N + K * E;
+}
+int64_t vimc_mixer_shared(int64_t E, int64_t N, int64_t R, int64_t K) {
+    return 2 * mixer_params(E, N, R, K);
+}
+static float *mixer_params_of(const MixerArgs *c, int rev) {
+    return c->scratch + c->nthreads * c->scratch_floats +
+           rev * mixer_params(c->E, c->N, c->R, c->K);
+}
+static void mixer_stage(const void *ctx, int64_t tid, int64_t begin, int64_t end) {
+    (void)tid;
+    const MixerArgs *c = (const MixerArgs *)ctx;
+    const int64_t E = c->E, N = c->N, R = c->R, K = c->K, W = mixer_width(R, N), Wr = R + 2 * N;
+    for (int64_t rev = begin; rev < end; ++rev) {
+        float *xpt = mixer_params_of(c, (int)rev), *wst = xpt + E * W, *ak = wst + E * R;
+        float *ctp = ak + E * N;
+        const float *xp = c->x_proj[rev], *dtw = c->dt_w[rev], *A = c->A[rev];
+        const float *cw = c->conv_w[rev];
+        for (int64_t w = 0; w < W; ++w)  // rows of x_proj read in order
+            for (int64_t e = 0; e < E; ++e) xpt[e * W + w] = w < Wr ? xp[w * E + e] : 0.0f;
+        for (int64_t e = 0; e < E; ++e) {
+            const int64_t j = e / LANES, k = e % LANES;
+            for (int64_t r = 0; r < R; ++r) wst[(j * R + r) * LANES + k] = dtw[e * R + r];
+            for (int64_t n = 0; n < N; ++n) ak[(j * N + n) * LANES + k] = A[e * N + n];
+            for (int64_t q = 0; q < K; ++q) ctp[q * E + e] = cw[e * K + q];
+        }
+    }
+}
+
+// nb (<= NB) state components n.. of block j over a chunk's nt steps (in the direction's
+// order), states carried in hb; B and C broadcast from the chunk's x_proj rows xd (T, W)
+static inline __attribute__((always_inline)) void mixer_states(
+    const float *ak, float *hb, const float *xd, const float *sd, const float *sdu, float *sy,
+    int64_t j, int64_t n, const int nb, int64_t N, int64_t R, int64_t W, int64_t nt,
+    int64_t rev, const int form) {
+    vf Ak[NB], h[NB] = {0};
+    vf tbl = vsplat(0.0f);
+#ifdef HAVE_EXP2_TABLE
+    if (form == DECAY_EXP2_TABLE) tbl = vload((const float *)EXP2_TABLE);
+#endif
+    for (int q = 0; q < nb; ++q) {
+        Ak[q] = vload(ak + (j * N + n + q) * LANES) * vsplat(AK_SCALE(form));
+        h[q] = vload(hb + (j * N + n + q) * LANES);
+    }
+    const float *Bx = xd + R + n, *Cx = xd + R + N + n;  // row i's B_n at Bx[i * W]
+    for (int64_t s = 0; s < nt; ++s) {
+        const int64_t i = rev ? nt - 1 - s : s;
+        const vf d = vload(sd + i * LANES), du = vload(sdu + i * LANES);
+        vf y = vload(sy + i * LANES);
+        for (int q = 0; q < nb; ++q) {
+            const vf decay = decay_of(d * Ak[q], form, tbl);
+            h[q] = decay * h[q] + du * vsplat(Bx[i * W + q]);
+            y += h[q] * vsplat(Cx[i * W + q]);
+        }
+        vstore(sy + i * LANES, y);
+    }
+    for (int q = 0; q < nb; ++q) vstore(hb + (j * N + n + q) * LANES, h[q]);
+}
+
+static inline __attribute__((always_inline)) void mixer_pass(
+    const float *ak, float *hb, const float *xd, const float *sd, const float *sdu, float *sy,
+    int64_t j, int64_t n, const int nb, int64_t N, int64_t R, int64_t W, int64_t nt,
+    int64_t rev, int form) {
+#define MIXER_FORM(f) mixer_states(ak, hb, xd, sd, sdu, sy, j, n, nb, N, R, W, nt, rev, f)
+    switch (form) {
+    case DECAY_EXP: MIXER_FORM(DECAY_EXP); break;
+    case DECAY_EXP2_CLAMP: MIXER_FORM(DECAY_EXP2_CLAMP); break;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    case DECAY_EXP2_SCALEF: MIXER_FORM(DECAY_EXP2_SCALEF); break;
+#endif
+#ifdef HAVE_EXP2_TABLE
+    case DECAY_EXP2_TABLE: MIXER_FORM(DECAY_EXP2_TABLE); break;
+#endif
+    default: MIXER_FORM(DECAY_EXP2);
+    }
+#undef MIXER_FORM
+}
+
+// x_proj outputs v0 .. v0 + m - 1 (vectors; m a constant after inlining, so the 2m accumulators
+// stay in registers) of rows i and i + 1 (i alone where u1 is NULL)
+static inline __attribute__((always_inline)) void xproj_vecs(
+    const float *u0, const float *u1, const float *xpt, float *x0, float *x1, int64_t E,
+    int64_t W, int64_t v0, const int m) {
+    vf a0[XPROJ_VECS] = {0}, a1[XPROJ_VECS] = {0};
+    for (int64_t e = 0; e < E; ++e) {
+        const vf b0 = vsplat(u0[e]), b1 = vsplat(u1 ? u1[e] : 0.0f);
+        const float *wr = xpt + e * W + v0 * LANES;  // (m, LANES) of x_proj^T's row e
+        for (int v = 0; v < m; ++v) {
+            const vf wv = vload(wr + v * LANES);
+            a0[v] += b0 * wv;
+            a1[v] += b1 * wv;
+        }
+    }
+    for (int v = 0; v < m; ++v) {
+        vstore(x0 + (v0 + v) * LANES, a0[v]);
+        if (u1) vstore(x1 + (v0 + v) * LANES, a1[v]);
+    }
+}
+
+// x_proj for a chunk: xd[i, :W] = us[i, :] . xpt (E, W), two rows per pass, XPROJ_VECS output
+// vectors at a time (the padding columns of xpt are 0)
+static void mixer_xproj(const float *us, const float *xpt, float *xd, int64_t nt, int64_t E,
+                        int64_t W) {
+    const int64_t nv = W / LANES;
+    for (int64_t i = 0; i < nt; i += 2) {
+        const float *u0 = us + i * E, *u1 = i + 1 < nt ? u0 + E : NULL;
+        float *x0 = xd + i * W, *x1 = x0 + W;
+        for (int64_t v0 = 0; v0 < nv; v0 += XPROJ_VECS) {
+            switch (nv - v0 < XPROJ_VECS ? nv - v0 : XPROJ_VECS) {
+            case 1: xproj_vecs(u0, u1, xpt, x0, x1, E, W, v0, 1); break;
+            case 2: xproj_vecs(u0, u1, xpt, x0, x1, E, W, v0, 2); break;
+            case 3: xproj_vecs(u0, u1, xpt, x0, x1, E, W, v0, 3); break;
+            case 4: xproj_vecs(u0, u1, xpt, x0, x1, E, W, v0, 4); break;
+            case 5: xproj_vecs(u0, u1, xpt, x0, x1, E, W, v0, 5); break;
+            default: xproj_vecs(u0, u1, xpt, x0, x1, E, W, v0, XPROJ_VECS);
+            }
+        }
+    }
+}
+
+// one direction of batch row b: y rows (D u + <h_t, C_t>) to y (L, E); or, with y_fwd set (the
+// forward direction's y), the gated mean (y_fwd + y) / 2 * silu(z) to out
+static void mixer_direction(const MixerArgs *c, int64_t tid, int64_t b, int rev, float *y,
+                            const float *y_fwd) {
+    const int64_t L = c->L, E = c->E, N = c->N, R = c->R, K = c->K, T = MIXER_CHUNK;
+    const int64_t W = mixer_width(R, N), st = 2 * E, nblk = E / LANES;
+    const float *xb = c->xz + b * L * st;  // (L, 2E) of this row
+    float *us = c->scratch + tid * c->scratch_floats;               // (T, E)
+    float *xd = us + T * E, *hb = xd + T * W;                        // (T, W), (E, N)
+    float *sd = hb + E * N, *sdu = sd + T * LANES, *sy = sdu + T * LANES;  // (T, LANES) each
+    const float *xpt = mixer_params_of(c, rev), *wst = xpt + E * W;  // (E, W), (E, R)
+    const float *ak = wst + E * R, *ctp = ak + E * N;                 // (E, N), (K, E)
+    const float *cb = c->conv_b[rev], *dtb = c->dt_b[rev], *Dp = c->D[rev];
+    memset(hb, 0, sizeof(float) * (size_t)(E * N));
+    const int base_form = atomic_load_explicit(&bounded_decay, memory_order_relaxed);
+    const int64_t chunks = (L + T - 1) / T;
+    for (int64_t ci = 0; ci < chunks; ++ci) {
+        const int64_t t0 = (rev ? chunks - 1 - ci : ci) * T, nt = t0 + T <= L ? T : L - t0;
+        // conv + silu: us[i, e] = silu(b_e + sum_k w_ek x[s_k]), the conv op's sum order
+        for (int64_t i = 0; i < nt; ++i) {
+            const int64_t t = t0 + i;
+            for (int64_t e = 0; e < E; e += LANES) {
+                vf acc = vsplat(0.0f);
+                for (int64_t q = 0; q < K; ++q) {
+                    const int64_t s = rev ? t + (K - 1) - q : t - (K - 1) + q;  // the step read
+                    if (s >= 0 && s < L) acc += vload(ctp + q * E + e) * vload(xb + s * st + e);
+                }
+                vf g = acc + vload(cb + e);
+                const vf pre = g;
+                vsigmoid_n(&g, 1);
+                vstore(us + i * E + e, pre * g);
+            }
+        }
+        mixer_xproj(us, xpt, xd, nt, E, W);
+        for (int64_t j = 0; j < nblk; ++j) {
+            const int64_t e0 = j * LANES;
+            const vf bias = vload(dtb + e0), Dv = vload(Dp + e0);
+            DStats ds = dstats_new();
+            for (int64_t i = 0; i < nt; i += PROJ_ROWS) {  // delta, softplus, d u, D u
+                vf raw[PROJ_ROWS];
+                const int64_t m = nt - i < PROJ_ROWS ? nt - i : PROJ_ROWS;
+                if (m == PROJ_ROWS) {
+                    project(wst + j * R * LANES, R, xd + i * W, 1, W, PROJ_ROWS, raw);
+                    EACH(q, PROJ_ROWS) raw[q] += bias;
+                    vsoftplus_n(raw, PROJ_ROWS);
+                } else {
+                    for (int64_t q = 0; q < m; ++q) {
+                        project(wst + j * R * LANES, R, xd + (i + q) * W, 1, W, 1, raw + q);
+                        raw[q] = vsoftplus(raw[q] + bias);
+                    }
+                }
+                for (int64_t q = 0; q < m; ++q) {
+                    const vf u = vload(us + (i + q) * E + e0);
+                    dstats_add(&ds, raw[q]);
+                    vstore(sd + (i + q) * LANES, raw[q]);
+                    vstore(sdu + (i + q) * LANES, raw[q] * u);
+                    vstore(sy + (i + q) * LANES, Dv * u);
+                }
+            }
+            // decay_form's test on this block's A and this chunk's d
+            vi ok = vsplat(0.0f) == vsplat(0.0f);
+            vf amin = vsplat(0.0f);
+            for (int64_t n = 0; n < N; ++n) {
+                const vf An = vload(ak + (j * N + n) * LANES);
+                ok &= (An <= vsplat(0.0f)) & (An >= vsplat(-3.4028235e38f));
+                amin = vmin(amin, An);
+            }
+            const vi bounded = ds.dmax * (amin * vsplat(-LOG2E)) <= vsplat(125.0f);
+            int all_ok = 1, all_bounded = 1;
+            for (int k = 0; k < LANES; ++k) all_ok &= ok[k] != 0, all_bounded &= bounded[k] != 0;
+            const int form = !all_ok ? DECAY_EXP : !all_bounded ? DECAY_EXP2_CLAMP : base_form;
+            int64_t n = 0;
+            for (; n + NB <= N; n += NB)
+                mixer_pass(ak, hb, xd, sd, sdu, sy, j, n, NB, N, R, W, nt, rev, form);
+            for (; n < N; ++n) mixer_pass(ak, hb, xd, sd, sdu, sy, j, n, 1, N, R, W, nt, rev, form);
+            if (!y_fwd) {
+                for (int64_t i = 0; i < nt; ++i) vstore(y + (t0 + i) * E + e0, vload(sy + i * LANES));
+                continue;
+            }
+            vf z[PROJ_ROWS], g[PROJ_ROWS];
+            for (int64_t i = 0; i < nt; i += PROJ_ROWS) {  // the gate, PROJ_ROWS rows side by side
+                const int64_t m = nt - i < PROJ_ROWS ? nt - i : PROJ_ROWS;
+                for (int64_t q = 0; q < PROJ_ROWS; ++q)
+                    g[q] = z[q] = q < m ? vload(xb + (t0 + i + q) * st + E + e0) : vsplat(0.0f);
+                vsigmoid_n(g, PROJ_ROWS);
+                for (int64_t q = 0; q < m; ++q) {
+                    const int64_t t = t0 + i + q;
+                    const vf sum = vload(y_fwd + t * E + e0) + vload(sy + (i + q) * LANES);
+                    vstore(c->out + (b * L + t) * E + e0, sum * vsplat(0.5f) * z[q] * g[q]);
+                }
+            }
+        }
+    }
+}
+
+static void mixer_rows(const void *ctx, int64_t tid, int64_t begin, int64_t end) {
+    const MixerArgs *c = (const MixerArgs *)ctx;
+    float *y_fwd = c->scratch + tid * c->scratch_floats + c->scratch_floats - c->L * c->E;
+    for (int64_t b = begin; b < end; ++b) {
+        mixer_direction(c, tid, b, 0, y_fwd, NULL);
+        mixer_direction(c, tid, b, 1, NULL, y_fwd);
+    }
+}
+
+static void mixer_halves(const void *ctx, int64_t tid, int64_t begin, int64_t end) {
+    const MixerArgs *c = (const MixerArgs *)ctx;
+    for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / 2, rev = task % 2;
+        mixer_direction(c, tid, b, (int)rev, c->y + (rev * c->B + b) * c->L * c->E, NULL);
+    }
+}
+
+static void mixer_gate(const void *ctx, int64_t tid, int64_t begin, int64_t end) {
+    (void)tid;
+    const MixerArgs *c = (const MixerArgs *)ctx;
+    const int64_t E = c->E, BL = c->B * c->L;
+    for (int64_t row = begin; row < end; ++row) {
+        const float *zp = c->xz + row * 2 * E + E, *y0 = c->y + row * E, *y1 = y0 + BL * E;
+        float *op = c->out + row * E;
+        for (int64_t e = 0; e < E; e += LANES) {
+            vf g = vload(zp + e);
+            const vf z = g;
+            vsigmoid_n(&g, 1);
+            vstore(op + e, (vload(y0 + e) + vload(y1 + e)) * vsplat(0.5f) * z * g);
+        }
+    }
+}
+
+int64_t vimc_mixer_words(void) { return (int64_t)(sizeof(MixerArgs) / 8); }
+
+// Returns -1 for sizes it cannot take (a last line behind mixer.py's checks: every size >= 1,
+// E a multiple of LANES, R <= MAX_R, a scratch of vimc_mixer_scratch floats per thread and
+// vimc_mixer_shared more after them, y where B < nthreads), 0 when out is written.
+int vimc_mixer_fwd(const MixerArgs *c) {
+    if (c->B < 1 || c->L < 1 || c->E < 1 || c->N < 1 || c->R < 1 || c->K < 1 ||
+        c->nthreads < 1 || c->E % LANES || c->R > MAX_R || !c->scratch ||
+        c->scratch_floats < vimc_mixer_scratch(c->L, c->E, c->N, c->R, c->K) ||
+        (c->B < c->nthreads && !c->y))
+        return -1;
+    run_split(2, c->nthreads, 0, mixer_stage, c);  // each direction's parameters laid out
+    if (c->B >= c->nthreads) {
+        run_split(c->B, c->nthreads, 1, mixer_rows, c);
+        return 0;
+    }
+    run_split(2 * c->B, c->nthreads, 1, mixer_halves, c);
+    run_split(c->B * c->L, c->nthreads, 0, mixer_gate, c);
+    return 0;
+}

@@ -145,6 +145,7 @@ def test_fused_conv_form_calls_the_pair_op_in_inference_only(monkeypatch):
     C kernel runs (CPU, float32); with grad mode on the shifted form, which autograd
     differentiates."""
     mixer = randomize_(BiMambaMixer(24, d_state=5), seed=3)
+    mixer.scan_form = "bidirectional"  # the default "core" runs the conv inside mixer_core
     assert mixer.conv_form == "fused"
     calls, pair = [], layers.conv1d_silu_pair
 
@@ -198,6 +199,38 @@ def test_compiled_pair_takes_the_op_only_for_all_float32_cpu_tensors():
             ref = layers.conv1d_silu_pair(x, weight, b, wb, bb)
             for o, r in zip(out, ref):
                 torch.testing.assert_close(o, r.to(o.dtype), rtol=1e-5, atol=1e-6)
+
+
+def test_core_form_is_one_op_per_mixer_where_its_kernel_runs(monkeypatch):
+    """The default scan form: one ``vimc::mixer_core_fwd`` node per mixer in the compiled graph
+    where its C kernel runs (grad mode off, CPU float32), and no conv or scan op beside it;
+    eager the same numbers as "bidirectional". With grad mode on, or the kernel off, the
+    "bidirectional" path (x_proj padded, the fused conv form) and no core op."""
+    mixer = randomize_(BiMambaMixer(32, d_state=5), seed=3)  # E = 64: both vector widths
+    assert mixer.scan_form == "core"
+    h = torch.randn(2, 19, 32)
+    with torch.no_grad():
+        eager = mixer(h)
+        mixer.scan_form = "bidirectional"
+        want = mixer(h)
+        mixer.scan_form = "core"
+        compiled, targets = _graph_ops(mixer, h)
+    names = [str(t) for t in targets]
+    runs = cpu.c_kernel_available()
+    assert sum("mixer_core_fwd" in n for n in names) == int(runs), names
+    assert not runs or not any("selective_scan" in n or "conv1d_silu" in n for n in names)
+    assert _rel(eager, want) <= MIXER_FORMS[torch.float32]
+    assert _rel(compiled, want) <= MIXER_FORMS[torch.float32]
+    core_calls = []
+    monkeypatch.setattr(layers, "mixer_core", lambda *a: core_calls.append(1))
+    mixer(h).sum().backward()  # grad mode on: the bidirectional path
+    assert core_calls == [] and mixer.x_proj.weight.grad.abs().sum() > 0
+    monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
+    with torch.no_grad():
+        mixer(h)
+        assert core_calls == []
+        _, targets = _graph_ops(mixer, h)
+    assert not any("mixer_core" in str(t) for t in targets)
 
 
 def test_x_proj_padding_changes_no_number(monkeypatch):

@@ -1,0 +1,177 @@
+"""vimc.ops.mixer_core (the op ``vimc::mixer_core_fwd``, one fused C kernel call on CPU in
+float32 for a Vim mixer's conv, x_proj, dt_proj, both scans and the gate) against its
+composition from the package's separate functions, on float64 copies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vimc.ops import mixer_core, mixer_core_available, poison_outputs
+from vimc.ops.selective_scan import cpu
+from vimc.ops.selective_scan import mixer as mixer_ops
+
+from ..tolerances import MIXER_CORE_REL_ERR
+from ._scan_cases import rel_err
+
+OP = torch.ops.vimc.mixer_core_fwd.default
+needs_c = pytest.mark.skipif(not cpu.c_kernel_available(), reason="no C kernel here")
+
+
+def _args(B, L, E, N, R, K, seed=0, a_scale=1.0, dt_shift=-2.0):
+    """A mixer's core inputs: xz as in_proj gives it, parameters as the mixer holds them (A =
+    -exp(A_log) times ``a_scale``; dt_proj's bias shifted by ``dt_shift``, so softplus runs in
+    the small-delta range Vim's init gives, or far past it)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    A_log = torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1) + rnd(E, N) * 0.1
+    ps = []
+    for _ in range(2):  # per direction: conv w, b, x_proj, dt w, b, A, D
+        ps.append([
+            rnd(E, 1, K, scale=0.5), rnd(E, scale=0.1), rnd(R + 2 * N, E, scale=E**-0.5),
+            rnd(E, R, scale=R**-0.5), rnd(E, scale=0.5) + dt_shift,
+            -torch.exp(A_log + rnd(E, N) * 0.1) * a_scale, rnd(E),
+        ])  # fmt: skip
+    (cw, cb, xp, dw, db, A, D), (cwb, cbb, xpb, dwb, dbb, Ab, Db) = ps
+    return (rnd(B, L, 2 * E), cw, cb, cwb, cbb, xp, xpb, dw, db, dwb, dbb, A, Ab, D, Db)
+
+
+def _want(args):
+    with torch.no_grad():
+        return mixer_ops.mixer_core_composed(*(a.double() for a in args))
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "B, L, E, N, R, K",
+    [
+        (1, 197, 384, 16, 12, 4),  # Vim-Ti's layer at batch 1
+        (2, 40, 32, 16, 12, 4),
+        (3, 17, 16, 5, 3, 3),  # N off the state block, a chunk and one step
+        (1, 1, 16, 1, 1, 1),  # one token, one state, one tap
+        (2, 33, 48, 6, 24, 2),  # x_proj wider than one pass of output vectors (R + 2N = 36)
+        (1, 16, 32, 16, 48, 4),  # Vim-B's dt rank: 80 x_proj rows, two passes
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_core_matches_its_composition(B, L, E, N, R, K, threads):
+    """Sizes through every chunk and tail of the kernel's loops, on fewer threads than batch
+    rows (a task per row) and more (a task per row and direction); every output written."""
+    args = _args(B, L, E, N, R, K)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), poison_outputs():
+            got = OP(*args)
+    finally:
+        torch.set_num_threads(old)
+    assert got.shape == (B, L, E) and got.dtype == torch.float32 and got.is_contiguous()
+    assert rel_err(got, _want(args)) <= MIXER_CORE_REL_ERR
+
+
+@needs_c
+def test_thread_counts_and_work_splits_agree_exactly():
+    """A task per batch row (the forward direction's y kept per thread) and a task per row and
+    direction (y through memory, then the gate) compute the same numbers in the same order."""
+    args = _args(2, 37, 32, 16, 4, 4, seed=1)
+    outs = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 4):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outs.append(OP(*args))
+    finally:
+        torch.set_num_threads(old)
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], rtol=0, atol=0)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "a_scale, dt_shift",
+    [(1.0, 40.0), (-1.0, -2.0)],
+    ids=["decays-below-2^-126", "growing-states"],
+)
+def test_decays_outside_the_bounded_form(a_scale, dt_shift):
+    """Exponents below -126 (a large delta: the clamped form) and A > 0 (growing states: the
+    plain exp) take the kernel's other decay forms, as the scan's do."""
+    args = _args(1, 24, 16, 4, 2, 4, seed=2, a_scale=a_scale, dt_shift=dt_shift)
+    if a_scale < 0:  # a growing state over 24 steps: keep it finite
+        args = (*args[:11], args[11] * 0.05, args[12] * 0.05, *args[13:])
+    with torch.no_grad():
+        got = OP(*args)
+    assert rel_err(got, _want(args)) <= MIXER_CORE_REL_ERR
+
+
+@needs_c
+def test_nan_input_reaches_the_output():
+    """A NaN in x reaches every output its conv window and the scans after it touch, as in the
+    composition; nothing else turns NaN."""
+    args = list(_args(1, 20, 16, 4, 2, 4, seed=3))
+    args[0] = args[0].clone()
+    args[0][0, 10, 3] = float("nan")  # x of channel 3 at step 10
+    with torch.no_grad():
+        got, want = OP(*args), mixer_ops.mixer_core_composed(*args)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+
+
+@needs_c
+def test_a_checked_layout_skips_the_checks(monkeypatch):
+    """The second call with a layout goes straight to the kernel; a storage shrunk under that
+    layout is refused by name on the full path."""
+    args = _args(1, 9, 16, 4, 2, 4, seed=4)
+    mixer_ops._CHECKED.clear()
+    with torch.no_grad():
+        first = OP(*args)
+        monkeypatch.setattr(mixer_ops, "_check_core", lambda a: pytest.fail("checked again"))
+        torch.testing.assert_close(OP(*args), first, rtol=0, atol=0)
+        monkeypatch.undo()
+        D = args[13].clone()
+        D.untyped_storage().resize_(8)
+        shrunk = (*args[:13], D, args[14])
+        with pytest.raises(ValueError, match="D reaches past the end of its storage"):
+            OP(*shrunk)
+
+
+def test_composition_where_the_kernel_does_not_run():
+    """float64, a width off the kernel's vector (E = 12) and grad mode: the composition, and
+    mixer_core_available says so."""
+    for args in (
+        tuple(a.double() for a in _args(1, 9, 16, 4, 2, 4)),
+        _args(2, 9, 12, 4, 2, 4),
+    ):
+        with torch.no_grad():
+            assert not mixer_core_available(args[0], args[1:])
+            torch.testing.assert_close(
+                OP(*args), mixer_ops.mixer_core_composed(*args), rtol=0, atol=0
+            )
+    args = [a.requires_grad_(True) for a in _args(1, 9, 16, 4, 2, 4)]
+    assert not mixer_core_available(args[0], args[1:])
+    mixer_core(*args).sum().backward()
+    assert all(a.grad is not None for a in args)
+
+
+@pytest.mark.parametrize(
+    "index, bad, message",
+    [
+        (0, torch.randn(2, 9), "xz must be \\(B, L, 2E\\)"),
+        (0, torch.randn(2, 9, 33), "xz must be \\(B, L, 2E\\)"),
+        (11, torch.randn(16, 4, 1), "A must be \\(E, N\\)"),
+        (7, torch.randn(16), "dt_proj_weight must be \\(E, R\\)"),
+        (1, torch.randn(16, 4), "conv_weight must be \\(E, 1, K\\)"),
+        (6, torch.randn(9, 16), "x_proj_weight_b must have shape \\(10, 16\\)"),
+        (14, torch.randn(15), "D_b must have shape \\(16,\\)"),
+        (12, torch.randn(16, 4, dtype=torch.float64)[:, :3], "A_b must have shape"),
+        (2, torch.ones(16, dtype=torch.int32), "conv_bias must be a floating-point tensor"),
+        (4, "bias", "argument 'conv_bias_b' but instead found type 'str'"),  # the dispatcher
+        (13, torch.randn(16, device="meta"), "D must be on xz's device"),
+    ],
+)
+def test_bad_arguments_are_named(index, bad, message):
+    args = list(_args(1, 9, 16, 4, 2, 4))
+    args[index] = bad
+    with torch.no_grad(), pytest.raises((ValueError, TypeError, RuntimeError), match=message):
+        OP(*args)
