@@ -8,7 +8,7 @@ Two tables, each timed round robin in one process (``--threads``, default 2; gra
   K = 4) three ways: ``vimc.ops.conv1d_silu_pair`` (the C kernel through its op), the shifted
   form eager, and the shifted form compiled by Inductor (one fused loop), with each one's
   largest difference from the op's output.
-- ``model``: Vim-Ti with the mixer's ``conv_form="fused"`` (the default) against
+- ``model``: Vim-Ti (scan_form "bidirectional") with ``conv_form="fused"`` (the default) against
   ``"shifted"``, same weights, eager and both compiled (the fused op in the graph against
   Inductor's fused loop), and the largest difference of their logits.
 Results: benchmarks/results/conv-<machine>.{json,md}.
@@ -62,9 +62,13 @@ def layer_rows(batch: int, rounds: int) -> list[dict]:
 
 def model_row(batch: int, rounds: int, compiled: bool = False) -> dict:
     """Vim-Ti with conv_form "fused" against "shifted", round robin, eager or both compiled
-    (fullgraph: the fused op in the graph against Inductor's fused loop)."""
+    (fullgraph: the fused op in the graph against Inductor's fused loop). Both with
+    scan_form "bidirectional", whose conv is its own op (the default "core" runs it inside
+    the mixer's one kernel call)."""
     torch.manual_seed(0)
     fused = vimc.create_model("vim_tiny").eval()
+    for layer in fused.layers:
+        layer.mixer.scan_form = "bidirectional"
     plain = copy.deepcopy(fused)
     for layer in plain.layers:
         layer.mixer.conv_form = "shifted"

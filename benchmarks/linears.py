@@ -82,6 +82,8 @@ def model_row(batch: int, rounds: int) -> dict:
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 224, 224)
     padded = vimc.create_model("vim_tiny").eval()
+    for layer in padded.layers:  # x_proj as a linear of its own (the "core" form has it inside)
+        layer.mixer.scan_form = "bidirectional"
     plain = copy.deepcopy(padded)
     for layer in plain.layers:
         layer.mixer.x_proj_align = 1

@@ -106,10 +106,12 @@ def layer_call(mixer: BiMambaMixer, batch: int, states: int, g: torch.Generator)
         return z  # (B, L, E), what out_proj takes
 
     mixer._scan = capture  # an instance attribute: shadows the method for this one forward
+    form, mixer.scan_form = mixer.scan_form, "bidirectional"  # "core" calls no _scan
     try:
         mixer(torch.randn(batch, 197, mixer.d_model, generator=g))
     finally:
         del mixer._scan
+        mixer.scan_form = form
     args = list(seen["args"])
     for d in (0, DIRECTION_ARGS):  # A (E, N); B and C (B, L, N)
         args[d + 2] = args[d + 2][:, :states]

@@ -9,8 +9,10 @@ Two implementations of the mixer share these parameters (``scan_impl``):
 
 - ``"fast"``: token-major all the way (``(B, L, E)``, as the linears produce it; the scan
   reads ``(B, E, L)`` views of it in place), the backward direction as an anti-causal conv
-  plus a reverse scan: no flip or transpose copies of activations. Both directions, their
-  shared gate and their average are one ``selective_scan_bidirectional`` call.
+  plus a reverse scan: no flip or transpose copies of activations. In CPU inference
+  everything between in_proj and out_proj is one ``mixer_core`` call (``scan_form="core"``);
+  elsewhere both directions, their shared gate and their average are one
+  ``selective_scan_bidirectional`` call.
 - ``"reference"``: vim.md's formulation as written (flip, causal conv, the python-loop reference
   scan, flip back). Slow; for debugging and as the oracle of the fast path.
 

@@ -106,7 +106,7 @@ def mixer_core_composed(*args) -> torch.Tensor:
     us = conv1d_silu_pair(x, cw, cb, cw_b, cb_b)
     scans = []
     for u, w in zip(us, (xp, xp_b)):
-        x_dbl = F.linear(u, w)  # (B, L, R + 2N)
+        x_dbl = F.linear(u, w.to(u.dtype))  # (B, L, R + 2N), in the activations' dtype
         scans.append((u.mT, x_dbl[..., :R].mT, x_dbl[..., R : R + N].mT, x_dbl[..., R + N :].mT))
     (u, dl, Bm, Cm), (u_b, dl_b, Bm_b, Cm_b) = scans
     y = selective_scan_bidirectional(
@@ -146,9 +146,10 @@ def mixer_core_fwd(
     if planned is not None:
         return planned
     dims = _check_core(args)
+    if xz.is_cpu:  # each inside its storage, before the kernel, a copy or a torch op reads it
+        check_storage(KERNEL, zip(_ARGS, args))
     if not _c_runs(args, dims):
         return mixer_core_composed(*args).to(xz.dtype)
-    check_storage(KERNEL, zip(_ARGS, args))  # before a copy below reads them
     contiguous = [t.contiguous() for t in args]
     if all(c is t for c, t in zip(contiguous, args)):
         _remember(args, dims)  # checked: a later call with this layout goes straight to the kernel

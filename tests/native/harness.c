@@ -9,7 +9,7 @@
 // flags under test and reads the kernel's own ScanArgs: a field renamed there fails to build
 // here instead of passing garbage through an out-of-date copy of the struct.
 //
-// Cases (besides the fused conv pair's, see run_conv_case): every combination of the options
+// Cases (besides the fused conv pair's and the mixer core's: run_conv_case, run_mixer_case): every combination of the options
 // (bias, softplus, D, z, reverse, pair = Vim's two directions in one call, proj = dt_proj
 // applied by the kernel, forward only) on each size in
 // SIZES (odd L, L = 1, full and partial blocks of LANES channels,
@@ -488,6 +488,102 @@ static int run_conv_case(const int64_t *sz, int strided, int bias, int threads) 
     return 1;
 }
 
+// ---------------------------------------------------------------------------------------------
+// a mixer's core in one call (vimc_mixer_fwd) against the same computation in double: conv and
+// silu, x_proj, dt_proj and softplus, both scans with D, the gated mean. For each size (B, L,
+// E, N, R, K; E a multiple of 16, as mixer.py asks for every build) on 1 thread (a task per
+// batch row) and 3 (a task per row and direction while B < 3). Outputs start as NaN.
+// ---------------------------------------------------------------------------------------------
+
+static const int64_t MIXER_SIZES[][6] = {{2, 9, 32, 4, 3, 4},  {1, 1, 16, 1, 1, 1},
+                                         {3, 17, 16, 5, 2, 3}, {1, 40, 48, 16, 12, 4},
+                                         {2, 33, 16, 6, 24, 2}};
+
+static void ref_mixer_direction(const float *xz, int64_t b, int64_t L, int64_t E, int64_t N,
+                                int64_t R, int64_t K, int rev, const float *cw, const float *cb,
+                                const float *xp, const float *dw, const float *db,
+                                const float *A, const float *D, double *y) {
+    const int64_t Wr = R + 2 * N;
+    double *u = malloc(sizeof(double) * (size_t)(L * E)), *xd = malloc(sizeof(double) * (size_t)(L * Wr));
+    double *h = calloc((size_t)(E * N), sizeof(double));
+    for (int64_t t = 0; t < L; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+            double acc = cb[e];
+            for (int64_t k = 0; k < K; ++k) {
+                const int64_t s = rev ? t + (K - 1) - k : t - (K - 1) + k;
+                if (s >= 0 && s < L) acc += (double)cw[e * K + k] * xz[(b * L + s) * 2 * E + e];
+            }
+            u[t * E + e] = acc * sigmoid(acc);
+        }
+    for (int64_t t = 0; t < L; ++t)
+        for (int64_t w = 0; w < Wr; ++w) {
+            double acc = 0;
+            for (int64_t e = 0; e < E; ++e) acc += (double)xp[w * E + e] * u[t * E + e];
+            xd[t * Wr + w] = acc;
+        }
+    for (int64_t s = 0; s < L; ++s) {
+        const int64_t t = rev ? L - 1 - s : s;
+        for (int64_t e = 0; e < E; ++e) {
+            double raw = db[e];
+            for (int64_t r = 0; r < R; ++r) raw += (double)dw[e * R + r] * xd[t * Wr + r];
+            const double d = softplus(raw), ut = u[t * E + e];
+            double acc = D[e] * ut;
+            for (int64_t n = 0; n < N; ++n) {
+                double *hn = h + e * N + n;
+                *hn = exp(d * A[e * N + n]) * *hn + d * ut * xd[t * Wr + R + n];
+                acc += *hn * xd[t * Wr + R + N + n];
+            }
+            y[t * E + e] = acc;
+        }
+    }
+    free(u), free(xd), free(h);
+}
+
+static int run_mixer_case(const int64_t *sz, int threads) {
+    const int64_t B = sz[0], L = sz[1], E = sz[2], N = sz[3], R = sz[4], K = sz[5];
+    const int64_t Wr = R + 2 * N;
+    float *xz = random_floats(B * L * 2 * E, -2, 2);
+    float *cw = random_floats(2 * E * K, -0.5, 0.5), *cb = random_floats(2 * E, -0.2, 0.2);
+    float *xp = random_floats(2 * Wr * E, -0.3, 0.3), *dw = random_floats(2 * E * R, -0.3, 0.3);
+    float *db = random_floats(2 * E, -3, -1), *A = random_floats(2 * E * N, -8, -0.5);
+    float *D = random_floats(2 * E, -1, 1);
+    float *out = malloc(sizeof(float) * (size_t)(B * L * E));
+    for (int64_t i = 0; i < B * L * E; ++i) out[i] = NAN;
+    float *y = malloc(sizeof(float) * (size_t)(2 * B * L * E));
+    const int64_t per = vimc_mixer_scratch(L, E, N, R, K);
+    float *scratch = malloc(sizeof(float) * (size_t)(per * threads + vimc_mixer_shared(E, N, R, K)));
+    MixerArgs a = {xz, B, L, E, N, R, K, threads,
+                   {cw, cw + E * K}, {cb, cb + E}, {xp, xp + Wr * E}, {dw, dw + E * R},
+                   {db, db + E}, {A, A + E * N}, {D, D + E}, out, y, scratch, per};
+    const int rc = vimc_mixer_fwd(&a);
+    double err = 0, top = 0;
+    double *yf = malloc(sizeof(double) * (size_t)(L * E)), *yb = malloc(sizeof(double) * (size_t)(L * E));
+    for (int64_t b = 0; b < B && rc == 0; ++b) {
+        for (int rev = 0; rev < 2; ++rev)
+            ref_mixer_direction(xz, b, L, E, N, R, K, rev, cw + rev * E * K, cb + rev * E,
+                                xp + rev * Wr * E, dw + rev * E * R, db + rev * E,
+                                A + rev * E * N, D + rev * E, rev ? yb : yf);
+        for (int64_t t = 0; t < L; ++t)
+            for (int64_t e = 0; e < E; ++e) {
+                const double z = xz[(b * L + t) * 2 * E + E + e];
+                const double want = (yf[t * E + e] + yb[t * E + e]) / 2 * z * sigmoid(z);
+                const double got = out[(b * L + t) * E + e];
+                const double diff = isnan(got) ? INFINITY : fabs(got - want);  // unwritten
+                err = diff > err ? diff : err;
+                top = fabs(want) > top ? fabs(want) : top;
+            }
+    }
+    const double rel = rc != 0 ? INFINITY : err / (top > 0 ? top : 1);
+    worst = rel > worst ? rel : worst;
+    free(xz), free(cw), free(cb), free(xp), free(dw), free(db), free(A), free(D), free(out);
+    free(y), free(scratch), free(yf), free(yb);
+    if (rel <= FWD_TOL) return 0;
+    printf("FAIL mixer core B=%lld L=%lld E=%lld N=%lld R=%lld K=%lld threads=%d: error %.3g\n",
+           (long long)B, (long long)L, (long long)E, (long long)N, (long long)R, (long long)K,
+           threads, rel);
+    return 1;
+}
+
 int main(void) {
     printf("ISA: %s, decay forms:", ISA);
     for (int f = 0; f < DECAY_FORMS; ++f) printf(" %s", DECAY_NAMES[DECAY_FORM_LIST[f]]);
@@ -496,6 +592,9 @@ int main(void) {
     for (size_t i = 0; i < sizeof CONV_SIZES / sizeof CONV_SIZES[0]; ++i)
         for (int opts = 0; opts < 8; ++opts, ++cases)
             failed += run_conv_case(CONV_SIZES[i], opts & 1, (opts >> 1) & 1, opts & 4 ? 3 : 1);
+    for (size_t i = 0; i < sizeof MIXER_SIZES / sizeof MIXER_SIZES[0]; ++i)
+        for (int threads = 1; threads <= 3; threads += 2, ++cases)
+            failed += run_mixer_case(MIXER_SIZES[i], threads);
     const int nsizes = (int)(sizeof SIZES / sizeof SIZES[0]);
     for (int form = 0; form < DECAY_FORMS; ++form)
         for (int si = 0; si < nsizes; ++si)

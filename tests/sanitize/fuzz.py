@@ -41,8 +41,9 @@ from vimc.ops import (
 )
 from vimc.ops.selective_scan import cpu
 from vimc.ops.selective_scan._checks import MAX_DT_RANK
+from vimc.ops.selective_scan.mixer import mixer_core_composed
 
-from ..tolerances import CONV_SILU_PAIR_REL_ERR, SCAN_REL_ERR
+from ..tolerances import CONV_SILU_PAIR_REL_ERR, MIXER_CORE_REL_ERR, SCAN_REL_ERR
 from .cases import (
     Case,
     check_close,
@@ -66,6 +67,7 @@ ACTIONS = {  # action -> weight
     "projected_op": 1,
     "plugin": 1,
     "conv_pair": 2,
+    "mixer_core": 2,
     "bad_call": 2,
 }
 
@@ -242,6 +244,51 @@ def conv_pair(c, rng, g):
         check_close("out_b", out_b, want_b, CONV_SILU_PAIR_REL_ERR)
 
 
+def mixer_core(c, rng, g):
+    """A mixer's core in one call (``vimc::mixer_core_fwd``): xz (Bt, L, 2E) and every parameter
+    in any layout, E rounded to the kernel's vector width half the time (else the composition
+    runs), dt_proj's rank 1..64, K 1..4; a quarter of the calls with one argument spoilt, which
+    must raise ValueError or TypeError (a storage shrunk after a good call with its layout, so
+    the op's checked-layout path meets it)."""
+    E = c.E // 16 * 16 if rng.random() < 0.5 else c.E
+    R, K, N = rng.randint(1, 64), rng.randint(1, 4), c.N
+    shapes = {"conv_weight": (E, 1, K), "conv_bias": (E,), "x_proj_weight": (R + 2 * N, E),
+              "dt_proj_weight": (E, R), "dt_proj_bias": (E,), "A": (E, N), "D": (E,)}  # fmt: skip
+    kinds = {"conv_weight": "A", "A": "A", "dt_proj_weight": "delta_proj", "dt_proj_bias":
+             "delta_bias", "conv_bias": "D", "D": "D", "x_proj_weight": "B"}  # fmt: skip
+    args = [make_tensor("u", (c.Bt, c.L, 2 * E), c.dtype, c, rng, g)]
+    for name in ("conv_weight", "conv_bias", "conv_weight_b", "conv_bias_b", "x_proj_weight",
+                 "x_proj_weight_b", "dt_proj_weight", "dt_proj_bias", "dt_proj_weight_b",
+                 "dt_proj_bias_b", "A", "A_b", "D", "D_b"):  # fmt: skip
+        kind = name.removesuffix("_b")
+        t = make_tensor(kinds[kind], shapes[kind], c.param_dtype, c, rng, g)
+        args.append(t / E**0.5 if kind == "x_proj_weight" else t)
+    op = torch.ops.vimc.mixer_core_fwd
+    if rng.random() < 0.25:
+        hows = ["shape", "rank", "dtype", "meta"]
+        if c.dtype == c.param_dtype == torch.float32 and c.Bt * c.L * E > 0:
+            hows.append("shrunk")  # the C kernel's path, which checks storage
+        i = rng.randrange(len(args))
+        how = rng.choice(hows[1:] if i == 0 else hows)  # any (Bt, L) of xz is a valid one
+        if how == "shrunk":
+            args[i] = args[i].clone()
+            op(*args)
+            args[i].untyped_storage().resize_(args[i].untyped_storage().nbytes() // 2)
+        else:
+            args[i] = _spoil(args[i], how, c)
+        try:
+            op(*args)
+        except (ValueError, TypeError):
+            return
+        raise AssertionError(f"mixer_core with argument {i} spoilt ({how}) was not refused")
+    out = op(*args)
+    assert out.shape == (c.Bt, c.L, E)
+    check_written("out", out, c)
+    if c.comparable and c.dtype == c.param_dtype == torch.float32 and not c.growing:
+        want = mixer_core_composed(*(a.double() for a in args))
+        check_close("out", out, want, MIXER_CORE_REL_ERR)
+
+
 _SESSIONS: dict = {}
 
 
@@ -385,6 +432,7 @@ RUN = dict(
     projected_op=projected_op,
     plugin=plugin_node,
     conv_pair=conv_pair,
+    mixer_core=mixer_core,
     bad_call=bad_call,
 )
 

@@ -40,6 +40,7 @@ TESTS = [
     "tests/ops/test_delta_proj.py",
     "tests/ops/test_bad_input.py",
     "tests/ops/test_conv.py",
+    "tests/ops/test_mixer_core.py",
     "tests/ops/test_ort_plugin.py",
     "tests/export/test_ort_plugin.py",
 ]
