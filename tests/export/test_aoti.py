@@ -97,4 +97,4 @@ def test_concurrent_exports_each_keep_their_own_scan_form(small_model, images):
     assert forms == [expected[f] for f in asked]
     # and the model runs in its own forms again afterwards
     mixers = [layer.mixer for layer in small_model.layers]
-    assert {(m.scan_form, m.conv_form) for m in mixers} == {("bidirectional", "fused")}
+    assert {(m.scan_form, m.conv_form) for m in mixers} == {("core", "fused")}

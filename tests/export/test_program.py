@@ -40,11 +40,11 @@ def _x_proj_aligns(model) -> set:
 def test_model_forms_sets_every_mixer_and_restores(tiny, scan_form, mixer_forms, x_proj_align):
     """Node-by-node routes take x_proj's stored weight (no Pad node per inference), the
     Inductor-compiled one the padded weight compiled models multiply by."""
-    assert _forms(tiny) == {("bidirectional", "fused")} and _x_proj_aligns(tiny) == {16}
+    assert _forms(tiny) == {("core", "fused")} and _x_proj_aligns(tiny) == {16}
     with model_forms(tiny, scan_form):
         assert _forms(tiny) == {mixer_forms}
         assert _x_proj_aligns(tiny) == {x_proj_align}
-    assert _forms(tiny) == {("bidirectional", "fused")} and _x_proj_aligns(tiny) == {16}
+    assert _forms(tiny) == {("core", "fused")} and _x_proj_aligns(tiny) == {16}
 
 
 def test_model_forms_restores_on_error_and_keeps_other_instances(tiny):
@@ -52,10 +52,10 @@ def test_model_forms_restores_on_error_and_keeps_other_instances(tiny):
     other.layers[0].mixer.scan_form = "per_direction"  # a user's own choice survives an export
     with pytest.raises(RuntimeError, match="boom"):
         with model_forms(other, "plugin"):
-            assert _forms(tiny) == {("bidirectional", "fused")}  # per instance
+            assert _forms(tiny) == {("core", "fused")}  # per instance
             raise RuntimeError("boom")
     assert other.layers[0].mixer.scan_form == "per_direction"
-    assert other.layers[1].mixer.scan_form == "bidirectional"
+    assert other.layers[1].mixer.scan_form == "core"
 
 
 def test_scan_form_names_and_deprecated_alias(tiny):
