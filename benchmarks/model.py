@@ -23,7 +23,8 @@ batch 1 and time-per-image ratio at batch 8 (the ratio of the two medians, which
 are judged on, and beside it the median and p20-p80 of the ratios within each round: how far
 the verdict moves with the machine's spells), and where compiled Vim-Ti's time goes: a
 torch.profiler trace of the compiled model, each top-level op put in one bucket (scan: the
-``vimc::selective_scan*`` ops, which apply each direction's dt_proj too; matmul: aten
+``vimc::selective_scan*`` ops, which apply each direction's dt_proj too, or the
+``vimc::mixer_core_fwd`` op, which runs the conv, x_proj and dt_proj too; matmul: aten
 mm/addmm/bmm/linear and oneDNN linears), "other"
 being the rest of the profiled wall time (Inductor's fused elementwise kernels, the conv,
 layer norms, Python and dispatch).
@@ -126,7 +127,7 @@ MATMUL_OPS = {
 
 
 def _bucket(name: str) -> str | None:
-    if "selective_scan" in name:
+    if "selective_scan" in name or "mixer_core" in name:
         return "scan"
     if name in MATMUL_OPS:
         return "matmul"
@@ -274,7 +275,8 @@ def deit_markdown(vs_deit: list[dict]) -> list[str]:
     md += [
         "",
         "Where compiled Vim-Ti's time goes (torch.profiler over the compiled model, ms per "
-        "forward; the profiler's own overhead is in the total; the scan ops apply dt_proj):",
+        "forward; the profiler's own overhead is in the total; the scan ops apply dt_proj, and "
+        "the mixer core op, where it runs, the conv and x_proj too):",
         "",
         "| scan kernel | batch | scan | matmul | other | total (profiled) |",
         "|---|---|---|---|---|---|",
