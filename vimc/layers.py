@@ -46,7 +46,7 @@ from vimc.ops import (
 SCAN_IMPLS = ("fast", "reference")
 # how the fast mixer calls the scan: "core", with the "fused" conv form one mixer_core call
 # from in_proj's output to out_proj's input (conv, x_proj, dt_proj, both scans and the gate)
-# wherever its fused C kernel runs (CPU, float32, grad mode off: compiled Vim-Ti 0.94-0.95x of
+# wherever its fused C kernel runs (CPU, float32, grad mode off: compiled Vim-Ti 0.94-0.97x of
 # "bidirectional" on an AVX2-only Zen 4, README), else "bidirectional"; "bidirectional", one
 # selective_scan_bidirectional call for both directions (one fused kernel call on CPU);
 # "per_direction", two selective_scan calls and their mean; "token_major", one

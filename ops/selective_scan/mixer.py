@@ -12,8 +12,9 @@ write both directions' conv outputs and x_proj outputs to memory and read them b
 compiled graph calls four ops per layer for it (conv, two x_proj GEMMs, scan). The kernel walks
 each (batch row, direction) in chunks of 16 tokens whose conv outputs and x_proj rows stay in
 the thread's cache for the scan, and splits batch 1 by direction over two threads. On the
-AVX2-only Zen 4 worker (ad hoc, one process, round robin): one layer 0.86x the separate ops'
-time at batch 8 (per round); compiled Vim-Ti 0.94x at batch 1 and 0.93x at batch 8 (README).
+AVX2-only Zen 4 worker (ad hoc, one process, round robin): one layer 0.87x the separate ops'
+time at batch 8 and 0.78x at batch 1 (per round); compiled Vim-Ti 0.94-0.95x at batch 1 and
+0.94-0.97x at batch 8 (README, ninth session).
 
 The C kernel takes E a multiple of its vector width (8 or 16 channels: every Vim size); the op
 computes the composition elsewhere. No autograd formula: :func:`mixer_core` takes the
