@@ -597,25 +597,39 @@ static inline void dstats_add(DStats *s, vf d) {
     s->nonneg &= d >= vsplat(0.0f);
 }
 
-// the cheapest decay form this item's exponents d * A allow (s: its d's stats)
-static int decay_form(const ScanArgs *a, const Item *m, const DStats *s) {
-    vi ok = vsplat(0.0f) == vsplat(0.0f);
-    vf amin = vsplat(0.0f);
-    const vf dmax = s->dmax;
-    for (int64_t n = 0; n < a->N; ++n) {  // finite and <= 0: NaN and -inf fail
-        const vf An = gather_chan(a->A + n, m, a->N);
-        ok &= (An <= vsplat(0.0f)) & (An >= vsplat(-3.4028235e38f));
-        amin = vmin(amin, An);
-    }
-    if (!a->delta_softplus) ok &= s->nonneg;  // softplus is >= 0; raw delta may not be
+// what decay_form needs of A, per lane: whether every A_n is finite and <= 0 (NaN and -inf
+// fail), and the most negative
+typedef struct {
+    vi ok;
+    vf amin;
+} AStats;
+static inline AStats astats_new(void) {
+    return (AStats){vsplat(0.0f) == vsplat(0.0f), vsplat(0.0f)};
+}
+static inline void astats_add(AStats *s, vf An) {
+    s->ok &= (An <= vsplat(0.0f)) & (An >= vsplat(-3.4028235e38f));
+    s->amin = vmin(s->amin, An);
+}
+
+// the cheapest decay form exponents d * A allow, from A's stats and d's (nonneg: whether a
+// raw delta's sign has to be checked; softplus is >= 0)
+static int decay_form_of(AStats as, const DStats *s, int check_sign) {
+    if (check_sign) as.ok &= s->nonneg;
     // every exponent >= -126: the product of the largest d and |A| in log2 units, with room
     // for the float32 roundings of A * log2(e) and of d * A (a few ulp of 125)
-    const vi bounded = dmax * (amin * vsplat(-LOG2E)) <= vsplat(125.0f);
+    const vi bounded = s->dmax * (as.amin * vsplat(-LOG2E)) <= vsplat(125.0f);
     int all_ok = 1, all_bounded = 1;
-    for (int k = 0; k < LANES; ++k) all_ok &= ok[k] != 0, all_bounded &= bounded[k] != 0;
+    for (int k = 0; k < LANES; ++k) all_ok &= as.ok[k] != 0, all_bounded &= bounded[k] != 0;
     if (!all_ok) return DECAY_EXP;
     if (!all_bounded) return DECAY_EXP2_CLAMP;
     return atomic_load_explicit(&bounded_decay, memory_order_relaxed);
+}
+
+// the cheapest decay form this item's exponents d * A allow (s: its d's stats)
+static int decay_form(const ScanArgs *a, const Item *m, const DStats *s) {
+    AStats as = astats_new();
+    for (int64_t n = 0; n < a->N; ++n) astats_add(&as, gather_chan(a->A + n, m, a->N));
+    return decay_form_of(as, s, !a->delta_softplus);
 }
 
 // one decay in the given form (a constant after inlining); Ak carries log2(e) for the exp2
@@ -1345,7 +1359,6 @@ static void mixer_direction(const MixerArgs *c, int64_t tid, int64_t b, int rev,
     const float *ak = wst + E * R, *ctp = ak + E * N;                 // (E, N), (K, E)
     const float *cb = c->conv_b[rev], *dtb = c->dt_b[rev], *Dp = c->D[rev];
     memset(hb, 0, sizeof(float) * (size_t)(E * N));
-    const int base_form = atomic_load_explicit(&bounded_decay, memory_order_relaxed);
     const int64_t chunks = (L + T - 1) / T;
     for (int64_t ci = 0; ci < chunks; ++ci) {
         const int64_t t0 = (rev ? chunks - 1 - ci : ci) * T, nt = t0 + T <= L ? T : L - t0;
@@ -1391,17 +1404,9 @@ static void mixer_direction(const MixerArgs *c, int64_t tid, int64_t b, int rev,
                 }
             }
             // decay_form's test on this block's A and this chunk's d
-            vi ok = vsplat(0.0f) == vsplat(0.0f);
-            vf amin = vsplat(0.0f);
-            for (int64_t n = 0; n < N; ++n) {
-                const vf An = vload(ak + (j * N + n) * LANES);
-                ok &= (An <= vsplat(0.0f)) & (An >= vsplat(-3.4028235e38f));
-                amin = vmin(amin, An);
-            }
-            const vi bounded = ds.dmax * (amin * vsplat(-LOG2E)) <= vsplat(125.0f);
-            int all_ok = 1, all_bounded = 1;
-            for (int k = 0; k < LANES; ++k) all_ok &= ok[k] != 0, all_bounded &= bounded[k] != 0;
-            const int form = !all_ok ? DECAY_EXP : !all_bounded ? DECAY_EXP2_CLAMP : base_form;
+            AStats as = astats_new();
+            for (int64_t n = 0; n < N; ++n) astats_add(&as, vload(ak + (j * N + n) * LANES));
+            const int form = decay_form_of(as, &ds, 0);
             int64_t n = 0;
             for (; n + NB <= N; n += NB)
                 mixer_pass(ak, hb, xd, sd, sdu, sy, j, n, NB, N, R, W, nt, rev, form);
