@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import _library, cpu, cpu_plans
 from ._alloc import new_output
-from ._checks import check_storage, storage_end
+from ._checks import check_storage
 
 KERNEL = "vimc conv kernel"
 _ARGS = ("x", "weight", "bias", "weight_b", "bias_b")
@@ -154,7 +154,7 @@ def conv1d_silu_pair_fwd(
         x = x.contiguous()  # the kernel reads a row's channels adjacent
     params = [weight.reshape(E, K), bias, weight_b.reshape(E, K), bias_b]
     if args[0] is x and all(p is None or p.is_contiguous() for p in params):
-        _remember(args)  # checked: a later call with this layout goes straight to the kernel
+        _CHECKED.remember(args, (B, L, E, K))  # a later call with this layout: the kernel
     params = [p if p is None or p.is_contiguous() else p.contiguous() for p in params]
     return _run(x, (B, L, E, K), params)
 
@@ -175,44 +175,18 @@ def _run(x, dims, params) -> tuple[torch.Tensor, torch.Tensor]:
     return out, out_b
 
 
-# Layouts whose full checks passed, by cpu_plans.signature (dtype, shape, strides, offset,
-# device and layout of each argument, and the thread count). A compiled Vim graph calls the
-# op 24 times per forward with one layout; on an AVX2-only Zen 4 a batch-1 op call took
-# 93-95 us this way against 111 us with every check (ad hoc). A storage can shrink under a
-# view of equal layout, so each call still checks that every argument lies inside its storage
-# (the bytes each reaches depend on its layout only, so they are kept with it, as the scan's
-# call plans keep theirs).
-_CHECKED: dict[tuple, tuple[tuple[int, int, int, int], tuple]] = {}
-_MAX_CHECKED = 256
-
-
-def _remember(args: tuple) -> None:
-    key = cpu_plans.signature(args)
-    if key is not None:
-        if len(_CHECKED) >= _MAX_CHECKED:
-            _CHECKED.clear()
-        x, weight = args[0], args[1]
-        ends = tuple((i, storage_end(t)) for i, t in enumerate(args) if t is not None and t.numel())
-        _CHECKED[key] = ((*x.shape, weight.shape[2]), ends)
+# Layouts whose full checks passed. A compiled Vim graph calls the op 24 times per forward with
+# one layout; on an AVX2-only Zen 4 a batch-1 op call took 93-95 us this way against 111 us with
+# every check (ad hoc).
+_CHECKED = cpu_plans.CheckedLayouts()
 
 
 def _planned_call(args: tuple):
     """The kernel's outputs for ``args`` if their layout passed the full checks before and
     every tensor lies inside its storage; else None (the caller runs the full path)."""
-    # a CUDA call is never served: one attribute read, not a whole signature, says so
-    x = args[0]
-    if not (_CHECKED and isinstance(x, torch.Tensor) and x.is_cpu):
+    dims = _CHECKED.lookup(args)
+    if dims is None:
         return None
-    if not cpu.c_kernel_available() or cpu_plans.is_bypassed():
-        return None
-    key = cpu_plans.signature(args)
-    checked = _CHECKED.get(key) if key is not None else None
-    if checked is None:
-        return None
-    dims, ends = checked
-    for i, end in ends:
-        if args[i].untyped_storage().nbytes() < end:
-            return None  # the full path's check_storage names it
     x, weight, bias, weight_b, bias_b = args
     E, K = dims[2], dims[3]
     return _run(x, dims, (weight.view(E, K), bias, weight_b.view(E, K), bias_b))

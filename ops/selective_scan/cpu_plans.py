@@ -209,6 +209,49 @@ class PlannedOp:
         return _call(plan, args, self.spec.last_states)
 
 
+class CheckedLayouts:
+    """For ops that pack nothing (the conv pair, the mixer core): the layouts, by
+    :func:`signature`, whose full checks passed, each with what its op derived from them and
+    the bytes each tensor argument's storage must hold. A later call with that layout checks
+    only those storages (a storage can shrink under a view of equal layout)."""
+
+    def __init__(self):
+        self._layouts: dict[tuple, tuple] = {}
+
+    def clear(self) -> None:
+        self._layouts.clear()
+
+    def remember(self, args: tuple, derived) -> None:
+        """``args`` passed their op's full checks; ``derived``: what the op needs of them."""
+        key = signature(args)
+        if key is None:
+            return
+        if len(self._layouts) >= _MAX_PLANS:
+            self._layouts.clear()
+        ends = tuple((i, storage_end(t)) for i, t in enumerate(args)
+                     if isinstance(t, torch.Tensor) and t.numel())  # fmt: skip
+        self._layouts[key] = (derived, ends)
+
+    def lookup(self, args: tuple):
+        """What was derived from ``args``'s layout if it passed the full checks before and each
+        tensor still lies inside its storage; else None (the op's full path then runs, and its
+        storage check says which tensor and why)."""
+        x = args[0]  # a CUDA call is never served: one attribute read, not a signature, says so
+        if not (self._layouts and isinstance(x, torch.Tensor) and x.is_cpu):
+            return None
+        if _bypassed or not cpu.c_kernel_available():
+            return None
+        key = signature(args)
+        hit = self._layouts.get(key) if key is not None else None
+        if hit is None:
+            return None
+        derived, ends = hit
+        for i, end in ends:
+            if args[i].untyped_storage().nbytes() < end:
+                return None
+        return derived
+
+
 _MISSING = object()
 _OUT, _LAST, _SCRATCH, _PAIR = (cpu._AT[n] for n in ("out", "last_state", "scratch", "pair"))
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from . import _library, cpu, cpu_plans
 from ._alloc import new_output
-from ._checks import check_storage, storage_end
+from ._checks import check_storage
 from .bidirectional import selective_scan_bidirectional
 from .conv import conv1d_silu_pair
 
@@ -153,7 +153,7 @@ def mixer_core_fwd(
         return mixer_core_composed(*args).to(xz.dtype)
     contiguous = [t.contiguous() for t in args]
     if all(c is t for c, t in zip(contiguous, args)):
-        _remember(args, dims)  # checked: a later call with this layout goes straight to the kernel
+        _CHECKED.remember(args, dims)  # a later call with this layout goes straight to the kernel
     return _run(contiguous, dims)
 
 
@@ -184,37 +184,14 @@ def _run(args, dims) -> torch.Tensor:
     return out
 
 
-# Layouts whose full checks passed, by cpu_plans.signature, with their sizes and the bytes
-# each argument's storage must hold (conv.py's checked layouts, for this op)
-_CHECKED: dict[tuple, tuple[tuple, tuple]] = {}
-_MAX_CHECKED = 256
-
-
-def _remember(args: tuple, dims: tuple) -> None:
-    key = cpu_plans.signature(args)
-    if key is not None:
-        if len(_CHECKED) >= _MAX_CHECKED:
-            _CHECKED.clear()
-        _CHECKED[key] = (dims, tuple((i, storage_end(t)) for i, t in enumerate(args)))
+_CHECKED = cpu_plans.CheckedLayouts()  # layouts whose full checks passed, with their sizes
 
 
 def _planned_call(args: tuple):
     """The kernel's output for ``args`` if their layout passed the full checks before and every
     tensor lies inside its storage; else None (the caller runs the full path)."""
-    xz = args[0]
-    if not (_CHECKED and isinstance(xz, torch.Tensor) and xz.is_cpu):
-        return None  # a CUDA call is never served: one attribute read says so
-    if not cpu.c_kernel_available() or cpu_plans.is_bypassed():
-        return None
-    key = cpu_plans.signature(args)
-    checked = _CHECKED.get(key) if key is not None else None
-    if checked is None:
-        return None
-    dims, ends = checked
-    for i, end in ends:
-        if args[i].untyped_storage().nbytes() < end:
-            return None  # the full path's check_storage names it
-    return _run(args, dims)
+    dims = _CHECKED.lookup(args)
+    return None if dims is None else _run(args, dims)
 
 
 _CORE = _library.define(mixer_core_fwd)

@@ -125,7 +125,7 @@ def test_a_checked_layout_skips_the_checks_after_its_first_call(monkeypatch):
         return check(*args)
 
     monkeypatch.setattr(conv, "_check_pair", spy)
-    monkeypatch.setattr(conv, "_CHECKED", {})
+    monkeypatch.setattr(conv, "_CHECKED", cpu_plans.CheckedLayouts())
     args = _args(2, 9, 40, 4, seed=5)
     with torch.no_grad(), poison_outputs():
         first = OP(*args)
