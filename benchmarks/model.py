@@ -38,6 +38,7 @@ Results: benchmarks/results/model-<machine>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -166,7 +167,9 @@ def breakdown(fn, calls: int) -> dict:
 def worker_vs_deit(cfg: dict) -> dict:
     """Vim-Ti and DeiT-Ti compiled in this process, timed round robin, then Vim-Ti profiled.
     A third row runs the same compiled Vim-Ti with every scan call on its op's full path
-    (checks and packing per call, ``cpu_plans.bypassed()``): what the plans save."""
+    (checks and packing per call, ``cpu_plans.bypassed()``): what the plans save. A fourth,
+    Vim-Ti with ``scan_form="bidirectional"`` (its conv, x_proj and scan as separate ops): what
+    the default "core" form's one call per layer saves."""
     _set_heap(cfg)
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
@@ -174,6 +177,10 @@ def worker_vs_deit(cfg: dict) -> dict:
     vim = vimc.create_model("vim_tiny").eval()
     deit = deit_tiny(attn_impl="sdpa").eval()
     vim_c, deit_c = torch.compile(vim, fullgraph=True), torch.compile(deit, fullgraph=True)
+    composed = copy.deepcopy(vim)
+    for layer in composed.layers:
+        layer.mixer.scan_form = "bidirectional"
+    composed_c = torch.compile(composed, fullgraph=True)
     with torch.no_grad():
 
         def vim_unplanned():
@@ -182,6 +189,7 @@ def worker_vs_deit(cfg: dict) -> dict:
 
         fns = {"vim_tiny": lambda: vim_c(x), "deit_tiny": lambda: deit_c(x)}
         fns["vim_tiny_unplanned"] = vim_unplanned
+        fns["vim_tiny_bidirectional"] = lambda: composed_c(x)
         for fn in fns.values():  # the first call compiles: its page faults are not a forward's
             fn()
         faults = _minor_faults()
@@ -197,6 +205,8 @@ def worker_vs_deit(cfg: dict) -> dict:
         "vim_median_ms": t["vim_tiny"].median_ms,
         "deit_median_ms": t["deit_tiny"].median_ms,
         "vim_unplanned_median_ms": t["vim_tiny_unplanned"].median_ms,
+        "vim_bidirectional_median_ms": t["vim_tiny_bidirectional"].median_ms,
+        "core_vs_bidirectional_round": round_ratios(t["vim_tiny"], t["vim_tiny_bidirectional"]),
         "ratio": ratio,
         "round_ratio": round_ratios(t["vim_tiny"], t["deit_tiny"]),
         "vim_breakdown_ms": prof,
@@ -263,13 +273,25 @@ def deit_markdown(vs_deit: list[dict]) -> list[str]:
             f" {_round_ratio(r)} | {r['vim_unplanned_median_ms']:.1f} | "
             f"{r['vim_median_ms'] / r['vim_unplanned_median_ms']:.3f} |"
         )
+    if all("vim_bidirectional_median_ms" in r for r in vs_deit):
+        rows = [
+            f"{r['vim_bidirectional_median_ms']:.1f} ms at batch {r['batch']} (Vim-Ti / it "
+            f"{r['vim_median_ms'] / r['vim_bidirectional_median_ms']:.3f}x, per round "
+            f"{r['core_vs_bidirectional_round']['median']:.3f}x)"
+            for r in vs_deit
+        ]
+        md += [
+            "",
+            'Vim-Ti with `scan_form="bidirectional"` (conv, x_proj and scan as separate ops per '
+            "layer) in the same round robin: " + "; ".join(rows) + ".",
+        ]
     if all("minor_faults_per_forward" in r for r in vs_deit):
         faults = ", ".join(
             f"{r['minor_faults_per_forward']:.0f} at batch {r['batch']}" for r in vs_deit
         )
         md += [
             "",
-            "Minor page faults per forward over the timed rounds (the three models' together): "
+            "Minor page faults per forward over the timed rounds (all models' together): "
             f"{faults}.",
         ]
     md += [

@@ -180,7 +180,12 @@ def test_model_bench_tables_the_unplanned_row():
     row["minor_faults_per_forward"] = 41.6
     md = "\n".join(bench.deit_markdown([row]))
     assert "| 1.45x (1.38-1.52) | 33.0 | 0.909 |" in md
-    assert "(the three models' together): 42 at batch 1." in md
+    assert "(all models' together): 42 at batch 1." in md
+    assert "bidirectional" not in md  # a row from before the core form
+    row["vim_bidirectional_median_ms"] = 32.0
+    row["core_vs_bidirectional_round"] = {"p20": 0.9, "median": 0.95, "p80": 1.0}
+    md = "\n".join(bench.deit_markdown([row]))
+    assert "32.0 ms at batch 1 (Vim-Ti / it 0.938x, per round 0.950x)." in md
 
 
 def test_conv_bench_times_the_three_forms_and_the_model():
