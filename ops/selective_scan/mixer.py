@@ -86,16 +86,14 @@ def _check_core(args) -> tuple[int, int, int, int, int, int]:
     return B, L, E, N, R, K
 
 
-def _c_runs(args, dims) -> bool:
-    """Whether the C kernel takes these checked arguments: CPU float32, the kernel loaded, E a
-    multiple of its vector width, dt_proj's rank at most MAX_RANK, something to compute."""
-    B, L, E, N, R, K = dims
+def _kernel_takes(args) -> bool:
+    """Whether the C kernel takes these (checked or traced) arguments: CPU float32, the kernel
+    loaded, E a multiple of its vector width, dt_proj's rank at most MAX_RANK."""
     return (
         all(t.is_cpu and t.dtype == torch.float32 for t in args)
-        and cpu.c_kernel_available()
-        and E % cpu.LANES == 0
-        and R <= MAX_RANK
-        and B * L * E > 0
+        and _kernel_ready()
+        and (args[0].shape[-1] // 2) % cpu.LANES == 0
+        and args[7].shape[-1] <= MAX_RANK
     )
 
 
@@ -149,7 +147,7 @@ def mixer_core_fwd(
     dims = _check_core(args)
     if xz.is_cpu:  # each inside its storage, before the kernel, a copy or a torch op reads it
         check_storage(KERNEL, zip(_ARGS, args))
-    if not _c_runs(args, dims):
+    if not (_kernel_takes(args) and xz.numel() > 0):
         return mixer_core_composed(*args).to(xz.dtype)
     contiguous = [t.contiguous() for t in args]
     if all(c is t for c, t in zip(contiguous, args)):
@@ -213,20 +211,11 @@ def mixer_core(*args) -> torch.Tensor:
 
 
 def mixer_core_available(xz: torch.Tensor, params) -> bool:
-    """Whether :func:`mixer_core` on xz and these parameters runs the fused C kernel: grad mode
-    off, every tensor CPU float32, the kernel loaded (read once per trace under torch.compile),
-    E a multiple of its vector width and dt_proj's rank (the last dim of the (E, R) weight
-    among ``params``, the 7th) at most MAX_RANK. Traceable: sizes, dtypes and devices are
-    static in a graph."""
-    if torch.is_grad_enabled():
-        return False
-    ts = (xz, *params)
-    return (
-        all(t.is_cpu and t.dtype == torch.float32 for t in ts)
-        and _kernel_ready()
-        and (xz.shape[-1] // 2) % cpu.LANES == 0
-        and params[6].shape[-1] <= MAX_RANK
-    )
+    """Whether :func:`mixer_core` on xz and these parameters (the op's order) runs the fused C
+    kernel: grad mode off, every tensor CPU float32, the kernel loaded (read once per trace
+    under torch.compile), E a multiple of its vector width, dt_proj's rank at most MAX_RANK.
+    Traceable: sizes, dtypes and devices are static in a graph."""
+    return not torch.is_grad_enabled() and _kernel_takes((xz, *params))
 
 
 @torch.compiler.assume_constant_result
