@@ -200,6 +200,27 @@ def projected_op(c, rng, g):
         check_close("out", out, pair_reference(x, c), SCAN_REL_ERR[torch.float32][0])
 
 
+def _refused(name: str, op, args: list, c: Case, rng, c_path: bool) -> None:
+    """``op`` with one of ``args`` spoilt must raise ValueError or TypeError. Any shape of the
+    first argument's leading dims is valid, so it is spoilt otherwise. On the C kernel's path
+    (``c_path``), which checks storage, a storage may shrink after one good call with its
+    layout, so the op's checked-layout path meets it."""
+    hows = ["shape", "rank", "dtype", "meta"] + (["shrunk"] if c_path else [])
+    i = rng.choice([i for i, a in enumerate(args) if a is not None])
+    how = rng.choice(hows[1:] if i == 0 else hows)
+    if how == "shrunk":
+        args[i] = args[i].clone()
+        op(*args)
+        args[i].untyped_storage().resize_(args[i].untyped_storage().nbytes() // 2)
+    else:
+        args[i] = _spoil(args[i], how, c)
+    try:
+        op(*args)
+    except (ValueError, TypeError):
+        return
+    raise AssertionError(f"{name} with argument {i} spoilt ({how}) was not refused")
+
+
 def conv_pair(c, rng, g):
     """The fused conv + silu of a mixer's two directions (``vimc::conv1d_silu_pair_fwd``): x
     (Bt, L, E) and the taps in any layout, K 1..4, biases or not; a quarter of the calls with one
@@ -213,25 +234,8 @@ def conv_pair(c, rng, g):
     args = [ins[k] for k in ("x", "weight", "bias", "weight_b", "bias_b")]
     op = torch.ops.vimc.conv1d_silu_pair_fwd
     if rng.random() < 0.25:
-        hows = ["shape", "rank", "dtype", "meta"]
         c_path = c.dtype == c.param_dtype == torch.float32 and c.Bt * c.E * c.L > 0
-        if c_path:  # the C kernel's path, which checks storage
-            hows.append("shrunk")
-        i = rng.choice([i for i, a in enumerate(args) if a is not None])
-        how = rng.choice(hows[1:] if i == 0 else hows)  # any (B, L) of x is a valid one
-        if how == "shrunk":
-            # the op's fast path for a layout it checked before: one good call with the
-            # tensor, then its storage shrinks under it
-            args[i] = args[i].clone()
-            op(*args)
-            args[i].untyped_storage().resize_(args[i].untyped_storage().nbytes() // 2)
-        else:
-            args[i] = _spoil(args[i], how, c)
-        try:
-            op(*args)
-        except (ValueError, TypeError):
-            return
-        raise AssertionError(f"conv_pair with argument {i} spoilt ({how}) was not refused")
+        return _refused("conv_pair", op, args, c, rng, c_path)
     out, out_b = op(*args)
     assert out.shape == out_b.shape == (c.Bt, c.L, c.E)
     check_written("out", out, c)
@@ -265,22 +269,8 @@ def mixer_core(c, rng, g):
         args.append(t / E**0.5 if kind == "x_proj_weight" else t)
     op = torch.ops.vimc.mixer_core_fwd
     if rng.random() < 0.25:
-        hows = ["shape", "rank", "dtype", "meta"]
-        if c.dtype == c.param_dtype == torch.float32 and c.Bt * c.L * E > 0:
-            hows.append("shrunk")  # the C kernel's path, which checks storage
-        i = rng.randrange(len(args))
-        how = rng.choice(hows[1:] if i == 0 else hows)  # any (Bt, L) of xz is a valid one
-        if how == "shrunk":
-            args[i] = args[i].clone()
-            op(*args)
-            args[i].untyped_storage().resize_(args[i].untyped_storage().nbytes() // 2)
-        else:
-            args[i] = _spoil(args[i], how, c)
-        try:
-            op(*args)
-        except (ValueError, TypeError):
-            return
-        raise AssertionError(f"mixer_core with argument {i} spoilt ({how}) was not refused")
+        c_path = c.dtype == c.param_dtype == torch.float32 and c.Bt * c.L * E > 0
+        return _refused("mixer_core", op, args, c, rng, c_path)
     out = op(*args)
     assert out.shape == (c.Bt, c.L, E)
     check_written("out", out, c)
