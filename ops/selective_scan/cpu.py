@@ -165,8 +165,7 @@ def bind(lib: ctypes.CDLL) -> int:
         lib.vimc_mixer_words.restype = ctypes.c_int64
         if lib.vimc_mixer_words() != MIXER_WORDS:
             raise RuntimeError("cpu_kernel.c and mixer.py disagree on the mixer's argument struct")
-        lib.vimc_mixer_scratch.argtypes = [ctypes.c_int64] * 5
-        lib.vimc_mixer_shared.argtypes = [ctypes.c_int64] * 4
+        lib.vimc_mixer_scratch.argtypes = lib.vimc_mixer_shared.argtypes = [ctypes.c_int64] * 4
         lib.vimc_mixer_scratch.restype = lib.vimc_mixer_shared.restype = ctypes.c_int64
         lib.vimc_mixer_fwd.argtypes = [ctypes.c_void_p]
         lib.vimc_mixer_fwd.restype = ctypes.c_int

@@ -1216,8 +1216,7 @@ static inline int64_t mixer_width(int64_t R, int64_t N) {  // x_proj rows padded
 
 // per-thread scratch, in this order: u (T, E), x_proj rows (T, W), states (E, N), d, d*u and y
 // (T, LANES) each, and the forward direction's y (L, E) for row tasks
-int64_t vimc_mixer_scratch(int64_t L, int64_t E, int64_t N, int64_t R, int64_t K) {
-    (void)K;
+int64_t vimc_mixer_scratch(int64_t L, int64_t E, int64_t N, int64_t R) {
     const int64_t T = MIXER_CHUNK, W = mixer_width(R, N);
     return T * E + T * W + E * N + 3 * T * LANES + L * E;
 }
@@ -1472,7 +1471,7 @@ int64_t vimc_mixer_words(void) { return (int64_t)(sizeof(MixerArgs) / 8); }
 int vimc_mixer_fwd(const MixerArgs *c) {
     if (c->B < 1 || c->L < 1 || c->E < 1 || c->N < 1 || c->R < 1 || c->K < 1 ||
         c->nthreads < 1 || c->E % LANES || c->R > MAX_R || !c->scratch ||
-        c->scratch_floats < vimc_mixer_scratch(c->L, c->E, c->N, c->R, c->K) ||
+        c->scratch_floats < vimc_mixer_scratch(c->L, c->E, c->N, c->R) ||
         (c->B < c->nthreads && !c->y))
         return -1;
     run_split(2, c->nthreads, 0, mixer_stage, c);  // each direction's parameters laid out

@@ -169,7 +169,7 @@ def _run(args, dims) -> torch.Tensor:
     threads = cpu._threads(2 * B)  # tasks: a row each, or a (row, direction) each below
     out = new_output((B, L, E), torch.float32, args[0].device)
     y = new_output((2, B, L, E), torch.float32, out.device) if B < threads else None
-    per_thread = cpu._lib.vimc_mixer_scratch(L, E, N, R, K)
+    per_thread = cpu._lib.vimc_mixer_scratch(L, E, N, R)
     scratch = cpu._scratch_buffer(per_thread * threads + cpu._lib.vimc_mixer_shared(E, N, R, K))
     words = array.array("q", bytes(8 * cpu.MIXER_WORDS))
     words[0:8] = array.array("q", (args[0].data_ptr(), B, L, E, N, R, K, threads))

@@ -550,7 +550,7 @@ static int run_mixer_case(const int64_t *sz, int threads) {
     float *out = malloc(sizeof(float) * (size_t)(B * L * E));
     for (int64_t i = 0; i < B * L * E; ++i) out[i] = NAN;
     float *y = malloc(sizeof(float) * (size_t)(2 * B * L * E));
-    const int64_t per = vimc_mixer_scratch(L, E, N, R, K);
+    const int64_t per = vimc_mixer_scratch(L, E, N, R);
     float *scratch = malloc(sizeof(float) * (size_t)(per * threads + vimc_mixer_shared(E, N, R, K)));
     MixerArgs a = {xz, B, L, E, N, R, K, threads,
                    {cw, cw + E * K}, {cb, cb + E}, {xp, xp + Wr * E}, {dw, dw + E * R},
