@@ -166,8 +166,9 @@ def breakdown(fn, calls: int) -> dict:
 
 def worker_vs_deit(cfg: dict) -> dict:
     """Vim-Ti and DeiT-Ti compiled in this process, timed round robin, then Vim-Ti profiled.
-    A third row runs the same compiled Vim-Ti with every scan call on its op's full path
-    (checks and packing per call, ``cpu_plans.bypassed()``): what the plans save. A fourth,
+    A third row runs the same compiled Vim-Ti with every vimc op call on its full path (checks,
+    and packing for the scan ops, per call; ``cpu_plans.bypassed()``): what the plans and
+    checked layouts save. A fourth,
     Vim-Ti with ``scan_form="bidirectional"`` (its conv, x_proj and scan as separate ops): what
     the default "core" form's one call per layer saves."""
     _set_heap(cfg)

@@ -1,13 +1,15 @@
 """Freed memory kept in the process for the next forward, instead of handed back to the kernel.
 
-A compiled Vim-Ti forward at batch 8 allocates and frees about 2.4 MB per output of every conv
-and scan op call (72 of them per forward) besides Inductor's own buffers. glibc's malloc hands
+A compiled Vim-Ti forward at batch 8 allocates and frees a few MB per op output (2.4 MB per
+layer for the mixer core's, and, before that op, per output of every conv and scan call: 72
+per forward) besides Inductor's own buffers. glibc's malloc hands
 the top of its heap back to the kernel whenever more than its trim threshold lies free there
 (by default twice the largest block freed so far: a few MB here), so the next forward faults
 those pages in again. The project's workers are VMs whose virtio balloon reports free pages to
 the host, which may reclaim them meanwhile. On the AVX2-only Zen 4 worker, a round robin of
 compiled Vim-Ti and DeiT-Ti at batch 8 took 2,200-3,000 minor page faults per forward (most in
-the scan's and the conv's output writes); with the thresholds below, 38-117.
+the scan's and the conv's output writes, before the mixer core op); with the thresholds below,
+38-117 (benchmarks/model.py counts them per run, ``--heap default`` for glibc's own).
 
 :func:`keep_freed_memory` raises glibc's trim threshold (freed memory stays in the heap up to
 that much) and fixes its mmap threshold (blocks below it come from the heap, so they are

@@ -35,7 +35,6 @@ from vimc.ops import (
     causal_conv1d,
     conv1d_channel_major,
     conv1d_silu_pair,
-    mixer_core,
     mixer_core_available,
     selective_scan,
     selective_scan_bidirectional,
@@ -244,6 +243,7 @@ class BiMambaMixer(nn.Module):
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
         if self._scan_form == "core" and self._conv_form == "fused" and self._core_runs(xz):
+            # the op itself: mixer_core() would ask mixer_core_available again
             return F.linear(self._core(xz), self.out_proj.weight)
         x, z = xz[..., :E], xz[..., E:]
         us = self._convolutions(x)  # (B, L, E) each
@@ -276,7 +276,7 @@ class BiMambaMixer(nn.Module):
     def _core(self, xz: torch.Tensor) -> torch.Tensor:
         """The out_proj input from in_proj's output xz (B, L, 2E), one mixer_core call."""
         c, cb, xp, xpb = self.conv1d, self.conv1d_b, self.x_proj, self.x_proj_b
-        return mixer_core(
+        return torch.ops.vimc.mixer_core_fwd(
             xz, c.weight, c.bias, cb.weight, cb.bias, xp.weight, xpb.weight,
             self.dt_proj.weight, self.dt_proj.bias.float(), self.dt_proj_b.weight,
             self.dt_proj_b.bias.float(), -torch.exp(self.A_log.float()),

@@ -547,8 +547,9 @@ static const char *const DECAY_NAMES[] = {"exp", "exp2-clamp", "exp2", "exp2-sca
 
 // the form of the bounded case (every exponent in [-126, 0]): set once at load, or by
 // vimc_scan_set_decay (cpu.py, from VIMC_SCAN_DECAY; benchmarks switch it between calls; the
-// harness runs every form). Atomic, read relaxed once per item and direction: a switch while
-// scans run changes the form of the work after it, each direction of an item in one form.
+// harness runs every form). Atomic, read relaxed once per item and direction (per chunk and
+// block in the mixer core): a switch while scans run changes the form of the work after it,
+// each direction of an item in one form.
 // Intel's AVX-512 cores run every 512-bit vector instruction on two ports, so there the form
 // with the fewest instructions wins: scalef's 12 per update against 13 (as GCC compiles them:
 // benchmarks/scan_floor.py counts them). Where two FMA pipes bound the loop (AMD's cores,
