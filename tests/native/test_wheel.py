@@ -12,6 +12,14 @@ forward. Two runs one after the other are no use here: on a shared 2-core machin
 process's forwards read 43 ms and the next minute's 87, and a CI run once failed at 1.40 with
 the same kernel code in both (the prebuilt x86-64-v4 library and the -march=native build time
 alike in benchmarks/scan_builds.py).
+
+The bound holds the median of the per-round ratios (each fresh forward over the usual one of
+the same round), and each worker runs on one thread. The suite runs in two pytest processes
+on two cores, so the workers share the machine with whatever the other process runs: a CI run
+read medians of 192 and 151 ms (43 when quiet), a ratio of medians of 1.27, with the same
+kernel code in both. A slow spell that falls on one round slows both of its forwards, and
+cancels in that round's ratio; one thread per worker keeps a two-thread kernel from waiting
+on a core the other pytest process holds.
 """
 
 from __future__ import annotations
@@ -27,12 +35,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vimc.timing import time_round_robin
+from vimc.timing import round_ratios, time_round_robin
 
 from ..tolerances import OTHER_TARGET_BUILD
 
 ROOT = Path(__file__).resolve().parents[2]
-WHEEL_SLOWDOWN = 1.25  # the issue's bound: fresh-venv time / usual time, medians
+WHEEL_SLOWDOWN = 1.25  # the issue's bound: fresh-venv time / usual time, per-round median
 ROUNDS = 30  # forwards per environment, taking turns
 
 # a worker: builds Vim-Ti, prints which kernel ran, which vimc was imported and one forward's
@@ -44,6 +52,7 @@ WORKER = textwrap.dedent(
     import torch
     import vimc
     from vimc.ops.selective_scan import cpu
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = vimc.create_model("vim_tiny").eval()
     x = torch.randn(1, 3, 224, 224)
@@ -155,10 +164,11 @@ def test_wheel_runs_prebuilt_kernel_without_compiler(tmp_path):
     torch.testing.assert_close(
         torch.tensor(fresh["logits"]), torch.tensor(usual["logits"]), **OTHER_TARGET_BUILD
     )
-    ratio = t["fresh"].median_ms / t["usual"].median_ms
+    ratio = round_ratios(t["fresh"], t["usual"])["median"]
     print(
         f"\nfresh venv: {kernel}, {t['fresh'].median_ms:.1f} ms; usual: "
         f"{usual['kernel']['scan kernel']}, {t['usual'].median_ms:.1f} ms; ratio of medians "
-        f"{ratio:.2f} (bound {WHEEL_SLOWDOWN}, {ROUNDS} forwards each, taking turns)"
+        f"{t['fresh'].median_ms / t['usual'].median_ms:.2f}, per-round median {ratio:.2f} "
+        f"(bound {WHEEL_SLOWDOWN}, {ROUNDS} forwards each on one thread, taking turns)"
     )
     assert ratio <= WHEEL_SLOWDOWN
