@@ -2,13 +2,14 @@
 
 Where it runs:
 
-- CPU packages: Inductor compiles everything but the scan and the convolutions to C++; those
-  stay calls to the registered vimc ops (opaque ops with a C kernel behind ctypes), one
-  ``vimc::selective_scan_bidirectional_proj_fwd`` call per layer for both directions and their
-  dt_proj linears (``scan_form="bidirectional"``, the default; an export traced with grad mode
-  on records ``vimc::selective_scan_bidirectional_fwd`` and the linears instead) and one
-  ``vimc::conv1d_silu_pair_fwd`` for both directions' conv and silu, so the process that loads
-  the package must ``import vimc`` first (``load_aoti`` does).
+- CPU packages: Inductor compiles the linears, norms and the rest to C++; each mixer's core
+  (both directions' conv, x_proj, dt_proj, scan and gate) stays one call of the registered
+  ``vimc::mixer_core_fwd`` op (an opaque op with a C kernel behind ctypes;
+  ``scan_form="core"``, the default, as compiled models run), so the process that loads the
+  package must ``import vimc`` first (``load_aoti`` does). ``scan_form="bidirectional"``
+  keeps the four calls per layer it had before: ``vimc::conv1d_silu_pair_fwd``, two x_proj
+  GEMMs and ``vimc::selective_scan_bidirectional_proj_fwd`` (both directions and their dt_proj
+  linears); "core" records that form too where the core's kernel does not run.
 - CUDA packages: on CUDA the model calls the ``triton_op`` twin of the scan, which Inductor
   sees into, so its Triton kernels are compiled into the package and the package needs no
   vimc Python registration at load time (untested on this project's CPU CI).
@@ -35,13 +36,13 @@ def to_aoti(
     max_batch: int = 4096,
     freezing: bool = True,
     inductor_configs: dict | None = None,
-    scan_form: str = "bidirectional",
+    scan_form: str = "core",
 ) -> Path:
     """Compile ``model`` with AOTInductor into the package ``path`` (a ``.pt2`` file),
     written atomically. ``freezing`` constant-folds the weights into the package (faster on
-    CPU). ``scan_form``: on CPU, one scan call per layer for both directions
-    (:func:`to_exported_program`); ``"per_direction"`` keeps one ``vimc::selective_scan_fwd``
-    per direction. Returns the path."""
+    CPU). ``scan_form``: on CPU, one mixer core call per layer (:func:`to_exported_program`);
+    ``"bidirectional"`` one scan call per layer for both directions, ``"per_direction"`` one
+    ``vimc::selective_scan_fwd`` per direction. Returns the path."""
     if not str(path).endswith(".pt2"):
         raise ValueError(f"path must end with .pt2 (AOTInductor's package format), got {path!r}")
     check_writable(path, arg="path")

@@ -16,12 +16,17 @@ duration of one export and restores them after. The scan forms an export asks fo
   grad mode on), for programs that compile the graph and call vimc's kernels back
   (AOTInductor CPU packages): one kernel call for both directions, as eager and compiled
   models make on CPU;
+- ``"core"``: one ``vimc::mixer_core_fwd`` node per layer for everything between in_proj and
+  out_proj (both directions' conv, x_proj, dt_proj, scan and the gate) where its C kernel
+  runs (CPU float32, vimc/ops/selective_scan/mixer.py), the "bidirectional" form elsewhere:
+  the mixer's own default, for AOTInductor CPU packages (``to_aoti``'s default);
 - ``"plugin"``: one ``vimc::selective_scan_bidirectional_token_major`` node per layer on the
   mixer's (B, L, .) tensors and ``Conv`` nodes: the ONNX plugin route
   (``to_onnx(scan="plugin")``), whose node vimc's ONNX Runtime plugin runs.
 
 The same forms carry ``BiMambaMixer.x_proj_align``: the x_proj weight padded for MKL's GEMM
-stays in the programs Inductor compiles ("bidirectional"), while graphs translated node by node
+stays in the programs Inductor compiles ("bidirectional", and "core" where it falls back to
+it), while graphs translated node by node
 ("per_direction", "plugin") take the stored weight, so the ONNX files carry no Pad node run on
 every inference.
 """
@@ -46,12 +51,13 @@ from ._common import (
     resolve_model,
 )
 
-SCAN_FORMS = ("per_direction", "bidirectional", "plugin")
+SCAN_FORMS = ("per_direction", "bidirectional", "core", "plugin")
 _OLD_SCAN_FORMS = {"token_major": "plugin"}  # deprecated spellings, for one release
 # (mixer scan_form, conv_form, x_proj_align) per export scan form
 _MIXER_FORMS = {
     "per_direction": ("per_direction", "channel_major", 1),
     "bidirectional": ("bidirectional", "fused", BiMambaMixer.x_proj_align),
+    "core": ("core", "fused", BiMambaMixer.x_proj_align),
     "plugin": ("token_major", "channel_major", 1),
 }
 _FORM_ATTRS = ("scan_form", "conv_form", "x_proj_align")
@@ -123,8 +129,8 @@ def to_exported_program(
 
 
 def vimc_nodes(ep: torch.export.ExportedProgram) -> list:
-    """The graph's ``vimc`` op nodes (the scans, and the fused convs of the "bidirectional"
-    form)."""
+    """The graph's ``vimc`` op nodes (the scans, the fused convs of the "bidirectional" form,
+    the mixer cores of the "core" form)."""
     return [
         n
         for n in ep.graph.nodes

@@ -77,6 +77,39 @@ def test_bidirectional_scan_program_has_one_scan_node_per_layer(small_model, ima
     assert {str(n.target) for n in scan_nodes(plain)} == {"vimc.selective_scan_fwd.default"}
 
 
+def test_core_program_has_one_mixer_core_node_per_layer(small_model, images):
+    """to_aoti's default form: where the mixer core's C kernel runs, everything between in_proj
+    and out_proj is one vimc::mixer_core_fwd node per layer (no conv, x_proj or scan node
+    besides); elsewhere the "bidirectional" program. Traced with grad mode on, the core has
+    no autograd formula: the "bidirectional" form's nodes."""
+    ep = to_exported_program(small_model, images[64][:1], scan_form="core")
+    targets = [str(n.target) for n in vimc_nodes(ep)]
+    E = small_model.layers[0].mixer.d_inner
+    if cpu.c_kernel_available() and E % cpu.LANES == 0:
+        assert targets == ["vimc.mixer_core_fwd.default"] * 2  # 2 layers
+        mms = [n for n in ep.graph.nodes if "mm" in str(n.target) or "linear" in str(n.target)]
+        assert len(mms) == 2 * 2 + 2  # in_proj and out_proj per layer; embed, head
+    else:
+        assert "vimc.mixer_core_fwd.default" not in targets
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ep.module()(images[64]), small_model(images[64]), **EXPORTED_PROGRAM_VS_EAGER
+        )
+
+
+@pytest.mark.slow
+def test_aoti_package_forms_agree(small_model, small_aoti, images, tmp_path):
+    """The default package (the core op per layer) and a "bidirectional" one compute the same
+    logits, each within AOTI_VS_EAGER of eager."""
+    other = to_aoti(small_model, tmp_path / "bidirectional.pt2", scan_form="bidirectional")
+    x = images[64][:2]
+    with torch.no_grad():
+        ref = small_model(x)
+        for path in (small_aoti, other):
+            err = (load_aoti(path)(x) - ref).abs().max().item()
+            assert err <= AOTI_VS_EAGER, f"{path.name}: max abs error {err:.2e}"
+
+
 def test_concurrent_exports_each_keep_their_own_scan_form(small_model, images):
     """Exports from several threads run one at a time (torch.export's tracer fails when two
     threads trace at once), and a fused export (to_aoti's form) does not leak its form into a

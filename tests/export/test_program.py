@@ -34,6 +34,7 @@ def _x_proj_aligns(model) -> set:
     [
         ("per_direction", ("per_direction", "channel_major"), 1),
         ("bidirectional", ("bidirectional", "fused"), 16),
+        ("core", ("core", "fused"), 16),
         ("plugin", ("token_major", "channel_major"), 1),
     ],
 )
@@ -69,7 +70,7 @@ def test_scan_form_names_and_deprecated_alias(tiny):
     assert {str(n.target) for n in scan_nodes(ep)} == {
         "vimc.selective_scan_bidirectional_token_major.default"
     }
-    assert set(SCAN_FORMS) == {"per_direction", "bidirectional", "plugin"}
+    assert set(SCAN_FORMS) == {"per_direction", "bidirectional", "core", "plugin"}
 
 
 def test_every_form_exports_the_same_numbers(tiny):
