@@ -238,8 +238,9 @@ def c_kernel_available() -> bool:
 
 
 def kernel_info() -> dict:
-    """Which CPU scan kernel runs and where it came from, and where the ONNX Runtime plugin
-    would come from (``vimc info --kernels``). Loads or builds the scan kernel if not yet."""
+    """Which CPU scan kernel runs and where it came from, whether a Vim mixer's core runs as
+    one call of it, and where the ONNX Runtime plugin would come from (``vimc info
+    --kernels``). Loads or builds the scan kernel if not yet."""
     level = _cbuild.cpu_level()
     info = {"cpu": f"{_cbuild.arch()}, instruction-set level {level or 'unknown'}"}
     if _FORCED_TORCH:
@@ -251,6 +252,13 @@ def kernel_info() -> dict:
         )
     else:
         info["scan kernel"] = f"torch, because the C kernel is unavailable: {_lib_error}"
+    # mixer.py's mixer_core_available, less what depends on the model and the call
+    info["mixer core"] = (
+        f"one C call per Vim mixer (conv, x_proj, dt_proj, scan, gate) in CPU float32 "
+        f"inference, for inner widths that are multiples of {LANES}"
+        if c_kernel_available()
+        else "the separate ops, one after another (no C kernel)"
+    )
     plugin = _cbuild.prebuilt("vimc_ort_plugin")
     info["onnxruntime plugin"] = (
         f"prebuilt for {plugin[1]} ({plugin[0].name}, in the package)"

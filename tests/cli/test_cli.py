@@ -314,12 +314,20 @@ def test_entry_point_exit_codes(tmp_path):
 
 
 def test_info_kernels_says_which_scan_kernel_runs(capsys):
-    """`vimc info --kernels`: the CPU's level, the scan kernel that runs and where it came from."""
+    """`vimc info --kernels`: the CPU's level, the scan kernel that runs and where it came from,
+    and whether a mixer's core runs as one call of it."""
     code, out, err = run_cli(capsys, "info", "--kernels")
     assert code == 0, err
     assert "scan kernel:" in out
     code, out, _ = run_cli(capsys, "info", "--kernels", "--json")
-    assert code == 0 and json.loads(out)
+    info = json.loads(out)
+    assert code == 0 and info
+    from vimc.ops.selective_scan import cpu
+
+    one_call = info["mixer core"].startswith("one C call per Vim mixer")
+    assert one_call == cpu.c_kernel_available(), info["mixer core"]
+    if one_call:
+        assert f"multiples of {cpu.LANES}" in info["mixer core"]
 
 
 @pytest.mark.slow  # two exports in fresh processes
