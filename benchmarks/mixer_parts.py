@@ -4,7 +4,8 @@
     python benchmarks/mixer_parts.py --batches 8 --threads 1 --rounds 5 --no-save
 
 Builds benchmarks/mixer_parts.c (one Vim-Ti layer's vimc_mixer_fwd call, cpu_kernel.c
-included as source) with the kernel's flags for this CPU (-march=native, OpenMP), once from
+included as source) with the kernel's flags for this CPU (-march=native and OpenMP where the
+compiler has them, as the first-use build), once from
 the kernel as it is ("whole") and once per part from a copy of cpu_kernel.c with that part
 cut out (PARTS: each edit must apply, so a kernel that moved on fails here, by name, rather
 than timing something else). The builds run taking turns, each timing ``--calls`` calls per
@@ -13,8 +14,9 @@ keeps what the parts after it read in range (the scratch starts as data of the r
 cut softplus still writes small positive steps), so the scan keeps its decay form.
 
 The parts of ``vimc_mixer_fwd`` (mixer.py's module docstring has the whole):
-- states: the scan's state loop, every (step, state) update: its floor is
-  benchmarks/scan_floor.py's;
+- states: the scan's state loop, every (step, state) update (its floor is
+  benchmarks/scan_floor.py's), and with it the choice of its decay form from the chunk's
+  steps and A, which the compiler may drop once nothing reads it;
 - x_proj: the chunk's x_proj rows (dt rank + 2N outputs per token);
 - conv: the depthwise conv and its silu;
 - dt_proj: the projection of the dt rank to E channels;
@@ -102,16 +104,18 @@ def cut(source: str, part: str) -> str:
     return source
 
 
-def build(workdir: Path, name: str, source: str) -> Path:
-    """mixer_parts.c built against ``source`` as its cpu_kernel.c -> the program."""
+# as cpu.py builds the kernel at first use: not every compiler knows -march=native or OpenMP
+VARIANTS = [["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []]
+
+
+def build(workdir: Path, name: str, source: str) -> tuple[Path, list[str]]:
+    """mixer_parts.c built against ``source`` as its cpu_kernel.c -> the program and the
+    VARIANTS entry it was built with."""
     inc = workdir / name
     inc.mkdir()
     (inc / "cpu_kernel.c").write_text(source)
     exe = workdir / f"mixer_parts-{name}"
-    cmd = [_cbuild.compiler(), *_cbuild.PROGRAM_FLAGS, "-march=native", "-fopenmp", "-Wno-psabi"]
-    cmd += [f"-I{inc}", str(HERE / "mixer_parts.c"), "-o", str(exe), "-lm"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return exe
+    return exe, _cbuild.build_program(HERE / "mixer_parts.c", exe, VARIANTS, includes=[inc])
 
 
 def run_once(exe: Path, batch: int, threads: int, calls: int) -> tuple[float, float]:
@@ -119,7 +123,7 @@ def run_once(exe: Path, batch: int, threads: int, calls: int) -> tuple[float, fl
     lifts its median more than its best), and its output's sum."""
     out = subprocess.run([str(exe), str(batch), str(threads), str(calls)], check=True,
                          capture_output=True, text=True).stdout.split()  # fmt: skip
-    return float(out[3]), float(out[5])
+    return float(out[1]), float(out[3])
 
 
 def measure(exes: dict[str, Path], batch: int, threads: int, calls: int, rounds: int) -> dict:
@@ -180,15 +184,19 @@ def main(argv=None) -> int:
     source = (_cbuild.HERE / "cpu_kernel.c").read_text()
     head = header("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        exes = {"whole": build(Path(tmp), "whole", source)}
-        for part in PARTS:
-            exes[part] = build(Path(tmp), part, cut(source, part))
+        exes, flags = {}, set()
+        for part in ("whole", *PARTS):
+            exes[part], variant = build(
+                Path(tmp), part, source if part == "whole" else cut(source, part)
+            )
+            flags.add(" ".join(variant) or "no extra flags")
         rows = [measure(exes, b, args.threads, args.calls, args.rounds) for b in args.batches]
     for r in rows:
         same = [p for p in PARTS if r["out_sum"][p] == r["out_sum"]["whole"]]
         if same:  # a cut that computes the same output cut nothing
             raise RuntimeError(f"mixer_parts: cutting {same} left the output as it was")
     lines = table(rows)
+    head += f" | builds: {', '.join(sorted(flags))}"
     print(head)
     print("\n".join(lines))
     if not args.no_save:
@@ -196,7 +204,7 @@ def main(argv=None) -> int:
         md = [f"# The mixer core's parts, {tag}", "", "```", head, "```", ""]
         md += [
             f"One Vim-Ti layer's `vimc_mixer_fwd` call (B x 197 tokens, E 384, N 16, dt rank "
-            f"12), -march=native, {args.rounds} rounds of {args.calls} calls per build, the "
+            f"12), {args.rounds} rounds of {args.calls} calls per build, the "
             "builds taking turns; a part's cost: the median over rounds of the whole call's "
             "best time in the round less the best with that part cut out. A cut also frees "
             "the cores for the other parts' instructions: the parts can add up to more than "

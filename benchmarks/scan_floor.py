@@ -60,9 +60,7 @@ PORT_LANES = 32  # float lanes per cycle over all 512-bit instructions: two port
 def run_level(level: str, reps: int, workdir: Path) -> list[dict]:
     """One row per decay form of this level's build."""
     exe = workdir / f"scan_floor-{level}"
-    cmd = [_cbuild.compiler(), *_cbuild.PROGRAM_FLAGS, f"-march={level}", "-Wno-psabi"]
-    cmd += [f"-I{_cbuild.HERE}", str(HERE / "scan_floor.c"), "-o", str(exe), "-lm"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    _cbuild.build_program(HERE / "scan_floor.c", exe, [[f"-march={level}"]])
     out = subprocess.run([str(exe), str(reps)], check=True, capture_output=True, text=True)
     common: dict = {"level": level}
     rows = []

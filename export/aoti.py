@@ -64,7 +64,7 @@ def to_aoti(
 
 def load_aoti(path, *, device_index: int = -1):
     """Load a package written by :func:`to_aoti`; returns a callable ``runner(x) -> logits``.
-    Imports vimc first so the scan op a CPU package calls back into is registered."""
+    Imports vimc first so the vimc ops a CPU package calls back into are registered."""
     import vimc.ops  # noqa: F401  (registers the vimc ops a CPU package calls)
 
     if not Path(path).is_file():

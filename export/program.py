@@ -14,12 +14,13 @@ duration of one export and restores them after. The scan forms an export asks fo
   and the convs in the mixer's default form (one ``vimc::conv1d_silu_pair_fwd`` node per layer
   for CPU float32 inputs, where vimc's C kernel runs; shifted multiply-adds elsewhere and with
   grad mode on), for programs that compile the graph and call vimc's kernels back
-  (AOTInductor CPU packages): one kernel call for both directions, as eager and compiled
-  models make on CPU;
+  (AOTInductor CPU packages with ``to_aoti(scan_form="bidirectional")``): one scan call for
+  both directions;
 - ``"core"``: one ``vimc::mixer_core_fwd`` node per layer for everything between in_proj and
   out_proj (both directions' conv, x_proj, dt_proj, scan and the gate) where its C kernel
-  runs (CPU float32, vimc/ops/selective_scan/mixer.py), the "bidirectional" form elsewhere:
-  the mixer's own default, for AOTInductor CPU packages (``to_aoti``'s default);
+  runs (CPU float32, inner width a multiple of the kernel's vector width, dt rank <= 64:
+  ``mixer_core_available``), the "bidirectional" form elsewhere: the mixer's own default, as
+  eager and compiled models run on CPU, for AOTInductor CPU packages (``to_aoti``'s default);
 - ``"plugin"``: one ``vimc::selective_scan_bidirectional_token_major`` node per layer on the
   mixer's (B, L, .) tensors and ``Conv`` nodes: the ONNX plugin route
   (``to_onnx(scan="plugin")``), whose node vimc's ONNX Runtime plugin runs.

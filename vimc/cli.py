@@ -3,7 +3,7 @@
     vimc demo                         the main job: built-in model -> compile -> eval -> export
     vimc predict IMAGE... [--model M] [--checkpoint P] [--topk K]
     vimc info MODEL [--img-size N]    config, parameters, FLOPs
-    vimc info --kernels               which CPU scan kernel runs, and where it came from
+    vimc info --kernels               which CPU kernels run, and where they came from
     vimc bench                        Vim-Ti vs DeiT-Ti across resolutions (table, JSON, PNG)
     vimc list                         registered models
     vimc export / parity / ort-plugin from vimc.export
@@ -218,7 +218,8 @@ def add_info_parser(sub) -> argparse.ArgumentParser:
         "--kernels",
         action="store_true",
         help="print which CPU scan kernel and ONNX Runtime plugin run, and where they come "
-        "from (prebuilt in the package, built at first use, or the torch fallback and why)",
+        "from (prebuilt in the package, built at first use, or the torch fallback and why), "
+        "and whether a mixer's core runs as one C call",
     )
     p.add_argument(
         "--img-size",

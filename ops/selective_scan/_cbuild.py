@@ -75,6 +75,22 @@ def compiler() -> str:
     return cc
 
 
+def build_program(source: Path, exe: Path, variants: list[list[str]], includes=()) -> list[str]:
+    """A C program (the benchmarks' drivers, which ``#include`` the kernel) built with
+    PROGRAM_FLAGS plus the first of ``variants`` that compiles, each folder of ``includes``
+    searched for its includes before this one -> that variant. RuntimeError with the
+    compiler's last words when none does."""
+    cc, err = compiler(), ""
+    for extra in variants:
+        cmd = [cc, *PROGRAM_FLAGS, *extra, "-Wno-psabi", *(f"-I{d}" for d in includes)]
+        cmd += [f"-I{HERE}", str(source), "-o", str(exe), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return extra
+        err = proc.stderr.strip()[-2000:]
+    raise RuntimeError(f"could not build {Path(source).name} with {cc}: {err}")
+
+
 def _cpu_signature() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

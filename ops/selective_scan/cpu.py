@@ -33,7 +33,7 @@ import torch
 
 from . import _cbuild
 from ._alloc import new_output, new_output_like
-from ._checks import KERNEL, ScanDims, check_scan_args, check_storage
+from ._checks import KERNEL, MAX_DT_RANK, ScanDims, check_scan_args, check_storage
 from .reference import softplus
 
 CHUNK = 16
@@ -243,20 +243,22 @@ def kernel_info() -> dict:
     --kernels``). Loads or builds the scan kernel if not yet."""
     level = _cbuild.cpu_level()
     info = {"cpu": f"{_cbuild.arch()}, instruction-set level {level or 'unknown'}"}
+    c_kernel = c_kernel_available()
     if _FORCED_TORCH:
         info["scan kernel"] = "torch (VIMC_CPU_KERNEL=torch)"
-    elif c_kernel_available():
+    elif c_kernel:
         form = decay_forms(_lib)[0]
         info["scan kernel"] = (
             f"C (fused, {LANES} channels per vector, {form} decays), {_lib_source}"
         )
     else:
         info["scan kernel"] = f"torch, because the C kernel is unavailable: {_lib_error}"
-    # mixer.py's mixer_core_available, less what depends on the model and the call
+    # mixer.py's mixer_core_available, its conditions on the model and the call in words
     info["mixer core"] = (
         f"one C call per Vim mixer (conv, x_proj, dt_proj, scan, gate) in CPU float32 "
-        f"inference, for inner widths that are multiples of {LANES}"
-        if c_kernel_available()
+        f"inference, for inner widths that are multiples of {LANES} and dt ranks up to "
+        f"{MAX_DT_RANK}"
+        if c_kernel
         else "the separate ops, one after another (no C kernel)"
     )
     plugin = _cbuild.prebuilt("vimc_ort_plugin")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from . import _library, cpu, cpu_plans
 from ._alloc import new_output
-from ._checks import check_storage
+from ._checks import MAX_DT_RANK, check_storage
 from .bidirectional import selective_scan_bidirectional
 from .conv import conv1d_silu_pair
 
@@ -41,7 +41,6 @@ _ARGS = (
     "x_proj_weight_b", "dt_proj_weight", "dt_proj_bias", "dt_proj_weight_b", "dt_proj_bias_b",
     "A", "A_b", "D", "D_b",
 )  # fmt: skip
-MAX_RANK = 64  # cpu_kernel.c's MAX_R
 
 
 def _check_core(args) -> tuple[int, int, int, int, int, int]:
@@ -88,12 +87,12 @@ def _check_core(args) -> tuple[int, int, int, int, int, int]:
 
 def _kernel_takes(args) -> bool:
     """Whether the C kernel takes these (checked or traced) arguments: CPU float32, the kernel
-    loaded, E a multiple of its vector width, dt_proj's rank at most MAX_RANK."""
+    loaded, E a multiple of its vector width, dt_proj's rank at most MAX_DT_RANK."""
     return (
         all(t.is_cpu and t.dtype == torch.float32 for t in args)
         and _kernel_ready()
         and (args[0].shape[-1] // 2) % cpu.LANES == 0
-        and args[7].shape[-1] <= MAX_RANK
+        and args[7].shape[-1] <= MAX_DT_RANK
     )
 
 
@@ -213,7 +212,7 @@ def mixer_core(*args) -> torch.Tensor:
 def mixer_core_available(xz: torch.Tensor, params) -> bool:
     """Whether :func:`mixer_core` on xz and these parameters (the op's order) runs the fused C
     kernel: grad mode off, every tensor CPU float32, the kernel loaded (read once per trace
-    under torch.compile), E a multiple of its vector width, dt_proj's rank at most MAX_RANK.
+    under torch.compile), E a multiple of its vector width, dt_proj's rank at most MAX_DT_RANK.
     Traceable: sizes, dtypes and devices are static in a graph."""
     return not torch.is_grad_enabled() and _kernel_takes((xz, *params))
 

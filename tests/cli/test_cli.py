@@ -313,7 +313,7 @@ def test_entry_point_exit_codes(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("vimc predict: error: image not found")
 
 
-def test_info_kernels_says_which_scan_kernel_runs(capsys):
+def test_info_kernels_says_which_scan_kernel_runs(capsys, monkeypatch):
     """`vimc info --kernels`: the CPU's level, the scan kernel that runs and where it came from,
     and whether a mixer's core runs as one call of it."""
     code, out, err = run_cli(capsys, "info", "--kernels")
@@ -322,12 +322,16 @@ def test_info_kernels_says_which_scan_kernel_runs(capsys):
     code, out, _ = run_cli(capsys, "info", "--kernels", "--json")
     info = json.loads(out)
     assert code == 0 and info
-    from vimc.ops.selective_scan import cpu
+    from vimc.ops.selective_scan import _checks, cpu
 
     one_call = info["mixer core"].startswith("one C call per Vim mixer")
     assert one_call == cpu.c_kernel_available(), info["mixer core"]
     if one_call:
-        assert f"multiples of {cpu.LANES}" in info["mixer core"]
+        want = f"multiples of {cpu.LANES} and dt ranks up to {_checks.MAX_DT_RANK}"
+        assert want in info["mixer core"]
+    monkeypatch.setattr(cpu, "c_kernel_available", lambda: False)
+    code, out, _ = run_cli(capsys, "info", "--kernels", "--json")
+    assert json.loads(out)["mixer core"] == "the separate ops, one after another (no C kernel)"
 
 
 @pytest.mark.slow  # two exports in fresh processes

@@ -1,6 +1,7 @@
 """AOTInductor packages: one file, any batch, parity with eager; loaded in a process that
 imported vimc (CPU packages call back into the vimc scan op)."""
 
+import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,9 +34,20 @@ def test_fixed_batch_program(small_model, images):
     assert next(n for n in ep.graph.nodes if n.name == batch).meta["val"].shape[0] == 2
 
 
+def _package_targets(path) -> list[str]:
+    """The op of every extern node a package's wrapper calls (its wrapper.json)."""
+    with zipfile.ZipFile(path) as z:
+        (name,) = [n for n in z.namelist() if n.endswith("wrapper.json")]
+        return [n["node"]["target"] for n in json.loads(z.read(name))["nodes"]]
+
+
 @pytest.mark.slow
 def test_aoti_package_batch_1_and_3(small_model, small_aoti, images):
+    """to_aoti's default package: one mixer core call per layer where its kernel runs."""
     assert zipfile.is_zipfile(small_aoti)
+    E = small_model.layers[0].mixer.d_inner
+    cores = _package_targets(small_aoti).count("vimc::mixer_core_fwd")
+    assert cores == (2 if cpu.c_kernel_available() and E % cpu.LANES == 0 else 0)
     runner = load_aoti(small_aoti)
     with torch.no_grad():
         for b in (1, 3):
@@ -55,7 +67,7 @@ def test_aoti_bad_arguments(small_model, tmp_path):
 
 
 def test_bidirectional_scan_program_has_one_scan_node_per_layer(small_model, images):
-    """The form to_aoti exports on CPU: one call of vimc's bidirectional kernel per layer, which
+    """to_aoti's scan_form="bidirectional": one call of vimc's bidirectional kernel per layer, which
     applies both directions' dt_proj too (no dt_proj matmul left in the program), and one call
     of the fused conv pair per layer where its C kernel runs (else the shifted form, which
     Inductor fuses: no aten conv either way)."""
@@ -80,8 +92,7 @@ def test_bidirectional_scan_program_has_one_scan_node_per_layer(small_model, ima
 def test_core_program_has_one_mixer_core_node_per_layer(small_model, images):
     """to_aoti's default form: where the mixer core's C kernel runs, everything between in_proj
     and out_proj is one vimc::mixer_core_fwd node per layer (no conv, x_proj or scan node
-    besides); elsewhere the "bidirectional" program. Traced with grad mode on, the core has
-    no autograd formula: the "bidirectional" form's nodes."""
+    besides); elsewhere the "bidirectional" program."""
     ep = to_exported_program(small_model, images[64][:1], scan_form="core")
     targets = [str(n.target) for n in vimc_nodes(ep)]
     E = small_model.layers[0].mixer.d_inner
@@ -99,9 +110,13 @@ def test_core_program_has_one_mixer_core_node_per_layer(small_model, images):
 
 @pytest.mark.slow
 def test_aoti_package_forms_agree(small_model, small_aoti, images, tmp_path):
-    """The default package (the core op per layer) and a "bidirectional" one compute the same
-    logits, each within AOTI_VS_EAGER of eager."""
+    """The default package (the core op per layer) and a "bidirectional" one (its scan op per
+    layer) compute the same logits, each within AOTI_VS_EAGER of eager."""
     other = to_aoti(small_model, tmp_path / "bidirectional.pt2", scan_form="bidirectional")
+    targets = _package_targets(other)
+    assert "vimc::mixer_core_fwd" not in targets
+    if cpu.c_kernel_available():
+        assert targets.count("vimc::selective_scan_bidirectional_proj_fwd") == 2
     x = images[64][:2]
     with torch.no_grad():
         ref = small_model(x)
@@ -112,8 +127,8 @@ def test_aoti_package_forms_agree(small_model, small_aoti, images, tmp_path):
 
 def test_concurrent_exports_each_keep_their_own_scan_form(small_model, images):
     """Exports from several threads run one at a time (torch.export's tracer fails when two
-    threads trace at once), and a fused export (to_aoti's form) does not leak its form into a
-    plain one (the ONNX route's)."""
+    threads trace at once), and a fused export (to_aoti's "bidirectional") does not leak its
+    form into a plain one (the ONNX route's)."""
 
     def form(scan_form):
         ep = to_exported_program(small_model, images[64][:1], scan_form=scan_form)

@@ -144,8 +144,8 @@ def test_wheel_runs_prebuilt_kernel_without_compiler(tmp_path):
     try:
         workers["usual"] = _Worker(sys.executable, usual_env, tmp_path / "usual.log")
         workers["fresh"] = _Worker(str(venv / "bin" / "python"), fresh_env, tmp_path / "fresh.log")
-        # pause_s: the process just timed lets its OpenMP threads stop spinning before the
-        # other one runs
+        # pause_s: a short gap between the two processes' forwards, so one's last writes and
+        # its thread's wake-up are not timed in the other's
         t = time_round_robin(
             {k: w.forward for k, w in workers.items()}, rounds=ROUNDS, warmup=2, rotate=True,
             pause_s=0.02,
