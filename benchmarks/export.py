@@ -5,8 +5,11 @@
     python benchmarks/export.py --backends compiled,onnxruntime --onnx-scan paired,step,step:2
     python benchmarks/export.py --backends compiled,onnxruntime --ort-threads 2,1
     python benchmarks/export.py --backends compiled,onnxruntime-plugin --ort-spinning off,on
+    python benchmarks/export.py --backends aoti,aoti-bidirectional   # the AOTI export forms
 
-Backends: ``onnxruntime`` runs the standard-op file (``--onnx-scan``: "paired", "step", with
+Backends: ``aoti`` runs an AOTInductor package in its default export form ("core": one mixer
+core op per layer on CPU), ``aoti-bidirectional`` one in the "bidirectional" form (not run
+unless named); ``onnxruntime`` runs the standard-op file (``--onnx-scan``: "paired", "step", with
 ":k" steps per Scan iteration), ``onnxruntime-plugin`` the plugin route (``scan="plugin"``)
 with vimc's ONNX Runtime plugin. One run: export/compile time and file size per backend,
 then latency per batch (``vimc.timing``) with the backends interleaved round-robin (so load
@@ -38,6 +41,9 @@ from vimc.machine import cpu_name, header, machine_tag, save_results, versions
 from vimc.timing import time_round_robin
 
 BACKENDS = ("eager", "compiled", "aoti", "onnxruntime", "onnxruntime-plugin")
+# by name only: the AOTInductor package in its "bidirectional" export form (a scan op, a conv
+# op and two x_proj GEMMs per layer) beside "aoti"'s default "core" form (one mixer core op)
+EXTRA_BACKENDS = ("aoti-bidirectional",)
 ORT = ("onnxruntime", "onnxruntime-plugin")
 
 
@@ -126,8 +132,9 @@ def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None), ort_thread
         run = model
     elif name == "compiled":
         run = torch.compile(model)
-    elif name == "aoti":
-        path = to_aoti(model, Path(workdir) / "m.pt2", example=example)
+    elif name in ("aoti", "aoti-bidirectional"):
+        form = "core" if name == "aoti" else "bidirectional"
+        path = to_aoti(model, Path(workdir) / f"m_{form}.pt2", example=example, scan_form=form)
         size, run = path.stat().st_size, load_aoti(path)
     elif name in ORT:
         f, k = scan
@@ -142,7 +149,8 @@ def prepare(name, model, example, workdir, scan=(DEFAULT_SCAN, None), ort_thread
         sess = onnxruntime_session(path, threads=threads, spinning=spin)
         run = lambda x: run_onnxruntime(sess, x)  # noqa: E731
     else:
-        raise ValueError(f"--backends: unknown {name!r}; choose from {', '.join(BACKENDS)}")
+        known = ", ".join(BACKENDS + EXTRA_BACKENDS)
+        raise ValueError(f"--backends: unknown {name!r}; choose from {known}")
     return run, time.perf_counter() - t0, size
 
 
