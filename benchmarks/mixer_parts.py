@@ -3,15 +3,15 @@
     python benchmarks/mixer_parts.py                 # batch 1 and 8, torch's thread count
     python benchmarks/mixer_parts.py --batches 8 --threads 1 --rounds 5 --no-save
 
-Builds benchmarks/mixer_parts.c (one Vim-Ti layer's vimc_mixer_fwd call, cpu_kernel.c
-included as source) with the kernel's flags for this CPU (-march=native and OpenMP where the
-compiler has them, as the first-use build), once from
-the kernel as it is ("whole") and once per part from a copy of cpu_kernel.c with that part
-cut out (PARTS: each edit must apply, so a kernel that moved on fails here, by name, rather
-than timing something else). The builds run taking turns, each timing ``--calls`` calls per
-turn and keeping the best; a part's cost is the median over rounds of whole minus cut. A cut
-keeps what the parts after it read in range (the scratch starts as data of the right size; a
-cut softplus still writes small positive steps), so the scan keeps its decay form.
+Builds benchmarks/mixer_parts.c (one Vim-Ti layer's vimc_mixer_fwd call, cpu_kernel.c included
+as source) with the kernel's flags for this CPU (-march=native and OpenMP where the compiler
+has them, as the first-use build), once from the kernel as it is ("whole") and once per part
+from a copy of cpu_kernel.c with that part cut out (PARTS: each edit must apply, so a kernel
+that moved on fails here, by name, rather than timing something else). The builds run taking
+turns, each timing ``--calls`` calls per turn and keeping the best; a part's cost is the median
+over rounds of whole minus cut. A cut keeps what the parts after it read in range (the scratch
+starts as data of the right size; a cut softplus still writes small positive steps), so the
+scan keeps its decay form.
 
 The parts of ``vimc_mixer_fwd`` (mixer.py's module docstring has the whole):
 - states: the scan's state loop, every (step, state) update (its floor is

@@ -274,13 +274,13 @@ class BiMambaMixer(nn.Module):
         )  # fmt: skip
 
     def _core(self, xz: torch.Tensor) -> torch.Tensor:
-        """The out_proj input from in_proj's output xz (B, L, 2E), one mixer_core call."""
+        """The out_proj input from in_proj's output xz (B, L, 2E), one mixer_core call (every
+        parameter float32 already: _core_runs asked)."""
         c, cb, xp, xpb = self.conv1d, self.conv1d_b, self.x_proj, self.x_proj_b
         return torch.ops.vimc.mixer_core_fwd(
             xz, c.weight, c.bias, cb.weight, cb.bias, xp.weight, xpb.weight,
-            self.dt_proj.weight, self.dt_proj.bias.float(), self.dt_proj_b.weight,
-            self.dt_proj_b.bias.float(), -torch.exp(self.A_log.float()),
-            -torch.exp(self.A_b_log.float()), self.D.float(), self.D_b.float(),
+            self.dt_proj.weight, self.dt_proj.bias, self.dt_proj_b.weight, self.dt_proj_b.bias,
+            -torch.exp(self.A_log), -torch.exp(self.A_b_log), self.D, self.D_b,
         )  # fmt: skip
 
     def _convolutions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -549,7 +549,7 @@ static const char *const DECAY_NAMES[] = {"exp", "exp2-clamp", "exp2", "exp2-sca
 // vimc_scan_set_decay (cpu.py, from VIMC_SCAN_DECAY; benchmarks switch it between calls; the
 // harness runs every form). Atomic, read relaxed once per item and direction (per chunk and
 // block in the mixer core): a switch while scans run changes the form of the work after it,
-// each direction of an item in one form.
+// each direction of an item in one form (in the mixer core, each chunk and block of one).
 // Intel's AVX-512 cores run every 512-bit vector instruction on two ports, so there the form
 // with the fewest instructions wins: scalef's 12 per update against 13 (as GCC compiles them:
 // benchmarks/scan_floor.py counts them). Where two FMA pipes bound the loop (AMD's cores,
@@ -1467,8 +1467,9 @@ static void mixer_gate(const void *ctx, int64_t tid, int64_t begin, int64_t end)
 int64_t vimc_mixer_words(void) { return (int64_t)(sizeof(MixerArgs) / 8); }
 
 // Returns -1 for sizes it cannot take (a last line behind mixer.py's checks: every size >= 1,
-// E a multiple of LANES, R <= MAX_R, a scratch of vimc_mixer_scratch floats per thread and
-// vimc_mixer_shared more after them, y where B < nthreads), 0 when out is written.
+// E a multiple of LANES, R <= MAX_R, scratch_floats at least vimc_mixer_scratch's, y where
+// B < nthreads), 0 when out is written. That the scratch holds nthreads such parts and
+// vimc_mixer_shared floats after them is the caller's to ensure: C cannot see its end.
 int vimc_mixer_fwd(const MixerArgs *c) {
     if (c->B < 1 || c->L < 1 || c->E < 1 || c->N < 1 || c->R < 1 || c->K < 1 ||
         c->nthreads < 1 || c->E % LANES || c->R > MAX_R || !c->scratch ||

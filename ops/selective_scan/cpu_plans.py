@@ -169,11 +169,6 @@ def bypassed():
         _bypassed = old
 
 
-def is_bypassed() -> bool:
-    """Whether a ``bypassed()`` block is in force (other ops' planned paths ask too)."""
-    return _bypassed
-
-
 class PlannedOp:
     """One op's plans by signature."""
 

@@ -491,13 +491,14 @@ static int run_conv_case(const int64_t *sz, int strided, int bias, int threads) 
 // ---------------------------------------------------------------------------------------------
 // a mixer's core in one call (vimc_mixer_fwd) against the same computation in double: conv and
 // silu, x_proj, dt_proj and softplus, both scans with D, the gated mean. For each size (B, L,
-// E, N, R, K; E a multiple of 16, as mixer.py asks for every build) on 1 thread (a task per
-// batch row) and 3 (a task per row and direction while B < 3). Outputs start as NaN.
+// E, N, R, K; E a multiple of 16, so of every build's lanes, as mixer.py asks for a multiple of
+// the loaded build's) on 1 thread (a task per batch row) and 3 (a task per row and direction
+// while B < 3), once per bounded decay form of the build. Outputs start as NaN.
 // ---------------------------------------------------------------------------------------------
 
 static const int64_t MIXER_SIZES[][6] = {{2, 9, 32, 4, 3, 4},  {1, 1, 16, 1, 1, 1},
                                          {3, 17, 16, 5, 2, 3}, {1, 40, 48, 16, 12, 4},
-                                         {2, 33, 16, 6, 24, 2}};
+                                         {2, 33, 16, 6, 24, 2}, {1, 2, 16, 4, 2, 4}};
 
 static void ref_mixer_direction(const float *xz, int64_t b, int64_t L, int64_t E, int64_t N,
                                 int64_t R, int64_t K, int rev, const float *cw, const float *cb,
@@ -592,9 +593,12 @@ int main(void) {
     for (size_t i = 0; i < sizeof CONV_SIZES / sizeof CONV_SIZES[0]; ++i)
         for (int opts = 0; opts < 8; ++opts, ++cases)
             failed += run_conv_case(CONV_SIZES[i], opts & 1, (opts >> 1) & 1, opts & 4 ? 3 : 1);
-    for (size_t i = 0; i < sizeof MIXER_SIZES / sizeof MIXER_SIZES[0]; ++i)
-        for (int threads = 1; threads <= 3; threads += 2, ++cases)
-            failed += run_mixer_case(MIXER_SIZES[i], threads);
+    for (int form = 0; form < DECAY_FORMS; ++form) {  // the mixer's states in each decay form
+        atomic_store(&bounded_decay, DECAY_FORM_LIST[form]);
+        for (size_t i = 0; i < sizeof MIXER_SIZES / sizeof MIXER_SIZES[0]; ++i)
+            for (int threads = 1; threads <= 3; threads += 2, ++cases)
+                failed += run_mixer_case(MIXER_SIZES[i], threads);
+    }
     const int nsizes = (int)(sizeof SIZES / sizeof SIZES[0]);
     for (int form = 0; form < DECAY_FORMS; ++form)
         for (int si = 0; si < nsizes; ++si)

@@ -53,6 +53,7 @@ def _want(args):
         (1, 1, 16, 1, 1, 1),  # one token, one state, one tap
         (2, 33, 48, 6, 24, 2),  # x_proj wider than one pass of output vectors (R + 2N = 36)
         (1, 16, 32, 16, 48, 4),  # Vim-B's dt rank: 80 x_proj rows, two passes
+        (1, 2, 16, 4, 2, 4),  # more taps than steps: every conv window reaches past both ends
     ],
 )
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -108,14 +109,22 @@ def test_decays_outside_the_bounded_form(a_scale, dt_shift):
 
 @needs_c
 def test_nan_input_reaches_the_output():
-    """A NaN in x reaches every output its conv window and the scans after it touch, as in the
-    composition; nothing else turns NaN."""
+    """A NaN in x reaches the outputs the composition's NaN reaches (x_proj mixes every channel
+    of its conv window's steps, and each direction's states carry it on: here all of them); a
+    NaN in z reaches its own output alone."""
     args = list(_args(1, 20, 16, 4, 2, 4, seed=3))
     args[0] = args[0].clone()
     args[0][0, 10, 3] = float("nan")  # x of channel 3 at step 10
     with torch.no_grad():
         got, want = OP(*args), mixer_ops.mixer_core_composed(*args)
     assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    args[0] = _args(1, 20, 16, 4, 2, 4, seed=3)[0].clone()
+    args[0][0, 10, 16 + 3] = float("nan")  # z of channel 3 at step 10
+    with torch.no_grad():
+        got = OP(*args)
+    only = torch.zeros_like(got, dtype=torch.bool)
+    only[0, 10, 3] = True
+    assert torch.equal(got.isnan(), only)
 
 
 @needs_c

@@ -250,11 +250,12 @@ def conv_pair(c, rng, g):
 
 def mixer_core(c, rng, g):
     """A mixer's core in one call (``vimc::mixer_core_fwd``): xz (Bt, L, 2E) and every parameter
-    in any layout, E rounded to the kernel's vector width half the time (else the composition
-    runs), dt_proj's rank 1..64, K 1..4; a quarter of the calls with one argument spoilt, which
-    must raise ValueError or TypeError (a storage shrunk after a good call with its layout, so
-    the op's checked-layout path meets it)."""
-    E = c.E // 16 * 16 if rng.random() < 0.5 else c.E
+    in any layout, E rounded up or down to a multiple of 16 half the time (else the composition
+    runs unless E happens to be one), dt_proj's rank 1..64, K 1..4; a quarter of the calls with
+    one argument spoilt, which must raise ValueError or TypeError (a storage shrunk after a
+    good call with its layout, so the op's checked-layout path meets it)."""
+    # a multiple of 16 (both builds' lanes), at least 16: most fuzz widths are below 16
+    E = max(16, c.E // 16 * 16) if rng.random() < 0.5 else c.E
     R, K, N = rng.randint(1, 64), rng.randint(1, 4), c.N
     shapes = {"conv_weight": (E, 1, K), "conv_bias": (E,), "x_proj_weight": (R + 2 * N, E),
               "dt_proj_weight": (E, R), "dt_proj_bias": (E,), "A": (E, N), "D": (E,)}  # fmt: skip
