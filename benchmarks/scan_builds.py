@@ -36,7 +36,7 @@ from vimc.ops.selective_scan import _cbuild, cpu
 
 import vimc
 from vimc.cliargs import positive_int
-from vimc.layers import BiMambaMixer
+from vimc.layers import BiMambaMixer, mixer_forms
 from vimc.machine import header, machine_tag, save_results
 from vimc.timing import time_round_robin
 
@@ -106,12 +106,11 @@ def layer_call(mixer: BiMambaMixer, batch: int, states: int, g: torch.Generator)
         return z  # (B, L, E), what out_proj takes
 
     mixer._scan = capture  # an instance attribute: shadows the method for this one forward
-    form, mixer.scan_form = mixer.scan_form, "bidirectional"  # "core" calls no _scan
     try:
-        mixer(torch.randn(batch, 197, mixer.d_model, generator=g))
+        with mixer_forms(mixer, scan_form="bidirectional"):  # "core" calls no _scan
+            mixer(torch.randn(batch, 197, mixer.d_model, generator=g))
     finally:
         del mixer._scan
-        mixer.scan_form = form
     args = list(seen["args"])
     for d in (0, DIRECTION_ARGS):  # A (E, N); B and C (B, L, N)
         args[d + 2] = args[d + 2][:, :states]

@@ -40,7 +40,7 @@ import warnings
 import torch
 from torch import nn
 
-from vimc.layers import BiMambaMixer
+from vimc.layers import BiMambaMixer, mixer_forms
 
 from ._common import (
     TORCH_EXPORT_LOCK,
@@ -77,26 +77,13 @@ def check_scan_form(scan_form: str) -> str:
     return check_names([scan_form], SCAN_FORMS, arg="scan_form")[0]
 
 
-def _mixers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if hasattr(m, "scan_form") and hasattr(m, "conv_form")]
-
-
 @contextlib.contextmanager
 def model_forms(model: nn.Module, scan_form: str):
     """Within this block, every mixer of ``model`` runs in the forms export ``scan_form``
     records (module doc); the model's own forms come back afterwards, also on error."""
-    forms = _MIXER_FORMS[check_scan_form(scan_form)]
-    with TORCH_EXPORT_LOCK:  # one export at a time: the forms are the model's own state
-        saved = [(m, [getattr(m, a) for a in _FORM_ATTRS]) for m in _mixers(model)]
-        try:
-            for m, _ in saved:
-                for attr, value in zip(_FORM_ATTRS, forms):
-                    setattr(m, attr, value)
-            yield model
-        finally:
-            for m, old in saved:
-                for attr, value in zip(_FORM_ATTRS, old):
-                    setattr(m, attr, value)
+    forms = dict(zip(_FORM_ATTRS, _MIXER_FORMS[check_scan_form(scan_form)]))
+    with TORCH_EXPORT_LOCK, mixer_forms(model, **forms):  # one export at a time: the forms
+        yield model  # are the model's own state
 
 
 def to_exported_program(

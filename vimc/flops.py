@@ -13,6 +13,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from vimc.layers import mixer_forms
+
 
 def scan_flops(model, batch: int, img_hw: tuple[int, int]) -> int:
     """FLOPs of the selective scans: per layer and direction, per (batch, channel, step), 7 per
@@ -33,19 +35,11 @@ def count_flops(model, img_hw: tuple[int, int], batch: int = 1) -> dict:
     mode = FakeTensorMode(allow_non_fake_inputs=True) if on_meta else contextlib.nullcontext()
     # the "core" scan form runs x_proj inside one op the counter cannot see into: count in the
     # form whose x_proj is a linear of its own (the scan op still hides dt_proj, 1-3% of all)
-    mixers = [m for m in model.modules() if hasattr(m, "scan_form")]
-    forms = [m.scan_form for m in mixers]
-    try:
-        for mixer in mixers:
-            mixer.scan_form = "bidirectional"
-        with mode:
-            m = model.to_empty(device="cpu") if on_meta else model
-            x = torch.zeros(batch, model.config.in_chans, *img_hw)
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                m(x)
-    finally:
-        for mixer, form in zip(mixers, forms):
-            mixer.scan_form = form
+    with mixer_forms(model, scan_form="bidirectional"), mode:
+        m = model.to_empty(device="cpu") if on_meta else model
+        x = torch.zeros(batch, model.config.in_chans, *img_hw)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(x)
     counted = int(counter.get_total_flops())
     scan = scan_flops(model, batch, img_hw)
     return {"counted": counted, "scan": scan, "total": counted + scan}

@@ -24,6 +24,7 @@ graph suits where it runs (``SCAN_FORMS``, ``CONV_FORMS``). The defaults suit ea
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -361,6 +362,38 @@ class BiMambaMixer(nn.Module):
         y_f = branch(x, z, "")
         y_b = branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
         return F.linear(((y_f + y_b) / 2).transpose(1, 2), self.out_proj.weight)
+
+
+@contextlib.contextmanager
+def mixer_forms(model: nn.Module, **forms):
+    """Within this block, every BiMambaMixer of ``model`` has the given attributes (any of
+    ``scan_form``, ``conv_form``, ``x_proj_align``); each mixer's own values come back
+    afterwards, also on error. Callers that share a model across threads hold their own lock
+    (an export does: vimc.export.program.model_forms)."""
+    unknown = sorted(set(forms) - {"scan_form", "conv_form", "x_proj_align"})
+    if unknown:
+        raise TypeError(f"mixer_forms: no such mixer form {unknown}")
+    mixers = [m for m in model.modules() if isinstance(m, BiMambaMixer)]
+    # a class-level default (x_proj_align) set on an instance is deleted again afterwards, so a
+    # later change of the class default still reaches the mixer
+    saved = [(m, {a: (getattr(m, a), a in vars(m) or _is_property(m, a)) for a in forms})
+             for m in mixers]  # fmt: skip
+    try:
+        for m in mixers:
+            for attr, value in forms.items():
+                setattr(m, attr, value)
+        yield model
+    finally:
+        for m, old in saved:
+            for attr, (value, own) in old.items():
+                if own:
+                    setattr(m, attr, value)
+                else:
+                    delattr(m, attr)
+
+
+def _is_property(obj, attr: str) -> bool:
+    return isinstance(getattr(type(obj), attr, None), property)
 
 
 class Block(nn.Module):

@@ -15,6 +15,7 @@ from vimc.layers import (
     anticausal_conv1d,
     causal_conv1d,
     conv1d_channel_major,
+    mixer_forms,
 )
 
 from ..tolerances import (
@@ -102,6 +103,30 @@ def test_mixer_forms_compute_the_same(dtype):
         mixer.scan_form = "fused"
     with pytest.raises(ValueError, match="conv_form must be one of"):
         mixer.conv_form = "im2col"
+
+
+def test_mixer_forms_sets_and_restores_every_mixer():
+    """mixer_forms sets the named forms on every mixer for its block and gives each its own
+    back (also on error); a class default set there stays a class default; unknown names and
+    bad values are refused."""
+    model = vimc.create_model("vim_digits", depth=2).eval()
+    a, b = (layer.mixer for layer in model.layers)
+    a.scan_form = "per_direction"
+    with mixer_forms(model, scan_form="token_major", conv_form="shifted", x_proj_align=1):
+        assert {(m.scan_form, m.conv_form, m.x_proj_align) for m in (a, b)} == {
+            ("token_major", "shifted", 1)
+        }
+    assert (a.scan_form, b.scan_form, a.conv_form) == ("per_direction", "core", "fused")
+    assert "x_proj_align" not in vars(a)  # the class's default again, not a copy of it
+    with pytest.raises(RuntimeError, match="boom"), mixer_forms(model, conv_form="shifted"):
+        raise RuntimeError("boom")
+    assert {m.conv_form for m in (a, b)} == {"fused"}
+    with pytest.raises(TypeError, match="no such mixer form"), mixer_forms(model, scan="core"):
+        pass
+    with pytest.raises(ValueError, match="scan_form must be one of"):
+        with mixer_forms(model, scan_form="fused"):
+            pass
+    assert (a.scan_form, b.scan_form) == ("per_direction", "core")
 
 
 @pytest.mark.parametrize(
