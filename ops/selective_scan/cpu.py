@@ -139,7 +139,30 @@ def _load() -> tuple[ctypes.CDLL, str]:
     return ctypes.CDLL(str(path)), f"built at first use {where} ({path})"
 
 
-MIXER_WORDS = 26  # cpu_kernel.c's MixerArgs: 8-byte fields (mixer.py packs them)
+class _MixerArgs(ctypes.Structure):  # cpu_kernel.c's MixerArgs (mixer.py packs it)
+    _fields_ = (
+        [("xz", ctypes.c_void_p)]
+        + [(n, ctypes.c_int64) for n in ("B", "L", "E", "N", "R", "K", "nthreads")]
+        + [  # (forward, reverse) each
+            (n, ctypes.c_void_p * 2)
+            for n in ("conv_w", "conv_b", "x_proj", "dt_w", "dt_b", "A", "D")
+        ]
+        + [(n, ctypes.c_void_p) for n in ("out", "y", "scratch")]
+        + [("scratch_floats", ctypes.c_int64)]
+    )
+
+
+def _mixer_layout_differs(lib: ctypes.CDLL) -> str | None:
+    """The first MixerArgs field whose offset the library and _MixerArgs disagree on (or
+    "the struct's size"), None where they agree."""
+    lib.vimc_mixer_layout.argtypes, lib.vimc_mixer_layout.restype = [ctypes.c_int64], ctypes.c_int64
+    ours = [getattr(_MixerArgs, n).offset for n, _ in _MixerArgs._fields_]
+    ours.append(ctypes.sizeof(_MixerArgs))
+    names = [n for n, _ in _MixerArgs._fields_] + ["the struct's size"]
+    for i, (name, offset) in enumerate(zip(names, ours)):
+        if lib.vimc_mixer_layout(i) != offset:
+            return name
+    return None if lib.vimc_mixer_layout(len(ours)) == -1 else "a field cpu.py lacks"
 
 
 def bind(lib: ctypes.CDLL) -> int:
@@ -160,11 +183,13 @@ def bind(lib: ctypes.CDLL) -> int:
         ptr, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.vimc_conv_silu_pair.argtypes = [ptr, *[i64] * 5, *[ptr] * 4, i64, ptr, ptr, i64]
         lib.vimc_conv_silu_pair.restype = ctypes.c_int
-    # mixer.py's kernel: a packed MixerArgs of MIXER_WORDS int64 words; absent from older builds
+    # mixer.py's kernel: a packed _MixerArgs; absent from older builds
     if hasattr(lib, "vimc_mixer_fwd"):
-        lib.vimc_mixer_words.restype = ctypes.c_int64
-        if lib.vimc_mixer_words() != MIXER_WORDS:
-            raise RuntimeError("cpu_kernel.c and mixer.py disagree on the mixer's argument struct")
+        differs = _mixer_layout_differs(lib)
+        if differs:
+            raise RuntimeError(
+                f"cpu_kernel.c and cpu.py disagree on the mixer's argument struct at {differs}"
+            )
         lib.vimc_mixer_scratch.argtypes = lib.vimc_mixer_shared.argtypes = [ctypes.c_int64] * 4
         lib.vimc_mixer_scratch.restype = lib.vimc_mixer_shared.restype = ctypes.c_int64
         lib.vimc_mixer_fwd.argtypes = [ctypes.c_void_p]

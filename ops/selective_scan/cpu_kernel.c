@@ -27,6 +27,7 @@
 // memory.
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1195,7 +1196,7 @@ int vimc_conv_silu_pair(const float *x, int64_t B, int64_t L, int64_t E, int64_t
 #define MIXER_CHUNK 16  // tokens per chunk: u (16, E) and x_proj rows (16, W) stay in cache
 #define XPROJ_VECS 6    // x_proj output vectors per pass: 2 rows x 6 accumulators + 6 weights
 
-typedef struct {                // every field 8 bytes: mixer.py packs them as int64 words
+typedef struct {  // every field 8 bytes: mixer.py packs them as int64 words (cpu._MixerArgs)
     const float *xz;            // (B, L, 2E) contiguous: x = [..., :E], z = [..., E:]
     int64_t B, L, E, N, R, K, nthreads;
     const float *conv_w[2];     // (E, K) contiguous, per direction (forward, reverse)
@@ -1464,7 +1465,21 @@ static void mixer_gate(const void *ctx, int64_t tid, int64_t begin, int64_t end)
     }
 }
 
-int64_t vimc_mixer_words(void) { return (int64_t)(sizeof(MixerArgs) / 8); }
+// every field's byte offset, in the order cpu.py's _MixerArgs names them, then the struct's
+// size: cpu.py compares them with its own when it loads the library, so a field moved, added or
+// resized on one side only fails there, by name, rather than a call reading the wrong pointer
+static const int64_t MIXER_LAYOUT[] = {
+    offsetof(MixerArgs, xz),      offsetof(MixerArgs, B),        offsetof(MixerArgs, L),
+    offsetof(MixerArgs, E),       offsetof(MixerArgs, N),        offsetof(MixerArgs, R),
+    offsetof(MixerArgs, K),       offsetof(MixerArgs, nthreads), offsetof(MixerArgs, conv_w),
+    offsetof(MixerArgs, conv_b),  offsetof(MixerArgs, x_proj),   offsetof(MixerArgs, dt_w),
+    offsetof(MixerArgs, dt_b),    offsetof(MixerArgs, A),        offsetof(MixerArgs, D),
+    offsetof(MixerArgs, out),     offsetof(MixerArgs, y),        offsetof(MixerArgs, scratch),
+    offsetof(MixerArgs, scratch_floats), sizeof(MixerArgs)};
+int64_t vimc_mixer_layout(int64_t i) {  // entry i of MIXER_LAYOUT, -1 past its end
+    const int64_t n = (int64_t)(sizeof MIXER_LAYOUT / sizeof MIXER_LAYOUT[0]);
+    return i >= 0 && i < n ? MIXER_LAYOUT[i] : -1;
+}
 
 // Returns -1 for sizes it cannot take (a last line behind mixer.py's checks: every size >= 1,
 // E a multiple of LANES, R <= MAX_R, scratch_floats at least vimc_mixer_scratch's, y where

@@ -25,6 +25,8 @@ composition in grad mode, and ``BiMambaMixer``'s ``scan_form="core"`` its usual
 from __future__ import annotations
 
 import array
+import ctypes
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -154,12 +156,28 @@ def mixer_core_fwd(
     return _run(contiguous, dims)
 
 
-# the kernel's MixerArgs, word by word (every field 8 bytes, cpu.MIXER_WORDS of them): xz and
-# the sizes, each parameter's pointer, then out, y, scratch and its size per thread
-_PARAM_WORDS = (  # (word, op argument index) of each parameter pointer
-    (8, 1), (9, 3), (10, 2), (11, 4), (12, 5), (13, 6), (14, 7), (15, 9),
-    (16, 8), (17, 10), (18, 11), (19, 12), (20, 13), (21, 14),
-)  # fmt: skip
+# cpu._MixerArgs is all 8-byte words, so a call packs it as one int64 array (as cpu._pack
+# does the scan's): the word of each field, and of each op argument's pointer
+_AT = {n: getattr(cpu._MixerArgs, n).offset // 8 for n, _ in cpu._MixerArgs._fields_}
+_WORDS = ctypes.sizeof(cpu._MixerArgs) // 8
+_FIELD_OF = {  # op argument -> (MixerArgs field, direction)
+    "conv_weight": ("conv_w", 0), "conv_weight_b": ("conv_w", 1), "conv_bias": ("conv_b", 0),
+    "conv_bias_b": ("conv_b", 1), "x_proj_weight": ("x_proj", 0),
+    "x_proj_weight_b": ("x_proj", 1), "dt_proj_weight": ("dt_w", 0),
+    "dt_proj_bias": ("dt_b", 0), "dt_proj_weight_b": ("dt_w", 1), "dt_proj_bias_b": ("dt_b", 1),
+    "A": ("A", 0), "A_b": ("A", 1), "D": ("D", 0), "D_b": ("D", 1),
+}  # fmt: skip
+_PARAM_WORDS = [(_AT[_FIELD_OF[n][0]] + _FIELD_OF[n][1], i) for i, n in enumerate(_ARGS) if i]
+
+
+assert [_AT[n] for n in ("xz", "B", "L", "E", "N", "R", "K", "nthreads")] == list(range(8))
+
+
+@functools.lru_cache(maxsize=64)
+def _scratch_floats(lib, L: int, E: int, N: int, R: int, K: int) -> tuple[int, int]:
+    """``lib``'s scratch per thread and its shared part (the parameters' layouts), in floats:
+    two ctypes calls saved per op call (the library is part of the key: LANES sizes them)."""
+    return lib.vimc_mixer_scratch(L, E, N, R), lib.vimc_mixer_shared(E, N, R, K)
 
 
 def _run(args, dims) -> torch.Tensor:
@@ -168,14 +186,14 @@ def _run(args, dims) -> torch.Tensor:
     threads = cpu._threads(2 * B)  # tasks: a row each, or a (row, direction) each below
     out = new_output((B, L, E), torch.float32, args[0].device)
     y = new_output((2, B, L, E), torch.float32, out.device) if B < threads else None
-    per_thread = cpu._lib.vimc_mixer_scratch(L, E, N, R)
-    scratch = cpu._scratch_buffer(per_thread * threads + cpu._lib.vimc_mixer_shared(E, N, R, K))
-    words = array.array("q", bytes(8 * cpu.MIXER_WORDS))
+    per_thread, shared = _scratch_floats(cpu._lib, L, E, N, R, K)
+    scratch = cpu._scratch_buffer(per_thread * threads + shared)
+    words = array.array("q", bytes(8 * _WORDS))
     words[0:8] = array.array("q", (args[0].data_ptr(), B, L, E, N, R, K, threads))
     for at, i in _PARAM_WORDS:
         words[at] = args[i].data_ptr()
-    words[22], words[23] = out.data_ptr(), 0 if y is None else y.data_ptr()
-    words[24], words[25] = scratch.data_ptr(), per_thread
+    words[_AT["out"]], words[_AT["y"]] = out.data_ptr(), 0 if y is None else y.data_ptr()
+    words[_AT["scratch"]], words[_AT["scratch_floats"]] = scratch.data_ptr(), per_thread
     if cpu._lib.vimc_mixer_fwd(words.buffer_info()[0]) != 0:  # y and scratch alive until here
         raise RuntimeError(f"{KERNEL}: the C kernel refused the sizes mixer.py packed (a bug)")
     return out

@@ -4,6 +4,8 @@ composition from the package's separate functions, on float64 copies."""
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 import torch
 from vimc.ops import mixer_core, mixer_core_available, poison_outputs
@@ -184,3 +186,36 @@ def test_bad_arguments_are_named(index, bad, message):
     args[index] = bad
     with torch.no_grad(), pytest.raises((ValueError, TypeError, RuntimeError), match=message):
         OP(*args)
+
+
+class _FakeLayout:
+    """A library's vimc_mixer_layout reporting ``offsets`` (each field's, then the size)."""
+
+    def __init__(self, offsets):
+        def layout(i):
+            return offsets[i] if 0 <= i < len(offsets) else -1
+
+        layout.argtypes = layout.restype = None
+        self.vimc_mixer_layout = layout
+
+
+def test_mixer_struct_layouts_are_compared_field_by_field():
+    """cpu.bind refuses a library whose MixerArgs differs from cpu._MixerArgs, naming the
+    first field where they part: two fields swapped, a field added on the C side, another
+    size. The loaded library agrees."""
+    fields = [name for name, _ in cpu._MixerArgs._fields_]
+    ours = [getattr(cpu._MixerArgs, n).offset for n in fields] + [ctypes.sizeof(cpu._MixerArgs)]
+    assert cpu._mixer_layout_differs(_FakeLayout(ours)) is None
+    swapped = list(ours)
+    i, j = fields.index("out"), fields.index("y")
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    assert cpu._mixer_layout_differs(_FakeLayout(swapped)) == "out"
+    assert cpu._mixer_layout_differs(_FakeLayout([*ours[:-1], ours[-1] + 8])) == "the struct's size"
+    longer = [*ours[:-1], ours[-1], ours[-1] + 8]  # a field added at the end in C only
+    assert cpu._mixer_layout_differs(_FakeLayout(longer)) == "a field cpu.py lacks"
+    if cpu.c_kernel_available():
+        assert cpu._mixer_layout_differs(cpu._lib) is None
+    # the op's argument -> word map covers every parameter field word once
+    words = sorted(at for at, _ in mixer_ops._PARAM_WORDS)
+    first = mixer_ops._AT["conv_w"]
+    assert words == list(range(first, first + 14))
