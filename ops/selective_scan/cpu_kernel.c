@@ -1224,9 +1224,10 @@ int64_t vimc_mixer_scratch(int64_t L, int64_t E, int64_t N, int64_t R) {
 }
 // after the threads' scratch, each direction's parameters laid out for the loops, made once per
 // call: x_proj^T (E, W) with zero padding columns, dt_proj lane-major (E / LANES, R, LANES), A
-// lane-major (E / LANES, N, LANES), the conv taps (K, E)
+// lane-major (E / LANES, N, LANES), the conv taps (K, E), and per block of A what decay_form_of
+// reads of it (E / LANES, 2, LANES): its AStats' ok mask (as float bits) and amin
 static inline int64_t mixer_params(int64_t E, int64_t N, int64_t R, int64_t K) {
-    return E * mixer_width(R, N) + E * R + E * N + K * E;
+    return E * mixer_width(R, N) + E * R + E * N + K * E + 2 * E;
 }
 int64_t vimc_mixer_shared(int64_t E, int64_t N, int64_t R, int64_t K) {
     return 2 * mixer_params(E, N, R, K);
@@ -1241,7 +1242,7 @@ static void mixer_stage(const void *ctx, int64_t tid, int64_t begin, int64_t end
     const int64_t E = c->E, N = c->N, R = c->R, K = c->K, W = mixer_width(R, N), Wr = R + 2 * N;
     for (int64_t rev = begin; rev < end; ++rev) {
         float *xpt = mixer_params_of(c, (int)rev), *wst = xpt + E * W, *ak = wst + E * R;
-        float *ctp = ak + E * N;
+        float *ctp = ak + E * N, *ast = ctp + K * E;
         const float *xp = c->x_proj[rev], *dtw = c->dt_w[rev], *A = c->A[rev];
         const float *cw = c->conv_w[rev];
         for (int64_t w = 0; w < W; ++w)  // rows of x_proj read in order
@@ -1251,6 +1252,12 @@ static void mixer_stage(const void *ctx, int64_t tid, int64_t begin, int64_t end
             for (int64_t r = 0; r < R; ++r) wst[(j * R + r) * LANES + k] = dtw[e * R + r];
             for (int64_t n = 0; n < N; ++n) ak[(j * N + n) * LANES + k] = A[e * N + n];
             for (int64_t q = 0; q < K; ++q) ctp[q * E + e] = cw[e * K + q];
+        }
+        for (int64_t j = 0; j < E / LANES; ++j) {  // fixed for the call: not redone per chunk
+            AStats as = astats_new();
+            for (int64_t n = 0; n < N; ++n) astats_add(&as, vload(ak + (j * N + n) * LANES));
+            vstore(ast + j * 2 * LANES, (vf)as.ok);
+            vstore(ast + j * 2 * LANES + LANES, as.amin);
         }
     }
 }
@@ -1358,6 +1365,7 @@ static void mixer_direction(const MixerArgs *c, int64_t tid, int64_t b, int rev,
     float *sd = hb + E * N, *sdu = sd + T * LANES, *sy = sdu + T * LANES;  // (T, LANES) each
     const float *xpt = mixer_params_of(c, rev), *wst = xpt + E * W;  // (E, W), (E, R)
     const float *ak = wst + E * R, *ctp = ak + E * N;                 // (E, N), (K, E)
+    const float *ast = ctp + K * E;                                   // (E / LANES, 2, LANES)
     const float *cb = c->conv_b[rev], *dtb = c->dt_b[rev], *Dp = c->D[rev];
     memset(hb, 0, sizeof(float) * (size_t)(E * N));
     const int64_t chunks = (L + T - 1) / T;
@@ -1404,9 +1412,8 @@ static void mixer_direction(const MixerArgs *c, int64_t tid, int64_t b, int rev,
                     vstore(sy + (i + q) * LANES, Dv * u);
                 }
             }
-            // decay_form's test on this block's A and this chunk's d
-            AStats as = astats_new();
-            for (int64_t n = 0; n < N; ++n) astats_add(&as, vload(ak + (j * N + n) * LANES));
+            // decay_form's test on this block's A (its stats laid out by mixer_stage) and d
+            const AStats as = {(vi)vload(ast + j * 2 * LANES), vload(ast + j * 2 * LANES + LANES)};
             const int form = decay_form_of(as, &ds, 0);
             int64_t n = 0;
             for (; n + NB <= N; n += NB)
