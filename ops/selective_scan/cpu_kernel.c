@@ -125,6 +125,9 @@ static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)
 static inline vf vround(vf a) {
     return (vf)_mm512_roundscale_ps((__m512)a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
+static inline int all_set(vi mask) {  // every lane of a comparison's mask set
+    return _mm512_cmpneq_epi32_mask((__m512i)mask, _mm512_setzero_si512()) == 0xffff;
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
@@ -132,12 +135,18 @@ static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)
 static inline vf vround(vf a) {
     return (vf)_mm256_round_ps((__m256)a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
+static inline int all_set(vi mask) { return _mm256_movemask_ps((__m256)mask) == 0xff; }
 #else  // portable: the compiler lowers these to whatever vectors the target has
 static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
 static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
 static inline vf vround(vf a) {
     return __builtin_convertvector(__builtin_convertvector(
         a + vselect(a < vsplat(0.0f), vsplat(-0.5f), vsplat(0.5f)), vi), vf);
+}
+static inline int all_set(vi mask) {
+    int all = 1;
+    for (int k = 0; k < LANES; ++k) all &= mask[k] != 0;
+    return all;
 }
 #endif
 
@@ -620,10 +629,8 @@ static int decay_form_of(AStats as, const DStats *s, int check_sign) {
     // every exponent >= -126: the product of the largest d and |A| in log2 units, with room
     // for the float32 roundings of A * log2(e) and of d * A (a few ulp of 125)
     const vi bounded = s->dmax * (as.amin * vsplat(-LOG2E)) <= vsplat(125.0f);
-    int all_ok = 1, all_bounded = 1;
-    for (int k = 0; k < LANES; ++k) all_ok &= as.ok[k] != 0, all_bounded &= bounded[k] != 0;
-    if (!all_ok) return DECAY_EXP;
-    if (!all_bounded) return DECAY_EXP2_CLAMP;
+    if (!all_set(as.ok)) return DECAY_EXP;
+    if (!all_set(bounded)) return DECAY_EXP2_CLAMP;
     return atomic_load_explicit(&bounded_decay, memory_order_relaxed);
 }
 
