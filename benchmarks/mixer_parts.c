@@ -51,6 +51,7 @@ int main(int argc, char **argv) {
     c.scratch_floats = vimc_mixer_scratch(L, E, N, R);
     // the scratch starts as data in range: a part cut out leaves what it would have written
     c.scratch = filled(T * c.scratch_floats + vimc_mixer_shared(E, N, R, K), 0.0f, 0.1f);
+    c.shared = c.scratch + T * c.scratch_floats;
     if (vimc_mixer_fwd(&c) != 0) return 3;
     double best = 1e30;
     for (int64_t i = 0; i < calls; ++i) {

@@ -148,7 +148,7 @@ class _MixerArgs(ctypes.Structure):  # cpu_kernel.c's MixerArgs (mixer.py packs 
             for n in ("conv_w", "conv_b", "x_proj", "dt_w", "dt_b", "A", "D")
         ]
         + [(n, ctypes.c_void_p) for n in ("out", "y", "scratch")]
-        + [("scratch_floats", ctypes.c_int64)]
+        + [("scratch_floats", ctypes.c_int64), ("shared", ctypes.c_void_p)]
     )
 
 

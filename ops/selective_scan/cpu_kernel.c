@@ -1217,6 +1217,7 @@ typedef struct {  // every field 8 bytes: mixer.py packs them as int64 words (cp
     float *y;                   // (2, B, L, E) contiguous, used when B < nthreads
     float *scratch;             // (nthreads, scratch_floats)
     int64_t scratch_floats;     // per thread: vimc_mixer_scratch(...)
+    float *shared;              // vimc_mixer_shared(...) floats: the parameters' layouts
 } MixerArgs;
 
 static inline int64_t mixer_width(int64_t R, int64_t N) {  // x_proj rows padded to LANES
@@ -1229,8 +1230,8 @@ int64_t vimc_mixer_scratch(int64_t L, int64_t E, int64_t N, int64_t R) {
     const int64_t T = MIXER_CHUNK, W = mixer_width(R, N);
     return T * E + T * W + E * N + 3 * T * LANES + L * E;
 }
-// after the threads' scratch, each direction's parameters laid out for the loops, made once per
-// call: x_proj^T (E, W) with zero padding columns, dt_proj lane-major (E / LANES, R, LANES), A
+// the shared part (MixerArgs.shared), each direction's parameters laid out for the loops, made
+// once per call and read by every thread: x_proj^T (E, W) with zero padding columns, dt_proj lane-major (E / LANES, R, LANES), A
 // lane-major (E / LANES, N, LANES), the conv taps (K, E), and per block of A what decay_form_of
 // reads of it (E / LANES, 2, LANES): its AStats' ok mask (as float bits) and amin
 static inline int64_t mixer_params(int64_t E, int64_t N, int64_t R, int64_t K) {
@@ -1240,8 +1241,7 @@ int64_t vimc_mixer_shared(int64_t E, int64_t N, int64_t R, int64_t K) {
     return 2 * mixer_params(E, N, R, K);
 }
 static float *mixer_params_of(const MixerArgs *c, int rev) {
-    return c->scratch + c->nthreads * c->scratch_floats +
-           rev * mixer_params(c->E, c->N, c->R, c->K);
+    return c->shared + rev * mixer_params(c->E, c->N, c->R, c->K);
 }
 static void mixer_stage(const void *ctx, int64_t tid, int64_t begin, int64_t end) {
     (void)tid;
@@ -1489,7 +1489,7 @@ static const int64_t MIXER_LAYOUT[] = {
     offsetof(MixerArgs, conv_b),  offsetof(MixerArgs, x_proj),   offsetof(MixerArgs, dt_w),
     offsetof(MixerArgs, dt_b),    offsetof(MixerArgs, A),        offsetof(MixerArgs, D),
     offsetof(MixerArgs, out),     offsetof(MixerArgs, y),        offsetof(MixerArgs, scratch),
-    offsetof(MixerArgs, scratch_floats), sizeof(MixerArgs)};
+    offsetof(MixerArgs, scratch_floats), offsetof(MixerArgs, shared), sizeof(MixerArgs)};
 int64_t vimc_mixer_layout(int64_t i) {  // entry i of MIXER_LAYOUT, -1 past its end
     const int64_t n = (int64_t)(sizeof MIXER_LAYOUT / sizeof MIXER_LAYOUT[0]);
     return i >= 0 && i < n ? MIXER_LAYOUT[i] : -1;
@@ -1497,11 +1497,11 @@ int64_t vimc_mixer_layout(int64_t i) {  // entry i of MIXER_LAYOUT, -1 past its 
 
 // Returns -1 for sizes it cannot take (a last line behind mixer.py's checks: every size >= 1,
 // E a multiple of LANES, R <= MAX_R, scratch_floats at least vimc_mixer_scratch's, y where
-// B < nthreads), 0 when out is written. That the scratch holds nthreads such parts and
-// vimc_mixer_shared floats after them is the caller's to ensure: C cannot see its end.
+// B < nthreads), 0 when out is written. That the scratch holds nthreads such parts and shared
+// vimc_mixer_shared floats is the caller's to ensure: C cannot see their ends.
 int vimc_mixer_fwd(const MixerArgs *c) {
     if (c->B < 1 || c->L < 1 || c->E < 1 || c->N < 1 || c->R < 1 || c->K < 1 ||
-        c->nthreads < 1 || c->E % LANES || c->R > MAX_R || !c->scratch ||
+        c->nthreads < 1 || c->E % LANES || c->R > MAX_R || !c->scratch || !c->shared ||
         c->scratch_floats < vimc_mixer_scratch(c->L, c->E, c->N, c->R) ||
         (c->B < c->nthreads && !c->y))
         return -1;

@@ -194,6 +194,7 @@ def _run(args, dims) -> torch.Tensor:
         words[at] = args[i].data_ptr()
     words[_AT["out"]], words[_AT["y"]] = out.data_ptr(), 0 if y is None else y.data_ptr()
     words[_AT["scratch"]], words[_AT["scratch_floats"]] = scratch.data_ptr(), per_thread
+    words[_AT["shared"]] = scratch.data_ptr() + 4 * per_thread * threads  # after the threads'
     if cpu._lib.vimc_mixer_fwd(words.buffer_info()[0]) != 0:  # y and scratch alive until here
         raise RuntimeError(f"{KERNEL}: the C kernel refused the sizes mixer.py packed (a bug)")
     return out

@@ -555,7 +555,8 @@ static int run_mixer_case(const int64_t *sz, int threads) {
     float *scratch = malloc(sizeof(float) * (size_t)(per * threads + vimc_mixer_shared(E, N, R, K)));
     MixerArgs a = {xz, B, L, E, N, R, K, threads,
                    {cw, cw + E * K}, {cb, cb + E}, {xp, xp + Wr * E}, {dw, dw + E * R},
-                   {db, db + E}, {A, A + E * N}, {D, D + E}, out, y, scratch, per};
+                   {db, db + E}, {A, A + E * N}, {D, D + E}, out, y, scratch, per,
+                   scratch + per * threads};
     const int rc = vimc_mixer_fwd(&a);
     double err = 0, top = 0;
     double *yf = malloc(sizeof(double) * (size_t)(L * E)), *yb = malloc(sizeof(double) * (size_t)(L * E));
