@@ -10,6 +10,12 @@
 //     seven again for the reverse direction; z (Bt, L, E)?
 //     -> out (Bt, L, E) = (scan + reverse scan) / 2 * silu(z)
 //     attribute delta_softplus
+//   MixerCore                   a Vim mixer from in_proj's output to out_proj's input, as
+//     vimc::mixer_core_fwd (mixer.py): xz (B, L, 2E); per direction (forward, then "_b")
+//     conv_weight (E, 1, K), conv_bias (E,), x_proj_weight (R + 2N, E), dt_proj_weight (E, R),
+//     dt_proj_bias (E,), A (E, N), D (E,), in the op's order -> out (B, L, E); E a multiple of
+//     the build's vector width (LANES), R <= MAX_R: cpu_kernel.c's vimc_mixer_fwd, its work
+//     shared out on the intra-op threads
 //
 // All float32 ("?" marks an optional input or output); any of Bt, E, L may be 0 (empty outputs,
 // a zero last state), N is 1..MAX_D_STATE. The attributes are flags: an int 0 or 1, or a
@@ -38,6 +44,7 @@
 #define ORT_REQUIRED 0  // OrtCustomOpInputOutputCharacteristic
 #define ORT_OPTIONAL 1
 #define MAX_D_STATE 256  // the largest N, as _checks.py's MAX_D_STATE: one limit everywhere
+enum { OP_SCAN, OP_BIDIRECTIONAL, OP_MIXER };
 
 typedef struct OrtStatus OrtStatus;
 typedef void (*OrtFn)(void);
@@ -114,7 +121,7 @@ typedef struct CustomOp {
     OrtStatus *(*KernelComputeV2)(void *kernel, void *ctx);
     // not read by ONNX Runtime (past the version-16 layout): the schema
     const char *name;
-    int n_in, n_out, bidirectional;
+    int n_in, n_out, kind;  // kind: OP_SCAN, OP_BIDIRECTIONAL or OP_MIXER
     const char *const *in_names;
     const int *in_ranks;
     const unsigned char *in_optional;
@@ -387,6 +394,132 @@ static OrtStatus *compute_bidirectional(const Kernel *k, void *ctx, const Input 
                    : run(ctx, job);
 }
 
+// ---------------------------------------------------------------------------------------------
+// MixerCore: vimc_mixer_fwd's phases, each shared out by KernelContext_ParallelFor. A task gets
+// its thread's own scratch (thread_scratch) and runs as thread 0 of one; the parameters' layouts
+// and, at batch 1, both directions' y live in the calling thread's buffer (call_buffer)
+// ---------------------------------------------------------------------------------------------
+
+enum { MX_XZ, MX_CONV_W, MX_CONV_B, MX_CONV_W_B, MX_CONV_B_B, MX_XPROJ, MX_XPROJ_B, MX_DT_W,
+       MX_DT_B, MX_DT_W_B, MX_DT_B_B, MX_A, MX_A_B, MX_D, MX_D_B };  // MixerCore's inputs
+
+static pthread_key_t call_key;
+static pthread_once_t call_once = PTHREAD_ONCE_INIT;
+static void make_call_key(void) { pthread_key_create(&call_key, free); }
+
+static float *call_buffer(int64_t floats) {  // as thread_scratch, a second buffer per thread
+    pthread_once(&call_once, make_call_key);
+    Scratch *s = pthread_getspecific(call_key);
+    if (!s || s->floats < floats) {
+        free(s);
+        s = malloc(sizeof(Scratch) + sizeof(float) * (size_t)floats);
+        if (s) s->floats = floats;
+        pthread_setspecific(call_key, s);
+    }
+    return s ? s->data : NULL;
+}
+
+enum { PHASE_STAGE, PHASE_ROWS, PHASE_HALVES, PHASE_GATE };
+#define GATE_TASKS 64  // the gate pass's rows in at most this many tasks
+
+typedef struct {
+    MixerArgs args;  // nthreads 1: each task is thread 0 of its own run
+    int phase;
+    int64_t tasks, remaining;
+} MixerJob;
+
+static void mixer_task(void *p, size_t i) {
+    MixerJob *job = p;
+    MixerArgs a = job->args;
+    const int64_t t = (int64_t)i;
+    if (job->phase == PHASE_STAGE) {
+        mixer_stage(&a, 0, t, t + 1);
+    } else if (job->phase == PHASE_GATE) {
+        const int64_t rows = a.B * a.L;
+        mixer_gate(&a, 0, rows * t / job->tasks, rows * (t + 1) / job->tasks);
+    } else {
+        a.scratch = thread_scratch(a.scratch_floats);
+        if (!a.scratch) return;  // out of memory: the task count check reports it
+        (job->phase == PHASE_ROWS ? mixer_rows : mixer_halves)(&a, 0, t, t + 1);
+    }
+    __atomic_fetch_sub(&job->remaining, 1, __ATOMIC_RELAXED);
+}
+
+static OrtStatus *mixer_phase(void *ctx, MixerJob *job, int phase, int64_t tasks) {
+    job->phase = phase, job->tasks = job->remaining = tasks;
+    TRY(CALL(KernelContext_ParallelFor, ParallelForFn, ctx, mixer_task, (size_t)tasks, (size_t)0,
+             job));
+    if (job->remaining != 0)
+        return fail(ORT_FAIL, "vimc.MixerCore: %lld of %lld tasks did not run (out of memory?)",
+                    (long long)job->remaining, (long long)tasks);
+    return NULL;
+}
+
+static OrtStatus *compute_mixer(const CustomOp *op, void *ctx, const Input *in) {
+    const int64_t B = in[MX_XZ].dims[0], L = in[MX_XZ].dims[1], E = in[MX_XZ].dims[2] / 2;
+    const int64_t N = in[MX_A].dims[1], R = in[MX_DT_W].dims[1], K = in[MX_CONV_W].dims[2];
+    if (in[MX_XZ].dims[2] % 2)
+        return fail(ORT_INVALID_ARGUMENT, "vimc.%s: xz must be (B, L, 2E), got last dim %lld",
+                    op->name, (long long)in[MX_XZ].dims[2]);
+    if (E % LANES || E < 1)
+        return fail(ORT_INVALID_ARGUMENT,
+                    "vimc.%s: E = xz's last dim / 2 = %lld must be a positive multiple of %d, this "
+                    "plugin build's vector width",
+                    op->name, (long long)E, LANES);
+    TRY(check_state_size(op, N));
+    if (R < 1 || R > MAX_R || K < 1)
+        return fail(ORT_INVALID_ARGUMENT,
+                    "vimc.%s: dt_proj_weight's rank R must be in [1, %d] and the conv's width K "
+                    ">= 1, got R = %lld, K = %lld",
+                    op->name, MAX_R, (long long)R, (long long)K);
+    const int64_t conv[3] = {E, 1, K}, chan[1] = {E}, xproj[2] = {R + 2 * N, E};
+    const int64_t dtw[2] = {E, R}, A[2] = {E, N};
+    const int64_t *want[15] = {in[MX_XZ].dims, conv, chan, conv, chan, xproj, xproj,
+                               dtw,           chan, dtw,  chan, A,    A,    chan,  chan};
+    for (int i = 1; i < 15; ++i) {
+        const int rank = op->in_ranks[i];
+        for (int k = 0; k < rank; ++k)
+            if (in[i].dims[k] != want[i][k]) {
+                char w[96], g[96];
+                format_dims(w, sizeof w, want[i], rank);
+                format_dims(g, sizeof g, in[i].dims, rank);
+                return fail(ORT_INVALID_ARGUMENT,
+                            "vimc.%s: %s must have shape (%s) to match xz, A, dt_proj_weight "
+                            "and conv_weight, got (%s)",
+                            op->name, op->in_names[i], w, g);
+            }
+    }
+    void *out = NULL;
+    const int64_t like_out[3] = {B, L, E};
+    TRY(CALL(KernelContext_GetOutput, GetOutputFn, ctx, 0, like_out, 3, &out));
+    if (B == 0 || L == 0) return NULL;  // an empty out: nothing to compute
+
+    const int halves = B == 1;  // both directions of the one row at once, then the gate
+    const int64_t shared = vimc_mixer_shared(E, N, R, K), ys = halves ? 2 * B * L * E : 0;
+    MixerJob job;
+    memset(&job, 0, sizeof job);
+    MixerArgs *a = &job.args;
+    float *buf = call_buffer(shared + ys);
+    if (!buf) return fail(ORT_FAIL, "vimc.%s: out of memory", op->name);
+    a->B = B, a->L = L, a->E = E, a->N = N, a->R = R, a->K = K, a->nthreads = 1;
+    a->xz = data(in[MX_XZ].value), a->out = (float *)data(out);
+    const int at[7][2] = {{MX_CONV_W, MX_CONV_W_B}, {MX_CONV_B, MX_CONV_B_B},
+                          {MX_XPROJ, MX_XPROJ_B},   {MX_DT_W, MX_DT_W_B},
+                          {MX_DT_B, MX_DT_B_B},     {MX_A, MX_A_B},
+                          {MX_D, MX_D_B}};
+    const float **to[7] = {a->conv_w, a->conv_b, a->x_proj, a->dt_w, a->dt_b, a->A, a->D};
+    int missing = !a->xz || !a->out;
+    for (int f = 0; f < 7; ++f)
+        for (int d = 0; d < 2; ++d) missing |= !(to[f][d] = data(in[at[f][d]].value));
+    if (missing) return fail(ORT_FAIL, "vimc.%s: a tensor gave no data pointer", op->name);
+    a->shared = buf, a->y = halves ? buf + shared : NULL;
+    a->scratch_floats = vimc_mixer_scratch(L, E, N, R);
+    TRY(mixer_phase(ctx, &job, PHASE_STAGE, 2));
+    if (!halves) return mixer_phase(ctx, &job, PHASE_ROWS, B);
+    TRY(mixer_phase(ctx, &job, PHASE_HALVES, 2 * B));
+    return mixer_phase(ctx, &job, PHASE_GATE, B * L < GATE_TASKS ? B * L : GATE_TASKS);
+}
+
 static OrtStatus *compute(void *kernel, void *ctx) {
     const Kernel *k = kernel;
     const CustomOp *op = k->op;
@@ -402,8 +535,9 @@ static OrtStatus *compute(void *kernel, void *ctx) {
     }
     Job job;
     memset(&job, 0, sizeof job);
-    return op->bidirectional ? compute_bidirectional(k, ctx, in, &job)
-                             : compute_scan(k, ctx, in, &job);
+    if (op->kind == OP_MIXER) return compute_mixer(op, ctx, in);
+    return op->kind == OP_BIDIRECTIONAL ? compute_bidirectional(k, ctx, in, &job)
+                                        : compute_scan(k, ctx, in, &job);
 }
 
 // A flag attribute -> 0 or 1 in *out (absent: 0, mamba's default). Asked for as an int, then
@@ -444,8 +578,9 @@ static OrtStatus *flag_attribute(const CustomOp *op, const void *info, const cha
 static OrtStatus *create_v2(const CustomOp *op, const OrtFn *api_, const void *info, void **out) {
     (void)api_;
     int64_t softplus = 0, reverse = 0;
-    TRY(flag_attribute(op, info, "delta_softplus", &softplus));
-    if (!op->bidirectional) TRY(flag_attribute(op, info, "reverse", &reverse));
+    if (op->kind == OP_MIXER) softplus = 1;  // the mixer's steps always take softplus
+    else TRY(flag_attribute(op, info, "delta_softplus", &softplus));
+    if (op->kind == OP_SCAN) TRY(flag_attribute(op, info, "reverse", &reverse));
     Kernel *k = calloc(1, sizeof *k);
     if (!k) return fail(ORT_FAIL, "vimc.%s: out of memory", op->name);
     k->op = op;
@@ -505,12 +640,21 @@ static const char *const BIDIR_INPUTS[] = {
 static const int BIDIR_RANKS[] = {3, 3, 2, 3, 3, 1, 1, 3, 3, 2, 3, 3, 1, 1, 3};
 static const unsigned char BIDIR_OPTIONAL[] = {0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1};
 
+static const char *const MIXER_INPUTS[] = {
+    "xz",           "conv_weight",     "conv_bias",      "conv_weight_b",    "conv_bias_b",
+    "x_proj_weight", "x_proj_weight_b", "dt_proj_weight", "dt_proj_bias",    "dt_proj_weight_b",
+    "dt_proj_bias_b", "A",             "A_b",            "D",                "D_b"};
+static const int MIXER_RANKS[] = {3, 3, 1, 3, 1, 2, 2, 2, 1, 2, 1, 2, 2, 1, 1};
+static const unsigned char MIXER_OPTIONAL[15] = {0};
+
 static const CustomOp OPS[] = {
-    {OP_CALLBACKS, .name = "SelectiveScan", .n_in = 8, .n_out = 2, .bidirectional = 0,
+    {OP_CALLBACKS, .name = "SelectiveScan", .n_in = 8, .n_out = 2, .kind = OP_SCAN,
      .in_names = SCAN_INPUTS, .in_ranks = SCAN_RANKS, .in_optional = SCAN_OPTIONAL},
     {OP_CALLBACKS, .name = "SelectiveScanBidirectional", .n_in = 15, .n_out = 1,
-     .bidirectional = 1, .in_names = BIDIR_INPUTS, .in_ranks = BIDIR_RANKS,
+     .kind = OP_BIDIRECTIONAL, .in_names = BIDIR_INPUTS, .in_ranks = BIDIR_RANKS,
      .in_optional = BIDIR_OPTIONAL},
+    {OP_CALLBACKS, .name = "MixerCore", .n_in = 15, .n_out = 1, .kind = OP_MIXER,
+     .in_names = MIXER_INPUTS, .in_ranks = MIXER_RANKS, .in_optional = MIXER_OPTIONAL},
 };
 
 __attribute__((visibility("default"))) OrtStatus *RegisterCustomOps(void *options,

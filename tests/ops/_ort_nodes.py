@@ -11,6 +11,11 @@ from ._scan_cases import DIRECTION, Case, make_inputs
 
 SCAN = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")  # vimc.SelectiveScan's inputs
 BIDIR = (*DIRECTION, *(k + "_b" for k in DIRECTION), "z")  # vimc.SelectiveScanBidirectional's
+MIXER = (  # vimc.MixerCore's inputs: vimc::mixer_core_fwd's arguments
+    "xz", "conv_weight", "conv_bias", "conv_weight_b", "conv_bias_b", "x_proj_weight",
+    "x_proj_weight_b", "dt_proj_weight", "dt_proj_bias", "dt_proj_weight_b", "dt_proj_bias_b",
+    "A", "A_b", "D", "D_b",
+)  # fmt: skip
 
 
 def node_model(op_type, feeds: dict, outputs: dict, attrs: dict, input_names: list[str]):
@@ -86,3 +91,10 @@ def bidir_io(ins: dict):
         if v is not None
     }
     return feeds, [k if ins[k] is not None else "" for k in BIDIR]
+
+
+def mixer_io(args) -> tuple[dict, dict]:
+    """A vimc.MixerCore node's feeds (float32, from mixer_core's arguments) and its output's
+    shape, for node_model(..., list(MIXER))."""
+    B, L, E2 = args[0].shape
+    return {k: as_numpy(t.float()) for k, t in zip(MIXER, args)}, {"out": (B, L, E2 // 2)}

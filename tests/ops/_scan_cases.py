@@ -184,3 +184,24 @@ def pair_reference(ins: dict, softplus: bool) -> torch.Tensor:
         reverse=True,
     )
     return (f + b) / 2
+
+
+def mixer_core_args(B, L, E, N, R, K, seed=0, a_scale=1.0, dt_shift=-2.0):
+    """A mixer's core inputs: xz as in_proj gives it, parameters as the mixer holds them (A =
+    -exp(A_log) times ``a_scale``; dt_proj's bias shifted by ``dt_shift``, so softplus runs in
+    the small-delta range Vim's init gives, or far past it)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    A_log = torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1) + rnd(E, N) * 0.1
+    ps = []
+    for _ in range(2):  # per direction: conv w, b, x_proj, dt w, b, A, D
+        ps.append([
+            rnd(E, 1, K, scale=0.5), rnd(E, scale=0.1), rnd(R + 2 * N, E, scale=E**-0.5),
+            rnd(E, R, scale=R**-0.5), rnd(E, scale=0.5) + dt_shift,
+            -torch.exp(A_log + rnd(E, N) * 0.1) * a_scale, rnd(E),
+        ])  # fmt: skip
+    (cw, cb, xp, dw, db, A, D), (cwb, cbb, xpb, dwb, dbb, Ab, Db) = ps
+    return (rnd(B, L, 2 * E), cw, cb, cwb, cbb, xp, xpb, dw, db, dwb, dbb, A, Ab, D, Db)

@@ -9,12 +9,22 @@ import pytest
 import torch
 from vimc.ops import selective_scan_reference
 
-from ..tolerances import OTHER_TARGET_BUILD, SCAN_REL_ERR
-from ._ort_nodes import SCAN, bidir_io, node_model, run_poisoned, scan_io, session
+from ..tolerances import MIXER_CORE_REL_ERR, OTHER_TARGET_BUILD, SCAN_REL_ERR
+from ._ort_nodes import (
+    MIXER,
+    SCAN,
+    bidir_io,
+    mixer_io,
+    node_model,
+    run_poisoned,
+    scan_io,
+    session,
+)
 from ._scan_cases import (
     Case,
     describe_mismatch,
     make_pair,
+    mixer_core_args,
     pair_reference,
     rel_err,
 )
@@ -96,6 +106,65 @@ def test_bidirectional_node_matches_reference(plugin, c, threads):
     ref = pair_reference(ins, c.softplus).movedim(-1, 1)
     tol = SCAN_REL_ERR[torch.float32][0]
     assert rel_err(out, ref) <= tol, describe_mismatch(out, ref, tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# vimc.MixerCore: a Vim mixer from in_proj's output to out_proj's input (vimc::mixer_core_fwd)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "B, L, E, N, R, K",
+    [
+        (1, 197, 384, 16, 12, 4),  # Vim-Ti's layer at batch 1: both directions, then the gate
+        (3, 17, 16, 5, 3, 3),  # a task per batch row; N off the state block
+        (2, 33, 48, 6, 24, 2),  # x_proj wider than one pass of output vectors
+        (1, 2, 16, 4, 2, 4),  # more taps than steps
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3], ids=["1thread", "2threads", "3threads"])
+def test_mixer_node_matches_the_composition(plugin, B, L, E, N, R, K, threads):
+    """The node computes the op's composition (float64) on any intra-op thread count, every
+    output written; a second run on the same session (buffers reused) gives the same."""
+    from vimc.ops.selective_scan import mixer as mixer_ops
+
+    args = mixer_core_args(B, L, E, N, R, K)
+    feeds, outputs = mixer_io(args)
+    sess = session(node_model("MixerCore", feeds, outputs, {}, list(MIXER)), plugin, threads)
+    got = run_poisoned(sess, feeds, outputs)["out"]
+    with torch.no_grad():
+        want = mixer_ops.mixer_core_composed(*(a.double() for a in args))
+    assert rel_err(got, want) <= MIXER_CORE_REL_ERR
+    assert torch.equal(run_poisoned(sess, feeds, outputs)["out"], got)
+
+
+def test_mixer_node_takes_an_empty_batch(plugin):
+    args = mixer_core_args(1, 5, 16, 4, 2, 4)
+    feeds, outputs = mixer_io(args)
+    feeds["xz"] = feeds["xz"][:0]
+    sess = session(node_model("MixerCore", feeds, {"out": (0, 5, 16)}, {}, list(MIXER)), plugin)
+    assert sess.run(None, feeds)[0].shape == (0, 5, 16)
+
+
+@pytest.mark.parametrize(
+    "name,shape,match",
+    [
+        ("xz", (1, 5, 31), r"xz must be \(B, L, 2E\)"),
+        ("xz", (1, 5, 20), r"E = xz's last dim / 2 = 10 must be a positive multiple of \d+"),
+        ("conv_bias_b", (15,), r"conv_bias_b must have shape \(16\)"),
+        ("x_proj_weight", (9, 16), r"x_proj_weight must have shape \(10, 16\)"),
+        ("A_b", (16, 5), r"A_b must have shape \(16, 4\)"),
+        ("dt_proj_weight", (16, 65), r"dt_proj_weight's rank R must be in \[1, 64\]"),
+        ("conv_weight", (16, 1), r"conv_weight must have 3 dimensions, got 2"),
+    ],
+    ids=["xz-odd", "E-lanes", "conv_bias_b", "x_proj", "A_b", "rank", "conv-rank"],
+)
+def test_mixer_node_names_a_bad_shape(plugin, name, shape, match):
+    args = mixer_core_args(1, 5, 16, 4, 2, 4)
+    feeds, outputs = mixer_io(args)
+    feeds[name] = np.zeros(shape, np.float32)
+    mp = node_model("MixerCore", feeds, outputs, {}, list(MIXER))
+    _run_expecting(plugin, mp, feeds, "vimc.MixerCore: " + match)
 
 
 # ---------------------------------------------------------------------------------------------
