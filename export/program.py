@@ -21,9 +21,11 @@ duration of one export and restores them after. The scan forms an export asks fo
   runs (CPU float32, inner width a multiple of the kernel's vector width, dt rank <= 64:
   ``mixer_core_available``), the "bidirectional" form elsewhere: the mixer's own default, as
   eager and compiled models run on CPU, for AOTInductor CPU packages (``to_aoti``'s default);
-- ``"plugin"``: one ``vimc::selective_scan_bidirectional_token_major`` node per layer on the
-  mixer's (B, L, .) tensors and ``Conv`` nodes: the ONNX plugin route
-  (``to_onnx(scan="plugin")``), whose node vimc's ONNX Runtime plugin runs.
+- ``"plugin"``: the ONNX plugin route (``to_onnx(scan="plugin")``), whose nodes vimc's ONNX
+  Runtime plugin runs: one ``vimc::mixer_core_fwd`` node per layer where
+  :func:`plugin_core_fits` (Vim's sizes, CPU float32, with the kernel available here), else
+  one ``vimc::selective_scan_bidirectional_token_major`` node on the mixer's (B, L, .) tensors
+  and ``Conv`` nodes.
 
 The same forms carry ``BiMambaMixer.x_proj_align``: the x_proj weight padded for MKL's GEMM
 stays in the programs Inductor compiles ("bidirectional", and "core" where it falls back to
@@ -62,6 +64,7 @@ _MIXER_FORMS = {
     "plugin": ("token_major", "channel_major", 1),
 }
 _FORM_ATTRS = ("scan_form", "conv_form", "x_proj_align")
+PLUGIN_CORE_ALIGN = 16  # channels per vector of the widest plugin build (AVX-512)
 
 
 def check_scan_form(scan_form: str) -> str:
@@ -81,9 +84,26 @@ def check_scan_form(scan_form: str) -> str:
 def model_forms(model: nn.Module, scan_form: str):
     """Within this block, every mixer of ``model`` runs in the forms export ``scan_form``
     records (module doc); the model's own forms come back afterwards, also on error."""
-    forms = dict(zip(_FORM_ATTRS, _MIXER_FORMS[check_scan_form(scan_form)]))
-    with TORCH_EXPORT_LOCK, mixer_forms(model, **forms):  # one export at a time: the forms
-        yield model  # are the model's own state
+    scan_form = check_scan_form(scan_form)
+    forms = dict(zip(_FORM_ATTRS, _MIXER_FORMS[scan_form]))
+    with TORCH_EXPORT_LOCK, contextlib.ExitStack() as stack:  # one export at a time: the
+        stack.enter_context(mixer_forms(model, **forms))  # forms are the model's own state
+        if scan_form == "plugin":
+            for m in model.modules():
+                if isinstance(m, BiMambaMixer) and plugin_core_fits(m):
+                    stack.enter_context(mixer_forms(m, scan_form="core", conv_form="fused"))
+        yield model
+
+
+def plugin_core_fits(mixer: BiMambaMixer) -> bool:
+    """Whether the plugin route records ``mixer`` as one ``vimc::mixer_core_fwd`` node (the
+    plugin's ``vimc.MixerCore``): its mixer core runs here on CPU float32 inputs (the trace
+    takes that branch), and its inner width is a multiple of 16, the widest vector width of
+    any plugin build, so the file runs wherever the plugin does."""
+    E = mixer.d_inner
+    with torch.no_grad():
+        runs = mixer._core_runs(torch.empty(1, 1, 2 * E))
+    return runs and E % PLUGIN_CORE_ALIGN == 0
 
 
 def to_exported_program(

@@ -39,6 +39,7 @@ from .names import (
     DEFAULT_SCAN,
     INPUT_NAME,
     MIN_OPSET,
+    MIXER_OP,
     OUTPUT_NAME,
     SCAN_DOMAIN,
     SCAN_LOWERINGS,
@@ -56,6 +57,7 @@ from .step import lower_scan_node
 __all__ = [
     "BATCH_AXIS",
     "BIDIR_OP",
+    "MIXER_OP",
     "DEFAULT_SCAN",
     "INPUT_NAME",
     "MIN_OPSET",

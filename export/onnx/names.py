@@ -7,7 +7,8 @@ The lowerings:
 - ``"paired"`` (the default): standard operators; a Vim layer's two directions in one ONNX
   ``Scan`` (paired.py).
 - ``"step"``: standard operators; one ``Scan`` per direction (step.py).
-- ``"plugin"``: one ``vimc.SelectiveScanBidirectional`` node per layer, which vimc's ONNX
+- ``"plugin"``: one ``vimc.MixerCore`` node per layer (conv, x_proj, dt_proj, both scans and
+  the gate), or ``vimc.SelectiveScanBidirectional`` where it does not fit, which vimc's ONNX
   Runtime plugin runs (plugin.py).
 
 Old spellings: ``"bidir"`` is ``"paired"`` and ``"custom"`` is ``"plugin"``; they still work
@@ -27,6 +28,7 @@ BATCH_AXIS = "batch"  # the name of the dynamic batch symbol in the file
 SCAN_DOMAIN = "vimc"  # the custom domain of the placeholder and plugin nodes (opset 1)
 SCAN_OP = "SelectiveScan"  # one scan: the placeholder every lowering starts from
 BIDIR_OP = "SelectiveScanBidirectional"  # the plugin route's node: a Vim layer's two scans
+MIXER_OP = "MixerCore"  # the plugin route's node where it fits: a Vim mixer's whole core
 
 STANDARD_LOWERINGS = ("paired", "step")  # standard operators only
 SCAN_LOWERINGS = (*STANDARD_LOWERINGS, "plugin")

@@ -10,6 +10,9 @@ are opaque to it, so this table gives each one a node in the custom domain ``vim
 - ``vimc::selective_scan_bidirectional_token_major`` -> ``vimc.SelectiveScanBidirectional``,
   a Vim layer's two scans on token-major tensors: the plugin route's node, which vimc's ONNX
   Runtime plugin runs.
+- ``vimc::mixer_core_fwd`` -> ``vimc.MixerCore``, a Vim mixer from in_proj's output to
+  out_proj's input (conv, x_proj, dt_proj, both scans, the gate): the plugin route's node where
+  it fits (export/program.py), which the plugin runs with the mixer core's kernel.
 
 Each node is declared with an ONNX schema (inputs, optional ones, attributes), so the exporter
 can record it and ``onnx.checker`` can check the graph around it.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .names import BIDIR_OP, SCAN_DOMAIN, SCAN_OP
+from .names import BIDIR_OP, MIXER_OP, SCAN_DOMAIN, SCAN_OP
 
 
 def _schema_op(name: str, doc: str, inputs: list[str], optional: set[str], outputs, attrs):
@@ -75,9 +78,26 @@ def _bidirectional_op():
     )
 
 
+def _mixer_core_op():
+    """``vimc.MixerCore``: vimc::mixer_core_fwd, a Vim mixer's core in one node."""
+    from vimc.ops.selective_scan.mixer import _ARGS
+
+    return _schema_op(
+        MIXER_OP,
+        "A Vim mixer from in_proj's output xz (B, L, 2E) to out_proj's input (B, L, E): each "
+        "direction's depthwise conv (E, 1, K) + bias and silu, x_proj (R + 2N, E), dt_proj "
+        "(E, R) + bias and softplus, the selective scan with A (E, N) and D (E,), the reverse "
+        "direction's (the *_b inputs) backwards in time; out = (y + y_b) / 2 * silu(z).",
+        list(_ARGS),
+        set(),
+        [("out", "T")],
+        [],
+    )
+
+
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``: vimc's scan ops -> vimc nodes."""
-    op, bidir = _placeholder_op(), _bidirectional_op()
+    op, bidir, core = _placeholder_op(), _bidirectional_op(), _mixer_core_op()
 
     def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         return op(
@@ -100,6 +120,7 @@ def translation_table() -> dict:
     table = {
         torch.ops.vimc.selective_scan_fwd.default: selective_scan_fwd,
         torch.ops.vimc.selective_scan_bidirectional_token_major.default: token_major,
+        torch.ops.vimc.mixer_core_fwd.default: core,
     }
     cuda = getattr(torch.ops.vimc, "selective_scan_fwd_cuda", None)
     if cuda is not None:  # the triton_op twin, traced when the model sits on a GPU

@@ -1,8 +1,9 @@
-"""The plugin route (``to_onnx(scan="plugin")``): one token-major
-``vimc.SelectiveScanBidirectional`` node per layer with no transposes around it, run by vimc's
-ONNX Runtime plugin from one file at batch 1 and 3 within ONNX_VS_EAGER of eager; the session helper
-registers the plugin for such files (and only for them); the CLI and the parity tool run it.
-The node-by-node tests of the plugin are in tests/ops/test_ort_plugin.py."""
+"""The plugin route (``to_onnx(scan="plugin")``): one ``vimc.MixerCore`` node per layer
+between in_proj's and out_proj's MatMuls, or, where a mixer's width does not fit it, one
+token-major ``vimc.SelectiveScanBidirectional`` node with no transposes around it; run by vimc's
+ONNX Runtime plugin from one file at batch 1 and 3 within ONNX_VS_EAGER of eager; the session
+helper registers the plugin for such files (and only for them); the CLI and the parity tool run
+it. The node-by-node tests of the plugin are in tests/ops/test_ort_plugin.py."""
 
 import ctypes
 
@@ -11,6 +12,7 @@ import pytest
 from vimc.export import onnxruntime_session, ort_plugin_path, to_onnx
 from vimc.export.onnx import (
     BIDIR_OP,
+    MIXER_OP,
     SCAN_DOMAIN,
     iter_nodes,
     nonstandard_nodes,
@@ -20,7 +22,7 @@ from vimc.export.onnx import (
 from vimc.export.parity import compare
 
 from ..tolerances import ONNX_VS_EAGER
-from .conftest import assert_onnx_parity
+from .conftest import SMALL, _seeded, assert_onnx_parity
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +42,39 @@ def test_library_exports_the_onnxruntime_entry_point(plugin):
 
 
 @pytest.mark.slow
-def test_small_plugin_route_one_token_major_node_per_layer(small_model, small_plugin, images):
+def test_small_plugin_route_one_mixer_core_node_per_layer(small_model, small_plugin, images):
+    """Everything between in_proj and out_proj is one node: a MatMul feeds it, its output
+    feeds a MatMul."""
     mp = onnx.load(str(small_plugin))
     onnx.checker.check_model(mp)
     custom = [n for n in mp.graph.node if n.domain == SCAN_DOMAIN]
-    assert [n.op_type for n in custom] == [BIDIR_OP] * 2  # 2 layers
-    assert {a.name: a.i for a in custom[0].attribute} == {"delta_softplus": 1}
-    assert nonstandard_nodes(mp) == [f"vimc::{BIDIR_OP}"] * 2
+    assert [n.op_type for n in custom] == [MIXER_OP] * 2  # 2 layers
+    assert [len(n.input) for n in custom] == [15, 15] and not custom[0].attribute
+    assert nonstandard_nodes(mp) == [f"vimc::{MIXER_OP}"] * 2
     assert {p.key: p.value for p in mp.metadata_props}["vimc.scan"] == "plugin"
+    assert not any(n.op_type in ("Pad", "Conv") for n in mp.graph.node)
+    producer = {o: n for n in mp.graph.node for o in n.output}
+    for n in custom:
+        assert producer[n.input[0]].op_type == "MatMul"  # in_proj
+        assert [m.op_type for m in mp.graph.node if n.output[0] in m.input] == ["MatMul"]
+    assert uses_plugin(small_plugin)
+    assert_onnx_parity(small_plugin, small_model, images[64])
+
+
+@pytest.mark.slow
+def test_plugin_route_takes_the_token_major_node_where_the_core_does_not_fit(images, tmp_path):
+    """A mixer whose width is no multiple of 16 (E = 24) keeps the token-major scan node:
+    Conv nodes, x_proj's MatMul, one node per layer, and the mixer's transposes cancel
+    against the node's."""
+    model = _seeded(SMALL, embed_dim=12)
+    path = to_onnx(model, tmp_path / "narrow.onnx", scan="plugin")
+    mp = onnx.load(str(path))
+    custom = [n for n in mp.graph.node if n.domain == SCAN_DOMAIN]
+    assert [n.op_type for n in custom] == [BIDIR_OP] * 2
+    assert {a.name: a.i for a in custom[0].attribute} == {"delta_softplus": 1}
     assert not any(n.op_type == "Pad" for n in mp.graph.node)  # x_proj's stored weight
-    # the mixer's transposes cancel against the node's: a transpose that feeds it (u, the
-    # Conv output made token-major) feeds x_proj's MatMul too, and none reads its output
+    # a transpose that feeds the node (u, the Conv output made token-major) feeds x_proj's
+    # MatMul too, and none reads its output
     producer = {o: n for n in mp.graph.node for o in n.output}
     readers = lambda name: [m for m in mp.graph.node if name in m.input]  # noqa: E731
     for n in custom:
@@ -59,8 +83,7 @@ def test_small_plugin_route_one_token_major_node_per_layer(small_model, small_pl
                 assert {m.op_type for m in readers(i)} == {BIDIR_OP, "MatMul"}
         assert readers(n.output[0])
         assert all(m.op_type != "Transpose" for m in readers(n.output[0]))
-    assert uses_plugin(small_plugin)
-    assert_onnx_parity(small_plugin, small_model, images[64])
+    assert_onnx_parity(path, model, images[64])
 
 
 @pytest.mark.slow
@@ -75,7 +98,7 @@ def test_old_name_custom_warns_and_writes_the_plugin_file(small_model, small_plu
         path = to_onnx(small_model, tmp_path / "old.onnx", scan="custom")
     old, new = onnx.load(str(path)), onnx.load(str(small_plugin))
     assert [n.op_type for n in iter_nodes(old.graph)] == [n.op_type for n in iter_nodes(new.graph)]
-    assert nonstandard_nodes(old) == nonstandard_nodes(new) == [f"vimc::{BIDIR_OP}"] * 2
+    assert nonstandard_nodes(old) == nonstandard_nodes(new) == [f"vimc::{MIXER_OP}"] * 2
     assert read_scan_lowering(old) == read_scan_lowering(new) == "plugin"
     assert uses_plugin(path)
 

@@ -8,7 +8,14 @@ import textwrap
 
 import pytest
 import torch
-from vimc.export.program import SCAN_FORMS, model_forms, scan_nodes, to_exported_program
+from vimc.export.program import (
+    SCAN_FORMS,
+    model_forms,
+    plugin_core_fits,
+    to_exported_program,
+    vimc_nodes,
+)
+from vimc.ops.selective_scan import cpu
 
 from vimc.model import create_model
 
@@ -35,17 +42,31 @@ def _x_proj_aligns(model) -> set:
         ("per_direction", ("per_direction", "channel_major"), 1),
         ("bidirectional", ("bidirectional", "fused"), 16),
         ("core", ("core", "fused"), 16),
-        ("plugin", ("token_major", "channel_major"), 1),
+        ("plugin", ("core", "fused"), 1),  # its mixer core fits: one MixerCore node each
     ],
 )
 def test_model_forms_sets_every_mixer_and_restores(tiny, scan_form, mixer_forms, x_proj_align):
     """Node-by-node routes take x_proj's stored weight (no Pad node per inference), the
     Inductor-compiled one the padded weight compiled models multiply by."""
     assert _forms(tiny) == {("core", "fused")} and _x_proj_aligns(tiny) == {16}
+    if scan_form == "plugin" and not cpu.c_kernel_available():
+        mixer_forms = ("token_major", "channel_major")  # no mixer core to record here
     with model_forms(tiny, scan_form):
         assert _forms(tiny) == {mixer_forms}
         assert _x_proj_aligns(tiny) == {x_proj_align}
     assert _forms(tiny) == {("core", "fused")} and _x_proj_aligns(tiny) == {16}
+
+
+def test_plugin_forms_take_the_core_only_where_it_fits(tiny):
+    """The plugin route's mixers record the mixer core where every plugin build runs it (a
+    width that is a multiple of 16), the token-major scan elsewhere; both come back."""
+    narrow = create_model("vim_digits", depth=2, embed_dim=12).eval()  # E = 24
+    assert plugin_core_fits(tiny.layers[0].mixer) == cpu.c_kernel_available()
+    assert not plugin_core_fits(narrow.layers[0].mixer)
+    with model_forms(narrow, "plugin"):
+        assert _forms(narrow) == {("token_major", "channel_major")}
+        assert _x_proj_aligns(narrow) == {1}
+    assert _forms(narrow) == {("core", "fused")} and _x_proj_aligns(narrow) == {16}
 
 
 def test_model_forms_restores_on_error_and_keeps_other_instances(tiny):
@@ -67,8 +88,13 @@ def test_scan_form_names_and_deprecated_alias(tiny):
         FutureWarning, match="scan_form='token_major' is deprecated; use scan_form='plugin'"
     ):
         ep = to_exported_program(tiny, x, scan_form="token_major")
-    assert {str(n.target) for n in scan_nodes(ep)} == {
-        "vimc.selective_scan_bidirectional_token_major.default"
+    plugin = to_exported_program(tiny, x, scan_form="plugin")
+    targets = {str(n.target) for n in vimc_nodes(ep)}
+    assert targets == {str(n.target) for n in vimc_nodes(plugin)}
+    assert targets == {  # the mixer core where it fits (program.plugin_core_fits)
+        "vimc.mixer_core_fwd.default"
+        if cpu.c_kernel_available()
+        else "vimc.selective_scan_bidirectional_token_major.default"
     }
     assert set(SCAN_FORMS) == {"per_direction", "bidirectional", "core", "plugin"}
 
