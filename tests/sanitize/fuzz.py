@@ -30,6 +30,7 @@ import random
 import sys
 import time
 
+import numpy as np
 import torch
 from vimc.ops import (
     anticausal_conv1d,
@@ -41,6 +42,7 @@ from vimc.ops import (
 )
 from vimc.ops.selective_scan import cpu
 from vimc.ops.selective_scan._checks import MAX_DT_RANK
+from vimc.ops.selective_scan.mixer import _ARGS as MIXER_ARGS
 from vimc.ops.selective_scan.mixer import mixer_core_composed
 
 from ..tolerances import CONV_SILU_PAIR_REL_ERR, MIXER_CORE_REL_ERR, SCAN_REL_ERR
@@ -248,6 +250,22 @@ def conv_pair(c, rng, g):
         check_close("out_b", out_b, want_b, CONV_SILU_PAIR_REL_ERR)
 
 
+def _mixer_args(c, rng, g, E: int) -> list:
+    """mixer_core's arguments for case ``c`` with inner width E (xz in the case's dtype, the
+    parameters in its parameter dtype): dt_proj's rank 1..64, K 1..4."""
+    R, K, N = rng.randint(1, 64), rng.randint(1, 4), c.N
+    shapes = {"conv_weight": (E, 1, K), "conv_bias": (E,), "x_proj_weight": (R + 2 * N, E),
+              "dt_proj_weight": (E, R), "dt_proj_bias": (E,), "A": (E, N), "D": (E,)}  # fmt: skip
+    kinds = {"conv_weight": "A", "A": "A", "dt_proj_weight": "delta_proj", "dt_proj_bias":
+             "delta_bias", "conv_bias": "D", "D": "D", "x_proj_weight": "B"}  # fmt: skip
+    args = [make_tensor("u", (c.Bt, c.L, 2 * E), c.dtype, c, rng, g)]
+    for name in MIXER_ARGS[1:]:
+        kind = name.removesuffix("_b")
+        t = make_tensor(kinds[kind], shapes[kind], c.param_dtype, c, rng, g)
+        args.append(t / E**0.5 if kind == "x_proj_weight" else t)
+    return args
+
+
 def mixer_core(c, rng, g):
     """A mixer's core in one call (``vimc::mixer_core_fwd``): xz (Bt, L, 2E) and every parameter
     in any layout, E rounded up or down to a multiple of 16 half the time (else the composition
@@ -256,18 +274,7 @@ def mixer_core(c, rng, g):
     good call with its layout, so the op's checked-layout path meets it)."""
     # a multiple of 16 (both builds' lanes), at least 16: most fuzz widths are below 16
     E = max(16, c.E // 16 * 16) if rng.random() < 0.5 else c.E
-    R, K, N = rng.randint(1, 64), rng.randint(1, 4), c.N
-    shapes = {"conv_weight": (E, 1, K), "conv_bias": (E,), "x_proj_weight": (R + 2 * N, E),
-              "dt_proj_weight": (E, R), "dt_proj_bias": (E,), "A": (E, N), "D": (E,)}  # fmt: skip
-    kinds = {"conv_weight": "A", "A": "A", "dt_proj_weight": "delta_proj", "dt_proj_bias":
-             "delta_bias", "conv_bias": "D", "D": "D", "x_proj_weight": "B"}  # fmt: skip
-    args = [make_tensor("u", (c.Bt, c.L, 2 * E), c.dtype, c, rng, g)]
-    for name in ("conv_weight", "conv_bias", "conv_weight_b", "conv_bias_b", "x_proj_weight",
-                 "x_proj_weight_b", "dt_proj_weight", "dt_proj_bias", "dt_proj_weight_b",
-                 "dt_proj_bias_b", "A", "A_b", "D", "D_b"):  # fmt: skip
-        kind = name.removesuffix("_b")
-        t = make_tensor(kinds[kind], shapes[kind], c.param_dtype, c, rng, g)
-        args.append(t / E**0.5 if kind == "x_proj_weight" else t)
+    args = _mixer_args(c, rng, g, E)
     op = torch.ops.vimc.mixer_core_fwd
     if rng.random() < 0.25:
         c_path = c.dtype == c.param_dtype == torch.float32 and c.Bt * c.L * E > 0
@@ -300,6 +307,7 @@ def _session(op_type: str, names: list, outputs: list, attrs: dict):
         opts = ort.SessionOptions()
         opts.register_custom_ops_library(str(library_path()))
         opts.intra_op_num_threads = 2
+        opts.log_severity_level = 4  # the refusals the fuzz asks for are no news
         model = helper.make_model(graph, opset_imports=opsets).SerializeToString()
         _SESSIONS[key] = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     return _SESSIONS[key]
@@ -310,13 +318,17 @@ def _numpy(t: torch.Tensor):
 
 
 def plugin_node(c, rng, g):
-    """vimc.SelectiveScan (channel-major, grouped B/C) or vimc.SelectiveScanBidirectional
-    (token-major): the plugin takes dense float32 arrays, so only sizes and values vary."""
+    """vimc.SelectiveScan (channel-major, grouped B/C), vimc.SelectiveScanBidirectional
+    (token-major) or vimc.MixerCore: the plugin takes dense float32 arrays, so only sizes and
+    values vary."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return op_forward(c, rng, g)
-    if rng.random() < 0.5:
+    pick = rng.random()
+    if pick < 1 / 3:
+        return _mixer_node(c, rng, g)
+    if pick < 2 / 3:
         ins = make_inputs(c, rng, g, grouped=True)
         order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
         names = [k if ins[k] is not None else "" for k in order]
@@ -343,6 +355,32 @@ def plugin_node(c, rng, g):
     if c.comparable:
         ref = pair_reference(ins, c).mT
         check_close("out", torch.from_numpy(out), ref, SCAN_REL_ERR[torch.float32][0])
+
+
+def _mixer_node(c, rng, g):
+    """vimc.MixerCore on mixer_core's arguments as float32 arrays: E a multiple of 16 most of
+    the time (else the plugin must refuse a width off its vector width by name), one input a
+    dimension longer a fifth of the time (refused by name)."""
+    E = max(16, c.E // 16 * 16) if rng.random() < 0.75 else max(1, c.E)
+    feeds = {k: _numpy(t) for k, t in zip(MIXER_ARGS, _mixer_args(c, rng, g, E))}
+    sess = _session("MixerCore", list(MIXER_ARGS), ["out"], {})
+    spoilt = rng.random() < 0.2
+    if spoilt:
+        name = rng.choice(MIXER_ARGS)
+        shape = list(feeds[name].shape)
+        shape[rng.randrange(len(shape))] += 1
+        feeds[name] = np.zeros(shape, np.float32)
+    if spoilt or E % cpu.LANES or c.N < 1:
+        try:
+            sess.run(None, feeds)
+        except Exception as e:  # onnxruntime's Fail / InvalidArgument
+            assert "vimc.MixerCore" in str(e) or c.Bt * c.L == 0, str(e)
+        return
+    (out,) = sess.run(None, feeds)
+    assert out.shape == (c.Bt, c.L, E)
+    if c.comparable and not c.growing:
+        args = [torch.from_numpy(feeds[k]).double() for k in MIXER_ARGS]
+        check_close("out", torch.from_numpy(out), mixer_core_composed(*args), MIXER_CORE_REL_ERR)
 
 
 def _spoil(t: torch.Tensor, how: str, c: Case) -> torch.Tensor:
