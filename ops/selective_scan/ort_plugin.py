@@ -1,7 +1,8 @@
 """vimc's ONNX Runtime plugin: the custom-op library that runs ``to_onnx(scan="plugin")`` files.
 
-``ort_plugin.c`` implements the ``vimc.SelectiveScan`` and ``vimc.SelectiveScanBidirectional``
-nodes with the fused CPU kernel (``cpu_kernel.c``) on ONNX Runtime's intra-op thread pool.
+``ort_plugin.c`` implements the ``vimc.SelectiveScan``, ``vimc.SelectiveScanBidirectional`` and
+``vimc.MixerCore`` nodes with the fused CPU kernels (``cpu_kernel.c``) on ONNX Runtime's
+intra-op thread pool.
 :func:`library_path` builds it on first use (cached like the kernel) and
 returns the shared library's path, for ``SessionOptions.register_custom_ops_library`` or a
 C/C++ program's ``RegisterCustomOpsLibrary``. It needs onnxruntime >= 1.17 (C API 17). By
