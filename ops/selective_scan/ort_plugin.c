@@ -237,21 +237,28 @@ typedef struct {
     float data[];
 } Scratch;
 
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static void make_scratch_key(void) { pthread_key_create(&scratch_key, free); }
+// two buffers per thread, grown as needed and freed with the thread: a task's scratch, and a
+// MixerCore call's own (the parameters' layouts, read by every task of the call)
+static pthread_key_t scratch_key, call_key;
+static pthread_once_t keys_once = PTHREAD_ONCE_INIT;
+static void make_keys(void) {
+    pthread_key_create(&scratch_key, free);
+    pthread_key_create(&call_key, free);
+}
 
-static float *thread_scratch(int64_t floats) {
-    pthread_once(&scratch_once, make_scratch_key);
-    Scratch *s = pthread_getspecific(scratch_key);
+static float *keyed_buffer(const pthread_key_t *key, int64_t floats) {
+    pthread_once(&keys_once, make_keys);
+    Scratch *s = pthread_getspecific(*key);
     if (!s || s->floats < floats) {
         free(s);
         s = malloc(sizeof(Scratch) + sizeof(float) * (size_t)floats);
         if (s) s->floats = floats;
-        pthread_setspecific(scratch_key, s);
+        pthread_setspecific(*key, s);
     }
     return s ? s->data : NULL;
 }
+static float *thread_scratch(int64_t floats) { return keyed_buffer(&scratch_key, floats); }
+static float *call_buffer(int64_t floats) { return keyed_buffer(&call_key, floats); }
 
 static void run_chunk(void *p, size_t i) {
     Job *job = p;
@@ -402,22 +409,6 @@ static OrtStatus *compute_bidirectional(const Kernel *k, void *ctx, const Input 
 
 enum { MX_XZ, MX_CONV_W, MX_CONV_B, MX_CONV_W_B, MX_CONV_B_B, MX_XPROJ, MX_XPROJ_B, MX_DT_W,
        MX_DT_B, MX_DT_W_B, MX_DT_B_B, MX_A, MX_A_B, MX_D, MX_D_B };  // MixerCore's inputs
-
-static pthread_key_t call_key;
-static pthread_once_t call_once = PTHREAD_ONCE_INIT;
-static void make_call_key(void) { pthread_key_create(&call_key, free); }
-
-static float *call_buffer(int64_t floats) {  // as thread_scratch, a second buffer per thread
-    pthread_once(&call_once, make_call_key);
-    Scratch *s = pthread_getspecific(call_key);
-    if (!s || s->floats < floats) {
-        free(s);
-        s = malloc(sizeof(Scratch) + sizeof(float) * (size_t)floats);
-        if (s) s->floats = floats;
-        pthread_setspecific(call_key, s);
-    }
-    return s ? s->data : NULL;
-}
 
 enum { PHASE_STAGE, PHASE_ROWS, PHASE_HALVES, PHASE_GATE };
 #define GATE_TASKS 64  // the gate pass's rows in at most this many tasks
