@@ -155,6 +155,8 @@ class _MixerArgs(ctypes.Structure):  # cpu_kernel.c's MixerArgs (mixer.py packs 
 def _mixer_layout_differs(lib: ctypes.CDLL) -> str | None:
     """The first MixerArgs field whose offset the library and _MixerArgs disagree on (or
     "the struct's size"), None where they agree."""
+    if not hasattr(lib, "vimc_mixer_layout"):  # a build of an older revision
+        return "every field (the library reports no layout)"
     lib.vimc_mixer_layout.argtypes, lib.vimc_mixer_layout.restype = [ctypes.c_int64], ctypes.c_int64
     ours = [getattr(_MixerArgs, n).offset for n, _ in _MixerArgs._fields_]
     ours.append(ctypes.sizeof(_MixerArgs))
