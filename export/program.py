@@ -102,7 +102,7 @@ def plugin_core_fits(mixer: BiMambaMixer) -> bool:
     any plugin build, so the file runs wherever the plugin does."""
     E = mixer.d_inner
     with torch.no_grad():
-        runs = mixer._core_runs(torch.empty(1, 1, 2 * E))
+        runs = mixer.core_runs(torch.empty(1, 1, 2 * E))
     return runs and E % PLUGIN_CORE_ALIGN == 0
 
 

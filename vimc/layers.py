@@ -243,7 +243,7 @@ class BiMambaMixer(nn.Module):
         # (B, E, L) views (.mT) in place, so neither eager nor Inductor copies a transpose
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = F.linear(h, self.in_proj.weight)  # (B, L, 2E)
-        if self._scan_form == "core" and self._conv_form == "fused" and self._core_runs(xz):
+        if self._scan_form == "core" and self._conv_form == "fused" and self.core_runs(xz):
             # the op itself: mixer_core() would ask mixer_core_available again
             return F.linear(self._core(xz), self.out_proj.weight)
         x, z = xz[..., :E], xz[..., E:]
@@ -264,7 +264,7 @@ class BiMambaMixer(nn.Module):
             dt_weights.append(dtp.weight)
         return F.linear(self._scan(args, dt_weights, z), self.out_proj.weight)
 
-    def _core_runs(self, xz: torch.Tensor) -> bool:
+    def core_runs(self, xz: torch.Tensor) -> bool:
         """Whether mixer_core runs its fused kernel on xz and these parameters (elsewhere the
         "bidirectional" path, x_proj's padding and the fused conv form included)."""
         c, cb, dtp, dtp_b = self.conv1d, self.conv1d_b, self.dt_proj, self.dt_proj_b
@@ -276,7 +276,7 @@ class BiMambaMixer(nn.Module):
 
     def _core(self, xz: torch.Tensor) -> torch.Tensor:
         """The out_proj input from in_proj's output xz (B, L, 2E), one mixer_core call (every
-        parameter float32 already: _core_runs asked)."""
+        parameter float32 already: core_runs asked)."""
         c, cb, xp, xpb = self.conv1d, self.conv1d_b, self.x_proj, self.x_proj_b
         return torch.ops.vimc.mixer_core_fwd(
             xz, c.weight, c.bias, cb.weight, cb.bias, xp.weight, xpb.weight,

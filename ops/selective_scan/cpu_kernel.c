@@ -1231,9 +1231,10 @@ int64_t vimc_mixer_scratch(int64_t L, int64_t E, int64_t N, int64_t R) {
     return T * E + T * W + E * N + 3 * T * LANES + L * E;
 }
 // the shared part (MixerArgs.shared), each direction's parameters laid out for the loops, made
-// once per call and read by every thread: x_proj^T (E, W) with zero padding columns, dt_proj lane-major (E / LANES, R, LANES), A
-// lane-major (E / LANES, N, LANES), the conv taps (K, E), and per block of A what decay_form_of
-// reads of it (E / LANES, 2, LANES): its AStats' ok mask (as float bits) and amin
+// once per call and read by every thread: x_proj^T (E, W) with zero padding columns, dt_proj
+// lane-major (E / LANES, R, LANES), A lane-major (E / LANES, N, LANES), the conv taps (K, E),
+// and per block of A what decay_form_of reads of it (E / LANES, 2, LANES): its AStats' ok mask
+// (as float bits) and amin
 static inline int64_t mixer_params(int64_t E, int64_t N, int64_t R, int64_t K) {
     return E * mixer_width(R, N) + E * R + E * N + K * E + 2 * E;
 }

@@ -188,8 +188,9 @@ static void format_dims(char *buf, size_t size, const int64_t *d, int rank) {
         snprintf(buf + strlen(buf), size - strlen(buf), j ? ", %lld" : "%lld", (long long)d[j]);
 }
 
-// input i (if present) must have shape `want`
-static OrtStatus *expect(const CustomOp *op, const Input *in, int i, const int64_t *want) {
+// input i (if present) must have shape `want`, which the inputs named in `from` set
+static OrtStatus *expect_from(const CustomOp *op, const Input *in, int i, const int64_t *want,
+                              const char *from) {
     if (!in[i].value) return NULL;
     const int rank = op->in_ranks[i];
     for (int k = 0; k < rank; ++k)
@@ -198,10 +199,13 @@ static OrtStatus *expect(const CustomOp *op, const Input *in, int i, const int64
             format_dims(w, sizeof w, want, rank);
             format_dims(g, sizeof g, in[i].dims, rank);
             return fail(ORT_INVALID_ARGUMENT,
-                        "vimc.%s: %s must have shape (%s) to match u, A and B, got (%s)",
-                        op->name, op->in_names[i], w, g);
+                        "vimc.%s: %s must have shape (%s) to match %s, got (%s)", op->name,
+                        op->in_names[i], w, from, g);
         }
     return NULL;
+}
+static OrtStatus *expect(const CustomOp *op, const Input *in, int i, const int64_t *want) {
+    return expect_from(op, in, i, want, "u, A and B");  // the scan nodes' sizes come from them
 }
 
 static OrtStatus *check_state_size(const CustomOp *op, int64_t N) {
@@ -467,19 +471,8 @@ static OrtStatus *compute_mixer(const CustomOp *op, void *ctx, const Input *in) 
     const int64_t dtw[2] = {E, R}, A[2] = {E, N};
     const int64_t *want[15] = {in[MX_XZ].dims, conv, chan, conv, chan, xproj, xproj,
                                dtw,           chan, dtw,  chan, A,    A,    chan,  chan};
-    for (int i = 1; i < 15; ++i) {
-        const int rank = op->in_ranks[i];
-        for (int k = 0; k < rank; ++k)
-            if (in[i].dims[k] != want[i][k]) {
-                char w[96], g[96];
-                format_dims(w, sizeof w, want[i], rank);
-                format_dims(g, sizeof g, in[i].dims, rank);
-                return fail(ORT_INVALID_ARGUMENT,
-                            "vimc.%s: %s must have shape (%s) to match xz, A, dt_proj_weight "
-                            "and conv_weight, got (%s)",
-                            op->name, op->in_names[i], w, g);
-            }
-    }
+    for (int i = 1; i < 15; ++i)
+        TRY(expect_from(op, in, i, want[i], "xz, A, dt_proj_weight and conv_weight"));
     void *out = NULL;
     const int64_t like_out[3] = {B, L, E};
     TRY(CALL(KernelContext_GetOutput, GetOutputFn, ctx, 0, like_out, 3, &out));

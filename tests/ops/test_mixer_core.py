@@ -19,9 +19,6 @@ OP = torch.ops.vimc.mixer_core_fwd.default
 needs_c = pytest.mark.skipif(not cpu.c_kernel_available(), reason="no C kernel here")
 
 
-_args = mixer_core_args
-
-
 def _want(args):
     with torch.no_grad():
         return mixer_ops.mixer_core_composed(*(a.double() for a in args))
@@ -44,7 +41,7 @@ def _want(args):
 def test_core_matches_its_composition(B, L, E, N, R, K, threads):
     """Sizes through every chunk and tail of the kernel's loops, on fewer threads than batch
     rows (a task per row) and more (a task per row and direction); every output written."""
-    args = _args(B, L, E, N, R, K)
+    args = mixer_core_args(B, L, E, N, R, K)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -60,7 +57,7 @@ def test_core_matches_its_composition(B, L, E, N, R, K, threads):
 def test_thread_counts_and_work_splits_agree_exactly():
     """A task per batch row (the forward direction's y kept per thread) and a task per row and
     direction (y through memory, then the gate) compute the same numbers in the same order."""
-    args = _args(2, 37, 32, 16, 4, 4, seed=1)
+    args = mixer_core_args(2, 37, 32, 16, 4, 4, seed=1)
     outs = []
     old = torch.get_num_threads()
     try:
@@ -83,7 +80,7 @@ def test_thread_counts_and_work_splits_agree_exactly():
 def test_decays_outside_the_bounded_form(a_scale, dt_shift):
     """Exponents below -126 (a large delta: the clamped form) and A > 0 (growing states: the
     plain exp) take the kernel's other decay forms, as the scan's do."""
-    args = _args(1, 24, 16, 4, 2, 4, seed=2, a_scale=a_scale, dt_shift=dt_shift)
+    args = mixer_core_args(1, 24, 16, 4, 2, 4, seed=2, a_scale=a_scale, dt_shift=dt_shift)
     if a_scale < 0:  # a growing state over 24 steps: keep it finite
         args = (*args[:11], args[11] * 0.05, args[12] * 0.05, *args[13:])
     with torch.no_grad():
@@ -96,13 +93,13 @@ def test_nan_input_reaches_the_output():
     """A NaN in x reaches the outputs the composition's NaN reaches (x_proj mixes every channel
     of its conv window's steps, and each direction's states carry it on: here all of them); a
     NaN in z reaches its own output alone."""
-    args = list(_args(1, 20, 16, 4, 2, 4, seed=3))
+    args = list(mixer_core_args(1, 20, 16, 4, 2, 4, seed=3))
     args[0] = args[0].clone()
     args[0][0, 10, 3] = float("nan")  # x of channel 3 at step 10
     with torch.no_grad():
         got, want = OP(*args), mixer_ops.mixer_core_composed(*args)
     assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
-    args[0] = _args(1, 20, 16, 4, 2, 4, seed=3)[0].clone()
+    args[0] = mixer_core_args(1, 20, 16, 4, 2, 4, seed=3)[0].clone()
     args[0][0, 10, 16 + 3] = float("nan")  # z of channel 3 at step 10
     with torch.no_grad():
         got = OP(*args)
@@ -115,7 +112,7 @@ def test_nan_input_reaches_the_output():
 def test_a_checked_layout_skips_the_checks(monkeypatch):
     """The second call with a layout goes straight to the kernel; a storage shrunk under that
     layout is refused by name on the full path."""
-    args = _args(1, 9, 16, 4, 2, 4, seed=4)
+    args = mixer_core_args(1, 9, 16, 4, 2, 4, seed=4)
     mixer_ops._CHECKED.clear()
     with torch.no_grad():
         first = OP(*args)
@@ -133,15 +130,15 @@ def test_composition_where_the_kernel_does_not_run():
     """float64, a width off the kernel's vector (E = 12) and grad mode: the composition, and
     mixer_core_available says so."""
     for args in (
-        tuple(a.double() for a in _args(1, 9, 16, 4, 2, 4)),
-        _args(2, 9, 12, 4, 2, 4),
+        tuple(a.double() for a in mixer_core_args(1, 9, 16, 4, 2, 4)),
+        mixer_core_args(2, 9, 12, 4, 2, 4),
     ):
         with torch.no_grad():
             assert not mixer_core_available(args[0], args[1:])
             torch.testing.assert_close(
                 OP(*args), mixer_ops.mixer_core_composed(*args), rtol=0, atol=0
             )
-    args = [a.requires_grad_(True) for a in _args(1, 9, 16, 4, 2, 4)]
+    args = [a.requires_grad_(True) for a in mixer_core_args(1, 9, 16, 4, 2, 4)]
     assert not mixer_core_available(args[0], args[1:])
     mixer_core(*args).sum().backward()
     assert all(a.grad is not None for a in args)
@@ -164,7 +161,7 @@ def test_composition_where_the_kernel_does_not_run():
     ],
 )
 def test_bad_arguments_are_named(index, bad, message):
-    args = list(_args(1, 9, 16, 4, 2, 4))
+    args = list(mixer_core_args(1, 9, 16, 4, 2, 4))
     args[index] = bad
     with torch.no_grad(), pytest.raises((ValueError, TypeError, RuntimeError), match=message):
         OP(*args)
